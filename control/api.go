@@ -1,0 +1,422 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+// Config configures the management API. The zero value works except for
+// TargetCNAMEBase, which every record's target is built from.
+type Config struct {
+	// TargetCNAMEBase is the zone customers' CNAMEs point into, e.g.
+	// proxy.example.net.
+	TargetCNAMEBase string
+	// MaxProxyRecords is the per-organization limit for organizations that
+	// have none of their own. Zero means no organization can create one.
+	MaxProxyRecords int
+	// Schema is served at /api/schema/ when not nil.
+	Schema []byte
+	// Logger gets the causes of server errors. If nil, slog.Default().
+	Logger *slog.Logger
+}
+
+// API is the management API of CONTRACT §3 as an http.Handler.
+type API struct {
+	store *store.Store
+	cfg   Config
+	log   *slog.Logger
+}
+
+// NewAPI returns the management API over st.
+func NewAPI(st *store.Store, cfg Config) *API {
+	a := &API{store: st, cfg: cfg, log: cfg.Logger}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	return a
+}
+
+// route is one path shape of the API and what each method needs there.
+type route struct {
+	// pattern is the path with {org} and {id} for its variables and no
+	// trailing slash.
+	pattern string
+	methods map[string]handlerSpec
+}
+
+type handlerSpec struct {
+	scope string
+	// admin requires the caller to be an admin or owner of the
+	// organization; otherwise any member will do.
+	admin bool
+	fn    func(a *API, c *call) *apiError
+}
+
+// routes is every route the API answers, besides /api/schema/. The
+// OpenAPI document lists the same set; a test keeps them equal.
+var routes = []route{
+	{"/api/organizations/{org}", map[string]handlerSpec{
+		http.MethodGet: {scope: ScopeOrgRead, fn: (*API).getOrg},
+	}},
+	{"/api/organizations/{org}/proxy_records", map[string]handlerSpec{
+		http.MethodGet:  {scope: ScopeOrgRead, fn: (*API).listRecords},
+		http.MethodPost: {scope: ScopeOrgWrite, admin: true, fn: (*API).createRecord},
+	}},
+	{"/api/organizations/{org}/proxy_records/{id}", map[string]handlerSpec{
+		http.MethodGet:    {scope: ScopeOrgRead, fn: (*API).getRecord},
+		http.MethodDelete: {scope: ScopeOrgWrite, admin: true, fn: (*API).deleteRecord},
+	}},
+	{"/api/organizations/{org}/proxy_records/{id}/retry", map[string]handlerSpec{
+		http.MethodPost: {scope: ScopeOrgWrite, admin: true, fn: (*API).retryRecord},
+	}},
+}
+
+// Routes lists every method and path pattern the API answers (besides
+// /api/schema/), for the test that holds the OpenAPI document to them.
+func Routes() map[string][]string {
+	out := map[string][]string{}
+	for _, rt := range routes {
+		for m := range rt.methods {
+			out[rt.pattern] = append(out[rt.pattern], m)
+		}
+		slices.Sort(out[rt.pattern])
+	}
+	return out
+}
+
+// match finds the route for path and its variables. A trailing slash is
+// optional; empty segments match nothing.
+func match(path string) (*route, map[string]string) {
+	segs := strings.Split(strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/"), "/")
+	for i := range routes {
+		pat := strings.Split(strings.TrimPrefix(routes[i].pattern, "/"), "/")
+		if len(pat) != len(segs) {
+			continue
+		}
+		vars := map[string]string{}
+		ok := true
+		for j, p := range pat {
+			if segs[j] == "" {
+				ok = false
+				break
+			}
+			if strings.HasPrefix(p, "{") {
+				vars[strings.Trim(p, "{}")] = segs[j]
+			} else if p != segs[j] {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return &routes[i], vars
+		}
+	}
+	return nil, nil
+}
+
+// call is one authenticated, authorized API request.
+type call struct {
+	w    http.ResponseWriter
+	r    *http.Request
+	key  store.APIKey
+	org  store.Org
+	vars map[string]string
+	body func() (*requestBody, *apiError)
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if aerr := a.serve(w, r); aerr != nil {
+		if aerr.Status >= 500 {
+			a.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", aerr)
+		}
+		if aerr.Status == http.StatusMethodNotAllowed {
+			rt, _ := match(r.URL.Path)
+			w.Header().Set("Allow", strings.Join(allowed(rt), ", "))
+		}
+		writeJSON(w, aerr.Status, aerr)
+	}
+}
+
+func allowed(rt *route) []string {
+	var ms []string
+	for m := range rt.methods {
+		ms = append(ms, m)
+	}
+	slices.Sort(ms)
+	return ms
+}
+
+// serve runs the checks of CONTRACT §3 in order: authentication, method,
+// organization, the key's organizations, scope, membership, level; then
+// the handler.
+func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
+	if p := strings.TrimSuffix(r.URL.Path, "/"); p == "/api/schema" && a.cfg.Schema != nil {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return methodNotAllowed(r.Method)
+		}
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Write(a.cfg.Schema)
+		return nil
+	}
+	rt, vars := match(r.URL.Path)
+	if rt == nil {
+		return errNotFound
+	}
+	c := &call{w: w, r: r, vars: vars, body: bodyOnce(r)}
+	var aerr *apiError
+	if c.key, aerr = a.authenticate(r, c.body); aerr != nil {
+		return aerr
+	}
+	method := r.Method
+	if method == http.MethodHead {
+		method = http.MethodGet
+	}
+	spec, ok := rt.methods[method]
+	if !ok {
+		return methodNotAllowed(r.Method)
+	}
+	if c.org, aerr = a.resolveOrg(c.key, vars["org"]); aerr != nil {
+		return aerr
+	}
+	if len(c.key.Orgs) > 0 && !slices.Contains(c.key.Orgs, c.org.ID) {
+		return orgNotInKey(c.org.ID)
+	}
+	if !hasScope(c.key.Scopes, spec.scope) {
+		return scopeMissing(spec.scope)
+	}
+	m, err := a.store.Membership(c.org.ID, c.key.UserID)
+	if errors.Is(err, store.ErrNotFound) {
+		return errOrgNotFound
+	}
+	if err != nil {
+		return internalError(fmt.Errorf("looking up membership: %w", err))
+	}
+	if spec.admin && m.Level < store.LevelAdmin {
+		return errLevelTooLow
+	}
+	return spec.fn(a, c)
+}
+
+// resolveOrg finds the organization a path names: its id, or @current for
+// the one organization the key is scoped to, else the user's first
+// membership.
+func (a *API) resolveOrg(key store.APIKey, ref string) (store.Org, *apiError) {
+	id := ref
+	if ref == "@current" {
+		switch {
+		case len(key.Orgs) == 1:
+			id = key.Orgs[0]
+		default:
+			ms, err := a.store.UserMemberships(key.UserID)
+			if err != nil {
+				return store.Org{}, internalError(fmt.Errorf("listing memberships: %w", err))
+			}
+			if len(ms) == 0 {
+				return store.Org{}, errOrgNotFound
+			}
+			id = ms[0].OrgID
+		}
+	}
+	if !store.IsID(id) {
+		return store.Org{}, errOrgNotFound
+	}
+	org, err := a.store.Org(id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Org{}, errOrgNotFound
+	}
+	if err != nil {
+		return store.Org{}, internalError(fmt.Errorf("looking up organization: %w", err))
+	}
+	return org, nil
+}
+
+// limitFor is the organization's limit of proxy records.
+func (a *API) limitFor(org store.Org) int {
+	if org.MaxProxyRecords != nil {
+		return *org.MaxProxyRecords
+	}
+	return a.cfg.MaxProxyRecords
+}
+
+// timeFormat is RFC 3339 in UTC with microseconds, as PostHog shows times.
+const timeFormat = "2006-01-02T15:04:05.000000Z07:00"
+
+// recordJSON is a proxy record exactly as the API shows it.
+type recordJSON struct {
+	ID          string  `json:"id"`
+	Domain      string  `json:"domain"`
+	TargetCNAME string  `json:"target_cname"`
+	Status      string  `json:"status"`
+	Message     *string `json:"message"`
+	CreatedAt   string  `json:"created_at"`
+	UpdatedAt   string  `json:"updated_at"`
+	CreatedBy   *int64  `json:"created_by"`
+}
+
+func toJSON(r store.Record) recordJSON {
+	return recordJSON{
+		ID:          r.ID,
+		Domain:      r.Domain,
+		TargetCNAME: r.TargetCNAME,
+		Status:      string(r.Status),
+		Message:     r.Message,
+		CreatedAt:   r.CreatedAt.UTC().Format(timeFormat),
+		UpdatedAt:   r.UpdatedAt.UTC().Format(timeFormat),
+		CreatedBy:   r.CreatedBy,
+	}
+}
+
+func (a *API) getOrg(c *call) *apiError {
+	writeJSON(c.w, http.StatusOK, map[string]any{
+		"id":                c.org.ID,
+		"name":              c.org.Name,
+		"created_at":        c.org.CreatedAt.UTC().Format(timeFormat),
+		"max_proxy_records": a.limitFor(c.org),
+	})
+	return nil
+}
+
+func (a *API) listRecords(c *call) *apiError {
+	records, err := a.store.OrgRecords(c.org.ID)
+	if err != nil {
+		return internalError(fmt.Errorf("listing records: %w", err))
+	}
+	results := make([]recordJSON, len(records))
+	for i, r := range records {
+		results[i] = toJSON(r)
+	}
+	writeJSON(c.w, http.StatusOK, struct {
+		Results         []recordJSON `json:"results"`
+		MaxProxyRecords int          `json:"max_proxy_records"`
+	}{results, a.limitFor(c.org)})
+	return nil
+}
+
+func (a *API) createRecord(c *call) *apiError {
+	body, aerr := c.body()
+	if aerr != nil {
+		return aerr
+	}
+	if body.domainNotString {
+		return &apiError{Status: http.StatusBadRequest, Type: "validation_error", Code: "invalid_input",
+			Detail: "Not a valid string.", Attr: attr("domain")}
+	}
+	raw := ""
+	if body.domain != nil {
+		raw = *body.domain
+	}
+	domain, err := NormalizeDomain(raw, a.cfg.TargetCNAMEBase)
+	if err != nil {
+		return err.(*domainError).apiError()
+	}
+	userID := c.key.UserID
+	rec, err := a.store.CreateRecord(store.Record{
+		OrgID:       c.org.ID,
+		Domain:      domain,
+		TargetCNAME: TargetCNAME(c.org.ID, domain, a.cfg.TargetCNAMEBase),
+		Status:      store.StatusWaiting,
+		CreatedBy:   &userID,
+	}, a.cfg.MaxProxyRecords)
+	var limitErr *store.LimitError
+	switch {
+	case errors.As(err, &limitErr):
+		return limitReached(limitErr.Max)
+	case errors.Is(err, store.ErrDomainTaken):
+		return errDomainTaken
+	case errors.Is(err, store.ErrNotFound):
+		return errOrgNotFound
+	case err != nil:
+		return internalError(err)
+	}
+	writeJSON(c.w, http.StatusCreated, toJSON(rec))
+	return nil
+}
+
+// orgRecord reads the path's record, which must belong to the path's
+// organization: another organization's record is as unknown as a missing
+// one.
+func (a *API) orgRecord(c *call) (store.Record, *apiError) {
+	id := c.vars["id"]
+	if !store.IsID(id) {
+		return store.Record{}, errNotFound
+	}
+	rec, err := a.store.Record(id)
+	if errors.Is(err, store.ErrNotFound) || err == nil && rec.OrgID != c.org.ID {
+		return store.Record{}, errNotFound
+	}
+	if err != nil {
+		return store.Record{}, internalError(err)
+	}
+	return rec, nil
+}
+
+func (a *API) getRecord(c *call) *apiError {
+	rec, aerr := a.orgRecord(c)
+	if aerr != nil {
+		return aerr
+	}
+	writeJSON(c.w, http.StatusOK, toJSON(rec))
+	return nil
+}
+
+// mutate applies fn to the path's record in one write transaction,
+// treating another organization's record as missing.
+func (a *API) mutate(c *call, fn func(r *store.Record) (store.Op, *apiError)) (store.Record, *apiError) {
+	id := c.vars["id"]
+	if !store.IsID(id) {
+		return store.Record{}, errNotFound
+	}
+	rec, _, err := a.store.Mutate(id, func(r *store.Record) (store.Op, error) {
+		if r.OrgID != c.org.ID {
+			return store.OpKeep, errNotFound
+		}
+		op, aerr := fn(r)
+		if aerr != nil {
+			return store.OpKeep, aerr
+		}
+		return op, nil
+	})
+	var aerr *apiError
+	switch {
+	case errors.As(err, &aerr):
+		return store.Record{}, aerr
+	case errors.Is(err, store.ErrNotFound):
+		return store.Record{}, errNotFound
+	case err != nil:
+		return store.Record{}, internalError(err)
+	}
+	return rec, nil
+}
+
+func (a *API) deleteRecord(c *call) *apiError {
+	_, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
+		return deleteOp(r), nil
+	})
+	if aerr != nil {
+		return aerr
+	}
+	c.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *API) retryRecord(c *call) *apiError {
+	rec, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
+		if !canRetry(r.Status) {
+			return store.OpKeep, invalidState(string(r.Status))
+		}
+		r.Status = store.StatusWaiting
+		r.Message = nil
+		return store.OpSave, nil
+	})
+	if aerr != nil {
+		return aerr
+	}
+	writeJSON(c.w, http.StatusOK, toJSON(rec))
+	return nil
+}

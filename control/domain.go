@@ -1,0 +1,129 @@
+package control
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"strings"
+
+	"golang.org/x/net/idna"
+	"golang.org/x/net/publicsuffix"
+)
+
+// idnaProfile maps Unicode input the way browsers do for lookups
+// (UTS #46, non-transitional) and converts it to its ASCII form. The
+// character rules are checked by NormalizeDomain itself, so its errors can
+// name the rule that was broken.
+var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false))
+
+// domainError is a domain that breaks a rule. code is "required" or
+// "invalid_input"; detail names the rule.
+type domainError struct {
+	code   string
+	detail string
+}
+
+func (e *domainError) Error() string { return e.detail }
+
+func (e *domainError) apiError() *apiError {
+	return &apiError{Status: 400, Type: "validation_error", Code: e.code, Detail: e.detail, Attr: attr("domain")}
+}
+
+func invalidDomain(format string, args ...any) *domainError {
+	return &domainError{code: "invalid_input", detail: fmt.Sprintf(format, args...)}
+}
+
+// NormalizeDomain turns what a customer typed into the domain edgeproxy
+// stores, or says which rule it breaks (CONTRACT §3, Domains): trimmed,
+// lower-cased, one trailing dot dropped, Unicode turned into punycode;
+// refused when empty, when it carries a scheme, path, port, user info,
+// space or '*', when it is an IP address, a single label, a public suffix
+// or a registrable domain (a CNAME cannot sit at a zone apex), when a label
+// is longer than 63 bytes or the name longer than 253, when it holds
+// anything but letters, digits, '-' and dots, when a label starts or ends
+// with '-', and when it is targetBase or a name under it.
+func NormalizeDomain(raw, targetBase string) (string, error) {
+	d := strings.TrimSpace(raw)
+	if d == "" {
+		return "", &domainError{code: "required", detail: "This field is required."}
+	}
+	switch {
+	case strings.Contains(d, "://"):
+		return "", invalidDomain("Enter a domain name only, without a scheme such as https://.")
+	case strings.Contains(d, "/"):
+		return "", invalidDomain("Enter a domain name only, without a path ('/').")
+	case strings.Contains(d, "@"):
+		return "", invalidDomain("Enter a domain name only, without user info ('@').")
+	case strings.ContainsAny(d, " \t\r\n\v\f"):
+		return "", invalidDomain("A domain name cannot contain spaces.")
+	case strings.Contains(d, "*"):
+		return "", invalidDomain("Wildcard domains ('*') are not supported; register each subdomain.")
+	}
+	if ip := net.ParseIP(strings.Trim(d, "[]")); ip != nil {
+		return "", invalidDomain("Enter a domain name, not an IP address.")
+	}
+	if strings.Contains(d, ":") {
+		return "", invalidDomain("Enter a domain name only, without a port (':').")
+	}
+	d = strings.TrimSuffix(d, ".")
+	ascii, err := idnaProfile.ToASCII(d)
+	if err != nil {
+		return "", invalidDomain("%q is not a valid internationalized domain name: %v.", raw, err)
+	}
+	d = strings.ToLower(ascii)
+	if ip := net.ParseIP(d); ip != nil {
+		// Full-width digits map to an IP address only after IDNA mapping.
+		return "", invalidDomain("Enter a domain name, not an IP address.")
+	}
+	if len(d) > 253 {
+		return "", invalidDomain("A domain name can be at most 253 characters long; this one has %d.", len(d))
+	}
+	labels := strings.Split(d, ".")
+	for _, label := range labels {
+		if err := checkLabel(label); err != nil {
+			return "", err
+		}
+	}
+	if len(labels) < 2 {
+		return "", invalidDomain("%q is a single label; enter a full domain name such as e.example.com.", d)
+	}
+	if targetBase != "" && (d == targetBase || strings.HasSuffix(d, "."+targetBase)) {
+		return "", invalidDomain("%q is at or under %s, which edgeproxy itself serves; enter your own domain.", d, targetBase)
+	}
+	apex, err := publicsuffix.EffectiveTLDPlusOne(d)
+	if err != nil {
+		return "", invalidDomain("%q is a public suffix; enter a subdomain of a domain you own, such as e.example.com.", d)
+	}
+	if apex == d {
+		return "", invalidDomain("%q is a registrable domain (a zone apex), where a CNAME cannot be added; use a subdomain such as e.%s.", d, d)
+	}
+	return d, nil
+}
+
+// checkLabel applies the hostname rules (RFC 1123) to one label.
+func checkLabel(label string) *domainError {
+	if label == "" {
+		return invalidDomain("A domain name cannot contain an empty label ('..').")
+	}
+	if len(label) > 63 {
+		return invalidDomain("The label %q is %d characters long; a label can be at most 63.", label, len(label))
+	}
+	for i := 0; i < len(label); i++ {
+		c := label[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return invalidDomain("The label %q contains %q; only letters, digits and '-' are allowed.", label, string(c))
+		}
+	}
+	if label[0] == '-' || label[len(label)-1] == '-' {
+		return invalidDomain("The label %q starts or ends with '-', which is not allowed.", label)
+	}
+	return nil
+}
+
+// TargetCNAME is the name a customer points the domain's CNAME at: the
+// first 20 hex digits of sha256(organization id + domain), under base.
+func TargetCNAME(orgID, domain, base string) string {
+	sum := sha256.Sum256([]byte(orgID + domain))
+	return hex.EncodeToString(sum[:])[:20] + "." + base
+}

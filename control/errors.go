@@ -1,0 +1,97 @@
+package control
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+)
+
+// apiError is an error as the client sees it (CONTRACT §3: type, code,
+// detail, attr) together with the cause that only the log sees.
+type apiError struct {
+	Status int     `json:"-"`
+	Type   string  `json:"type"`
+	Code   string  `json:"code"`
+	Detail string  `json:"detail"`
+	Attr   *string `json:"attr"`
+	// cause is logged, never sent.
+	cause error
+}
+
+func (e *apiError) Error() string {
+	if e.cause != nil {
+		return fmt.Sprintf("%d %s: %s: %v", e.Status, e.Code, e.Detail, e.cause)
+	}
+	return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Detail)
+}
+
+func attr(name string) *string { return &name }
+
+var (
+	errNotAuthenticated = &apiError{Status: http.StatusUnauthorized, Type: "authentication_error", Code: "not_authenticated",
+		Detail: "Authentication credentials were not provided."}
+	errOrgNotFound = &apiError{Status: http.StatusNotFound, Type: "invalid_request", Code: "not_found",
+		Detail: "Organization not found."}
+	errNotFound = &apiError{Status: http.StatusNotFound, Type: "invalid_request", Code: "not_found",
+		Detail: "Not found."}
+	errLevelTooLow = &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
+		Detail: "Your organization access level is insufficient."}
+	errTooLarge = &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request", Code: "request_too_large",
+		Detail: fmt.Sprintf("Request body exceeds the limit of %d bytes (1 MiB).", maxAPIBody)}
+	errDomainTaken = &apiError{Status: http.StatusBadRequest, Type: "validation_error", Code: "unique",
+		Detail: "A proxy record with this domain already exists.", Attr: attr("domain")}
+)
+
+// keyInvalid is the answer to a key that is unknown or revoked; where names
+// the place the key was found.
+func keyInvalid(where string) *apiError {
+	return &apiError{Status: http.StatusUnauthorized, Type: "authentication_error", Code: "authentication_failed",
+		Detail: fmt.Sprintf("Personal API key found in request %s is invalid.", where)}
+}
+
+func scopeMissing(scope string) *apiError {
+	return &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
+		Detail: fmt.Sprintf("API key missing required scope '%s'", scope)}
+}
+
+func orgNotInKey(orgID string) *apiError {
+	return &apiError{Status: http.StatusForbidden, Type: "authentication_error", Code: "permission_denied",
+		Detail: fmt.Sprintf("API key does not have access to the requested organization: ID %s.", orgID)}
+}
+
+func methodNotAllowed(method string) *apiError {
+	return &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request", Code: "method_not_allowed",
+		Detail: fmt.Sprintf("Method %q not allowed.", method)}
+}
+
+func parseError(detail string) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Type: "invalid_request", Code: "parse_error", Detail: detail}
+}
+
+func limitReached(max int) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Type: "validation_error", Code: "max_proxy_records",
+		Detail: fmt.Sprintf("Maximum of %d proxy records per organization.", max)}
+}
+
+func invalidState(status string) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Type: "validation_error", Code: "invalid_state",
+		Detail: fmt.Sprintf("Cannot retry proxy in %s state.", status)}
+}
+
+// internalError hides cause from the client; the log gets it.
+func internalError(cause error) *apiError {
+	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "error",
+		Detail: "A server error occurred.", cause: cause}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		// Only our own types reach here; a failure is a programming error.
+		panic(fmt.Sprintf("control: encoding response: %v", err))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", fmt.Sprint(len(body)+1))
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}

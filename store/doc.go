@@ -1,0 +1,46 @@
+// Package store is edgeproxy's one source of truth: organizations, users,
+// memberships, personal API keys and proxy records, kept in a single bbolt
+// file.
+//
+// # Model
+//
+// Every entity is a JSON value in its own bucket, keyed by its id. Secondary
+// indexes live in their own buckets and are written in the same transaction
+// as the entity, so they can never disagree with it:
+//
+//   - records_by_domain: a domain maps to at most one record, across all
+//     organizations. This is the uniqueness rule of the API.
+//   - records_by_org: organization id + creation sequence, so an
+//     organization's records are listed newest first by a cursor scan whose
+//     cost is proportional to that organization's records, not to the store.
+//   - keys_by_hash: the sha256 hash of a personal API key's value. The value
+//     itself is never stored.
+//
+// # Guarantees
+//
+// A write method that returns nil has been committed and fsynced: bbolt's
+// default sync-on-commit is never turned off. Small concurrent writes
+// (record creates and updates) go through bbolt's Batch, so many callers
+// share one fsync without any of them returning early. Business rules that
+// must hold under concurrency (a domain is unique, an organization stays
+// within its limit) are checked inside the write transaction that would
+// break them.
+//
+// Callers never see bbolt: the rest of the program talks to the methods of
+// *Store, so the backend can be replaced (a multi-node backend is planned).
+//
+// # Change feed
+//
+// Subscribe returns a Subscription that learns about every committed change
+// to a proxy record. A change names the record and carries its state as of
+// that commit, but deliveries of different commits may be reordered and
+// changes to the same record coalesce, so a consumer must treat a change as
+// "look at this record again" and read the store for the current state.
+// Delivery never blocks a writer.
+//
+// # Schema
+//
+// The file carries a schema version in the meta bucket. Open applies the
+// migrations between the file's version and SchemaVersion in one
+// transaction, and refuses a file written by a newer program.
+package store

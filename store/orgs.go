@@ -1,0 +1,236 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// CreateOrg adds an organization. maxRecords, when not nil, overrides the
+// server-wide limit of proxy records for it.
+func (s *Store) CreateOrg(name string, maxRecords *int) (Org, error) {
+	org := Org{ID: NewID(), Name: name, CreatedAt: s.stamp(), MaxProxyRecords: maxRecords}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bucketOrgs), []byte(org.ID), org)
+	})
+	if err != nil {
+		return Org{}, fmt.Errorf("store: creating organization: %w", err)
+	}
+	return org, nil
+}
+
+// Org returns the organization with the id, or ErrNotFound.
+func (s *Store) Org(id string) (Org, error) {
+	var org Org
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return getJSON(tx.Bucket(bucketOrgs), []byte(id), &org)
+	})
+	return org, err
+}
+
+// Orgs returns every organization, oldest first.
+func (s *Store) Orgs() ([]Org, error) {
+	var orgs []Org
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketOrgs).ForEach(func(_, v []byte) error {
+			var org Org
+			if err := json.Unmarshal(v, &org); err != nil {
+				return fmt.Errorf("store: decoding organization: %w", err)
+			}
+			orgs = append(orgs, org)
+			return nil
+		})
+	})
+	sort.SliceStable(orgs, func(i, j int) bool { return orgs[i].CreatedAt.Before(orgs[j].CreatedAt) })
+	return orgs, err
+}
+
+// UpdateOrg applies fn to the organization and saves it. The id cannot
+// change.
+func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
+	var org Org
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOrgs)
+		if err := getJSON(b, []byte(id), &org); err != nil {
+			return err
+		}
+		fn(&org)
+		org.ID = id
+		return putJSON(b, []byte(id), org)
+	})
+	return org, err
+}
+
+// CreateUser adds a user. The email must not belong to another user
+// (ErrEmailTaken).
+func (s *Store) CreateUser(email string) (User, error) {
+	var user User
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		user, err = s.createUserTx(tx, email)
+		return err
+	})
+	return user, err
+}
+
+func (s *Store) createUserTx(tx *bolt.Tx, email string) (User, error) {
+	byEmail := tx.Bucket(bucketUsersByEmail)
+	if byEmail.Get([]byte(email)) != nil {
+		return User{}, ErrEmailTaken
+	}
+	users := tx.Bucket(bucketUsers)
+	seq, err := users.NextSequence()
+	if err != nil {
+		return User{}, err
+	}
+	user := User{ID: int64(seq), Email: email, CreatedAt: s.stamp()}
+	if err := putJSON(users, u64(seq), user); err != nil {
+		return User{}, err
+	}
+	return user, byEmail.Put([]byte(email), u64(seq))
+}
+
+// User returns the user with the id, or ErrNotFound.
+func (s *Store) User(id int64) (User, error) {
+	var user User
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return getJSON(tx.Bucket(bucketUsers), u64(uint64(id)), &user)
+	})
+	return user, err
+}
+
+// Users returns every user in id order.
+func (s *Store) Users() ([]User, error) {
+	var users []User
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUsers).ForEach(func(_, v []byte) error {
+			var u User
+			if err := json.Unmarshal(v, &u); err != nil {
+				return fmt.Errorf("store: decoding user: %w", err)
+			}
+			users = append(users, u)
+			return nil
+		})
+	})
+	return users, err
+}
+
+func memberKey(orgID string, userID int64) []byte {
+	return append([]byte(orgID), u64(uint64(userID))...)
+}
+
+// SetMembership makes the user a member of the organization at level, or
+// changes the level of an existing membership (which keeps its place in the
+// user's order of memberships). ErrNotFound if either does not exist.
+func (s *Store) SetMembership(orgID string, userID int64, level Level) (Membership, error) {
+	var m Membership
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		m, err = s.setMembershipTx(tx, orgID, userID, level)
+		return err
+	})
+	return m, err
+}
+
+func (s *Store) setMembershipTx(tx *bolt.Tx, orgID string, userID int64, level Level) (Membership, error) {
+	if tx.Bucket(bucketOrgs).Get([]byte(orgID)) == nil {
+		return Membership{}, fmt.Errorf("organization %s: %w", orgID, ErrNotFound)
+	}
+	if tx.Bucket(bucketUsers).Get(u64(uint64(userID))) == nil {
+		return Membership{}, fmt.Errorf("user %d: %w", userID, ErrNotFound)
+	}
+	members := tx.Bucket(bucketMembers)
+	key := memberKey(orgID, userID)
+	var m Membership
+	switch err := getJSON(members, key, &m); err {
+	case nil:
+		m.Level = level
+	case ErrNotFound:
+		seq, err := members.NextSequence()
+		if err != nil {
+			return Membership{}, err
+		}
+		m = Membership{OrgID: orgID, UserID: userID, Level: level, CreatedAt: s.stamp(), Seq: seq}
+		if err := tx.Bucket(bucketUserOrgs).Put(append(u64(uint64(userID)), u64(seq)...), []byte(orgID)); err != nil {
+			return Membership{}, err
+		}
+	default:
+		return Membership{}, err
+	}
+	return m, putJSON(members, key, m)
+}
+
+// Membership returns the user's membership of the organization, or
+// ErrNotFound.
+func (s *Store) Membership(orgID string, userID int64) (Membership, error) {
+	var m Membership
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return getJSON(tx.Bucket(bucketMembers), memberKey(orgID, userID), &m)
+	})
+	return m, err
+}
+
+// UserMemberships returns the user's memberships in the order they were
+// made.
+func (s *Store) UserMemberships(userID int64) ([]Membership, error) {
+	var ms []Membership
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := u64(uint64(userID))
+		members := tx.Bucket(bucketMembers)
+		c := tx.Bucket(bucketUserOrgs).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var m Membership
+			if err := getJSON(members, memberKey(string(v), int64(binary.BigEndian.Uint64(k[:8]))), &m); err != nil {
+				return err
+			}
+			ms = append(ms, m)
+		}
+		return nil
+	})
+	return ms, err
+}
+
+// Bootstrap is what the first start of a server creates: an organization, a
+// user who owns it and a personal API key of that user.
+type Bootstrap struct {
+	OrgName string
+	Email   string
+	Key     APIKey
+}
+
+// BootstrapIfEmpty creates b in one transaction if the store holds no
+// organization yet, and reports whether it did. The key's ID, UserID and
+// CreatedAt are filled in.
+func (s *Store) BootstrapIfEmpty(b Bootstrap) (created bool, key APIKey, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if k, _ := tx.Bucket(bucketOrgs).Cursor().First(); k != nil {
+			return nil
+		}
+		org := Org{ID: NewID(), Name: b.OrgName, CreatedAt: s.stamp()}
+		if err := putJSON(tx.Bucket(bucketOrgs), []byte(org.ID), org); err != nil {
+			return err
+		}
+		user, err := s.createUserTx(tx, b.Email)
+		if err != nil {
+			return err
+		}
+		if _, err := s.setMembershipTx(tx, org.ID, user.ID, LevelOwner); err != nil {
+			return err
+		}
+		key = b.Key
+		key.UserID = user.ID
+		if err := s.createKeyTx(tx, &key); err != nil {
+			return err
+		}
+		created = true
+		return nil
+	})
+	if err != nil {
+		return false, APIKey{}, fmt.Errorf("store: bootstrapping: %w", err)
+	}
+	return created, key, nil
+}

@@ -1,0 +1,255 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// orgIndexKey is the records_by_org key of a record: organization id, then
+// the record's sequence number, so keys sort by creation within an
+// organization.
+func orgIndexKey(orgID string, seq uint64) []byte {
+	return append([]byte(orgID), u64(seq)...)
+}
+
+// CreateRecord stores a new record for r.OrgID. It fills in ID, Seq,
+// CreatedAt and UpdatedAt and keeps the rest of r. In the same transaction
+// it enforces the organization's limit (the organization's own
+// MaxProxyRecords, else defaultLimit) with a *LimitError, and the
+// uniqueness of the domain across all organizations with ErrDomainTaken.
+// ErrNotFound if the organization does not exist.
+func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
+	var created Record
+	var ruleErr error
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		// Batch may call this more than once; every attempt starts afresh.
+		// A broken rule is reported through ruleErr and a nil return, so it
+		// does not make bbolt roll back and rerun the rest of the batch.
+		ruleErr = nil
+		var org Org
+		if err := getJSON(tx.Bucket(bucketOrgs), []byte(r.OrgID), &org); err != nil {
+			ruleErr = fmt.Errorf("organization %s: %w", r.OrgID, err)
+			return nil
+		}
+		limit := defaultLimit
+		if org.MaxProxyRecords != nil {
+			limit = *org.MaxProxyRecords
+		}
+		byOrg := tx.Bucket(bucketRecordsByOrg)
+		if countPrefix(byOrg, []byte(r.OrgID), limit) >= limit {
+			ruleErr = &LimitError{Max: limit}
+			return nil
+		}
+		byDomain := tx.Bucket(bucketRecordsByDomain)
+		if byDomain.Get([]byte(r.Domain)) != nil {
+			ruleErr = ErrDomainTaken
+			return nil
+		}
+		seq, err := byOrg.NextSequence()
+		if err != nil {
+			return err
+		}
+		rec := r
+		rec.ID = NewID()
+		rec.Seq = seq
+		rec.CreatedAt = s.stamp()
+		rec.UpdatedAt = rec.CreatedAt
+		if err := putJSON(tx.Bucket(bucketRecords), []byte(rec.ID), rec); err != nil {
+			return err
+		}
+		if err := byDomain.Put([]byte(rec.Domain), []byte(rec.ID)); err != nil {
+			return err
+		}
+		if err := byOrg.Put(orgIndexKey(rec.OrgID, rec.Seq), []byte(rec.ID)); err != nil {
+			return err
+		}
+		created = rec
+		tx.OnCommit(func() { s.publish(Change{ID: rec.ID, OrgID: rec.OrgID, Domain: rec.Domain, Record: &rec}) })
+		return nil
+	})
+	if err != nil {
+		return Record{}, fmt.Errorf("store: creating record %s: %w", r.Domain, err)
+	}
+	if ruleErr != nil {
+		return Record{}, ruleErr
+	}
+	return created, nil
+}
+
+// countPrefix counts the keys of b that start with prefix, stopping at max.
+func countPrefix(b *bolt.Bucket, prefix []byte, max int) int {
+	n := 0
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && n < max; k, _ = c.Next() {
+		n++
+	}
+	return n
+}
+
+// Record returns the record with the id, or ErrNotFound.
+func (s *Store) Record(id string) (Record, error) {
+	var r Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return getJSON(tx.Bucket(bucketRecords), []byte(id), &r)
+	})
+	return r, err
+}
+
+// RecordByDomain returns the record holding the domain, or ErrNotFound.
+func (s *Store) RecordByDomain(domain string) (Record, error) {
+	var r Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketRecordsByDomain).Get([]byte(domain))
+		if id == nil {
+			return ErrNotFound
+		}
+		return getJSON(tx.Bucket(bucketRecords), id, &r)
+	})
+	return r, err
+}
+
+// OrgRecords returns the organization's records, newest first. Its cost is
+// proportional to the organization's records, not to the whole store.
+func (s *Store) OrgRecords(orgID string) ([]Record, error) {
+	records := []Record{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := []byte(orgID)
+		all := tx.Bucket(bucketRecords)
+		c := tx.Bucket(bucketRecordsByOrg).Cursor()
+		k, v := c.Seek(orgIndexKey(orgID, ^uint64(0)))
+		if k == nil {
+			k, v = c.Last()
+		} else {
+			k, v = c.Prev()
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
+			var r Record
+			if err := getJSON(all, v, &r); err != nil {
+				return err
+			}
+			records = append(records, r)
+		}
+		return nil
+	})
+	return records, err
+}
+
+// Records returns every record for which keep returns true (every record
+// when keep is nil), in no particular order.
+func (s *Store) Records(keep func(*Record) bool) ([]Record, error) {
+	records := []Record{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRecords).ForEach(func(_, v []byte) error {
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("store: decoding record: %w", err)
+			}
+			if keep == nil || keep(&r) {
+				records = append(records, r)
+			}
+			return nil
+		})
+	})
+	return records, err
+}
+
+// Op is what a Mutate callback decides to do with the record it was given.
+type Op int
+
+const (
+	// OpKeep leaves the record as it was.
+	OpKeep Op = iota
+	// OpSave stores the changed record and bumps its UpdatedAt.
+	OpSave
+	// OpDelete removes the record and its index entries.
+	OpDelete
+)
+
+// Mutate reads the record with the id, hands it to fn, and does what fn
+// returns, all in one write transaction. If fn returns an error nothing is
+// written and Mutate returns that error unchanged. fn may be called more
+// than once (concurrent writes are batched) and must depend only on the
+// record it is given. The record returned is the one as stored (or as it
+// was, for OpKeep and OpDelete). ErrNotFound if there is no such record.
+func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, error) {
+	var (
+		result Record
+		op     Op
+		fnErr  error
+	)
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		fnErr = nil
+		records := tx.Bucket(bucketRecords)
+		var r Record
+		if err := getJSON(records, []byte(id), &r); err != nil {
+			fnErr = err
+			return nil
+		}
+		before := r
+		op, fnErr = fn(&r)
+		if fnErr != nil {
+			return nil
+		}
+		// Identity fields are the store's, whatever fn did.
+		r.ID, r.OrgID, r.Domain, r.Seq, r.CreatedAt = before.ID, before.OrgID, before.Domain, before.Seq, before.CreatedAt
+		switch op {
+		case OpKeep:
+			result = before
+			return nil
+		case OpSave:
+			r.UpdatedAt = s.stamp()
+			if err := putJSON(records, []byte(id), r); err != nil {
+				return err
+			}
+			result = r
+			tx.OnCommit(func() { s.publish(Change{ID: r.ID, OrgID: r.OrgID, Domain: r.Domain, Record: &r}) })
+			return nil
+		case OpDelete:
+			if err := records.Delete([]byte(id)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketRecordsByDomain).Delete([]byte(before.Domain)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketRecordsByOrg).Delete(orgIndexKey(before.OrgID, before.Seq)); err != nil {
+				return err
+			}
+			result = before
+			tx.OnCommit(func() { s.publish(Change{ID: before.ID, OrgID: before.OrgID, Domain: before.Domain}) })
+			return nil
+		}
+		return fmt.Errorf("store: mutate %s: unknown op %d", id, op)
+	})
+	if err != nil {
+		return Record{}, OpKeep, fmt.Errorf("store: updating record %s: %w", id, err)
+	}
+	if fnErr != nil {
+		return Record{}, OpKeep, fnErr
+	}
+	return result, op, nil
+}
+
+// CountRecordsByStatus returns how many records are in each status; every
+// status is present, zeros included.
+func (s *Store) CountRecordsByStatus() (map[Status]int, error) {
+	counts := make(map[Status]int, len(Statuses))
+	for _, st := range Statuses {
+		counts[st] = 0
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRecords).ForEach(func(_, v []byte) error {
+			var r struct {
+				Status Status `json:"status"`
+			}
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("store: decoding record: %w", err)
+			}
+			counts[r.Status]++
+			return nil
+		})
+	})
+	return counts, err
+}

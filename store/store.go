@@ -1,0 +1,227 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors returned by the store. Callers compare with errors.Is.
+var (
+	// ErrNotFound: the entity asked for does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrDomainTaken: another record (in any organization) holds the domain.
+	ErrDomainTaken = errors.New("store: domain already registered")
+	// ErrEmailTaken: another user has the email.
+	ErrEmailTaken = errors.New("store: email already registered")
+	// ErrNewerSchema: the file was written by a newer edgeproxy.
+	ErrNewerSchema = errors.New("store: database schema is newer than this program")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("store: closed")
+)
+
+// LimitError says an organization already holds its maximum of records.
+type LimitError struct{ Max int }
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("store: organization already holds its maximum of %d proxy records", e.Max)
+}
+
+// SchemaVersion is the version of the file layout this program writes.
+const SchemaVersion = 1
+
+// migrations[i] moves a file from schema version i to i+1. Version 0 is an
+// empty file. Each runs inside the one transaction that also records the new
+// version, so a crash leaves the file at the old version or the new one.
+var migrations = []func(tx *bolt.Tx) error{
+	0: func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("creating bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	},
+}
+
+var (
+	bucketMeta            = []byte("meta")
+	bucketOrgs            = []byte("orgs")
+	bucketUsers           = []byte("users")
+	bucketUsersByEmail    = []byte("users_by_email")
+	bucketMembers         = []byte("members")
+	bucketUserOrgs        = []byte("user_orgs")
+	bucketKeys            = []byte("keys")
+	bucketKeysByHash      = []byte("keys_by_hash")
+	bucketRecords         = []byte("records")
+	bucketRecordsByDomain = []byte("records_by_domain")
+	bucketRecordsByOrg    = []byte("records_by_org")
+
+	allBuckets = [][]byte{bucketMeta, bucketOrgs, bucketUsers, bucketUsersByEmail, bucketMembers,
+		bucketUserOrgs, bucketKeys, bucketKeysByHash, bucketRecords, bucketRecordsByDomain, bucketRecordsByOrg}
+
+	keySchema = []byte("schema_version")
+)
+
+// Options configures Open. The zero value works.
+type Options struct {
+	// Now is the clock used for created_at and updated_at. If nil,
+	// time.Now is used.
+	Now func() time.Time
+	// Timeout bounds the wait for the file lock held by another process.
+	// If zero, one second.
+	Timeout time.Duration
+}
+
+// Store is the bbolt-backed store. It is safe for concurrent use.
+type Store struct {
+	db  *bolt.DB
+	now func() time.Time
+
+	// subsMu guards subs.
+	subsMu sync.Mutex
+	subs   map[*Subscription]struct{}
+}
+
+// Open opens (creating if needed) the database file at path and brings its
+// schema up to date. The file is created with mode 0600 and its directory
+// with 0700.
+func Open(path string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: creating directory for %s: %w", path, err)
+	}
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = time.Second
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("store: opening %s: file is locked by another process (is another edgeproxy running on this data dir?)", path)
+		}
+		return nil, fmt.Errorf("store: opening %s: %w", path, err)
+	}
+	s := &Store{db: db, now: opts.Now, subs: map[*Subscription]struct{}{}}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if err := db.Update(migrate); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: migrating %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func migrate(tx *bolt.Tx) error {
+	var version uint64
+	if meta := tx.Bucket(bucketMeta); meta != nil {
+		if v := meta.Get(keySchema); len(v) == 8 {
+			version = binary.BigEndian.Uint64(v)
+		}
+	}
+	if version > SchemaVersion {
+		return fmt.Errorf("%w: file has version %d, this program knows up to %d", ErrNewerSchema, version, SchemaVersion)
+	}
+	if version == SchemaVersion {
+		return nil
+	}
+	for v := version; v < SchemaVersion; v++ {
+		if err := migrations[v](tx); err != nil {
+			return fmt.Errorf("schema %d to %d: %w", v, v+1, err)
+		}
+	}
+	return tx.Bucket(bucketMeta).Put(keySchema, u64(SchemaVersion))
+}
+
+// Close closes the database file. Subscriptions stay valid but receive
+// nothing more.
+func (s *Store) Close() error {
+	return s.db.Close()
+}
+
+// Path is the database file's path.
+func (s *Store) Path() string { return s.db.Path() }
+
+// SchemaVersionOf reports the schema version recorded in the file.
+func (s *Store) SchemaVersionOf() (uint64, error) {
+	var v uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v = binary.BigEndian.Uint64(tx.Bucket(bucketMeta).Get(keySchema))
+		return nil
+	})
+	return v, err
+}
+
+// Backup writes a consistent copy of the whole database to w while other
+// reads and writes go on, and returns the number of bytes written.
+func (s *Store) Backup(w io.Writer) (int64, error) {
+	var n int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("store: writing backup: %w", err)
+	}
+	return n, nil
+}
+
+// Check runs bbolt's consistency check over the whole file and returns the
+// problems it finds, if any.
+func (s *Store) Check() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// Writable reports whether a write transaction can commit now. Readiness
+// checks use it: a store that cannot write cannot accept API calls.
+func (s *Store) Writable() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put([]byte("last_write_probe"), []byte(s.stamp().Format(time.RFC3339Nano)))
+	})
+}
+
+// stamp is the current time as the store records it: UTC, to the
+// microsecond (what the API shows).
+func (s *Store) stamp() time.Time {
+	return s.now().UTC().Truncate(time.Microsecond)
+}
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+func getJSON(b *bolt.Bucket, key []byte, v any) error {
+	data := b.Get(key)
+	if data == nil {
+		return ErrNotFound
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("store: decoding %q: %w", key, err)
+	}
+	return nil
+}
+
+func putJSON(b *bolt.Bucket, key []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("store: encoding %s: %w", key, err)
+	}
+	return b.Put(key, data)
+}
