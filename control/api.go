@@ -144,6 +144,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func allowed(rt *route) []string {
+	if rt == nil {
+		// Only /api/schema/ answers 405 without a route.
+		return []string{http.MethodGet}
+	}
 	var ms []string
 	for m := range rt.methods {
 		ms = append(ms, m)

@@ -1,0 +1,31 @@
+# edgeproxy: `make run` starts a local trial server, `make test` runs the whole suite.
+GO ?= go
+DATA_DIR ?= ./data
+FUZZTIME ?= 30s
+
+.PHONY: run test build bench fuzz vet clean
+
+## run: the server on the embedded bbolt default, in --dev mode (API on 127.0.0.1:8080)
+run:
+	$(GO) run ./cmd/edgeproxy serve --dev --data-dir $(DATA_DIR)
+
+## test: the whole suite, with the race detector
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## build: the binary in ./bin
+build:
+	$(GO) build -o bin/edgeproxy ./cmd/edgeproxy
+
+## bench: the control-plane benchmarks (numbers go to docs/PERFORMANCE.md)
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3s ./control/
+
+## fuzz: each fuzz target for FUZZTIME
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeDomain$$' -fuzztime $(FUZZTIME) ./control/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBody$$' -fuzztime $(FUZZTIME) ./control/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,372 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// binary builds the edgeproxy binary once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "edgeproxy-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "edgeproxy")
+		out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// server is a running edgeproxy binary.
+type server struct {
+	cmd     *exec.Cmd
+	api     string
+	dataDir string
+	stderr  *bytes.Buffer
+	done    chan error
+}
+
+func startServer(t *testing.T, dataDir string, args ...string) *server {
+	t.Helper()
+	s := &server{api: "http://" + freeAddr(t), dataDir: dataDir, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	all := append([]string{"serve", "--dev", "--data-dir", dataDir,
+		"--api-addr", strings.TrimPrefix(s.api, "http://"),
+		"--http-addr", freeAddr(t), "--https-addr", freeAddr(t)}, args...)
+	s.cmd = exec.Command(binary(t), all...)
+	s.cmd.Stderr = s.stderr
+	s.cmd.Stdout = io.Discard
+	s.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.done <- s.cmd.Wait() }()
+	t.Cleanup(func() {
+		s.cmd.Process.Kill()
+		<-s.done
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(s.api + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		select {
+		case err := <-s.done:
+			t.Fatalf("server exited during start: %v\n%s", err, s.stderr)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("server not ready in 20s\n%s", s.stderr)
+	return nil
+}
+
+func (s *server) key(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(s.dataDir, "bootstrap-key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// request sends an API request with the key and decodes a JSON answer into
+// out (when not nil), returning the status.
+func (s *server) request(t *testing.T, key, method, path, body string, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, s.api+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s %s: %d %q: %v", method, path, resp.StatusCode, data, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// admin runs an admin command against the server and decodes its JSON.
+func (s *server) admin(t *testing.T, out any, args ...string) {
+	t.Helper()
+	cmd := exec.Command(binary(t), append(args, "--data-dir", s.dataDir)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	data, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("edgeproxy %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("edgeproxy %s printed %q: %v", strings.Join(args, " "), data, err)
+		}
+	}
+}
+
+func TestServeAndAdminCommands(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+
+	for name, want := range map[string]os.FileMode{"bootstrap-key": 0o600, "admin.sock": 0o600, "edgeproxy.db": 0o600} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("%s mode = %o, want %o", name, got, want)
+		}
+	}
+	bootKey := s.key(t)
+	var list struct {
+		Results         []map[string]any `json:"results"`
+		MaxProxyRecords int              `json:"max_proxy_records"`
+	}
+	if code := s.request(t, bootKey, "GET", "/api/organizations/@current/proxy_records/", "", &list); code != 200 {
+		t.Fatalf("bootstrap key lists: %d", code)
+	}
+
+	var org struct {
+		ID              string `json:"id"`
+		MaxProxyRecords int    `json:"max_proxy_records"`
+	}
+	s.admin(t, &org, "org", "create", "--name", "Acme", "--max-proxy-records", "5")
+	if !store.IsID(org.ID) || org.MaxProxyRecords != 5 {
+		t.Fatalf("org create printed %+v", org)
+	}
+	var user struct {
+		ID int64 `json:"id"`
+	}
+	s.admin(t, &user, "user", "create", "--email", "ops@acme.example")
+	uid := fmt.Sprint(user.ID)
+	s.admin(t, nil, "member", "add", "--org", org.ID, "--user", uid, "--level", "admin")
+	var key struct {
+		ID    string `json:"id"`
+		Value string `json:"value"`
+	}
+	s.admin(t, &key, "key", "create", "--user", uid, "--scopes", "organization:write", "--orgs", org.ID, "--label", "ci")
+	if !strings.HasPrefix(key.Value, "phx_") {
+		t.Fatalf("key create printed value %q", key.Value)
+	}
+
+	var rec struct {
+		ID          string `json:"id"`
+		Status      string `json:"status"`
+		TargetCNAME string `json:"target_cname"`
+	}
+	if code := s.request(t, key.Value, "POST", "/api/organizations/@current/proxy_records/", `{"domain":"e.acme.example"}`, &rec); code != 201 {
+		t.Fatalf("create with the new key: %d", code)
+	}
+	if rec.Status != "waiting" || !strings.HasSuffix(rec.TargetCNAME, ".proxy.localhost") {
+		t.Errorf("created record %+v", rec)
+	}
+
+	var orgs []struct {
+		ID   string `json:"id"`
+		Name string `json:"name"`
+	}
+	s.admin(t, nil, "org", "update", "--id", org.ID, "--name", "Acme Inc")
+	s.admin(t, &orgs, "org", "list")
+	if len(orgs) != 2 || orgs[1].Name != "Acme Inc" {
+		t.Errorf("org list = %+v", orgs)
+	}
+	var records []struct {
+		OrgID  string `json:"org_id"`
+		Domain string `json:"domain"`
+	}
+	s.admin(t, &records, "records", "list", "--org", org.ID, "--status", "waiting")
+	if len(records) != 1 || records[0].Domain != "e.acme.example" || records[0].OrgID != org.ID {
+		t.Errorf("records list = %+v", records)
+	}
+	var keys []struct {
+		ID string `json:"id"`
+	}
+	s.admin(t, &keys, "key", "list", "--user", uid)
+	if len(keys) != 1 || keys[0].ID != key.ID {
+		t.Errorf("key list = %+v", keys)
+	}
+
+	// A backup taken while serving opens as a store holding the record.
+	backup := filepath.Join(t.TempDir(), "copy.db")
+	s.admin(t, nil, "backup", "--out", backup)
+	copyStore, err := store.Open(backup, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := copyStore.RecordByDomain("e.acme.example"); err != nil || r.ID != rec.ID {
+		t.Errorf("backup holds %+v, %v", r, err)
+	}
+	copyStore.Close()
+
+	s.admin(t, nil, "key", "revoke", "--id", key.ID)
+	if code := s.request(t, key.Value, "GET", "/api/organizations/@current/proxy_records/", "", nil); code != 401 {
+		t.Errorf("revoked key answered %d, want 401", code)
+	}
+
+	// SIGTERM drains and exits 0.
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, s.stderr)
+		}
+		s.done <- err // for the cleanup
+	case <-time.After(35 * time.Second):
+		t.Fatal("no exit 35s after SIGTERM")
+	}
+}
+
+// TestKill9Durability creates and deletes records while the server is
+// killed with SIGKILL, restarts it on the same data dir and checks that
+// every record acknowledged with 201 exists unless a 204 deleted it, and
+// that none acknowledged deleted came back.
+func TestKill9Durability(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir, "--max-proxy-records", "100000")
+	key := s.key(t)
+	client := &http.Client{Timeout: 10 * time.Second}
+
+	var (
+		mu      sync.Mutex
+		created = map[string]string{} // domain → id
+		deleted = map[string]bool{}   // id
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 10000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				domain := fmt.Sprintf("d%d-%d.kill.example", w, i)
+				req, _ := http.NewRequest("POST", s.api+"/api/organizations/@current/proxy_records/", strings.NewReader(`{"domain":"`+domain+`"}`))
+				req.Header.Set("Authorization", "Bearer "+key)
+				resp, err := client.Do(req)
+				if err != nil {
+					return // the server is gone
+				}
+				var rec struct {
+					ID string `json:"id"`
+				}
+				json.NewDecoder(resp.Body).Decode(&rec)
+				resp.Body.Close()
+				if resp.StatusCode != 201 {
+					continue
+				}
+				mu.Lock()
+				created[domain] = rec.ID
+				mu.Unlock()
+				if i%3 == 0 {
+					req, _ := http.NewRequest("DELETE", s.api+"/api/organizations/@current/proxy_records/"+rec.ID+"/", nil)
+					req.Header.Set("Authorization", "Bearer "+key)
+					resp, err := client.Do(req)
+					if err != nil {
+						return
+					}
+					resp.Body.Close()
+					if resp.StatusCode == 204 {
+						mu.Lock()
+						deleted[rec.ID] = true
+						mu.Unlock()
+					}
+				}
+			}
+		}(w)
+	}
+	// Let the writers get going, then kill without warning.
+	for {
+		mu.Lock()
+		n := len(created)
+		mu.Unlock()
+		if n >= 200 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.cmd.Process.Kill()
+	close(stop)
+	wg.Wait()
+	<-s.done
+	s.done <- nil
+
+	s2 := startServer(t, dir, "--max-proxy-records", "100000")
+	var list struct {
+		Results []struct {
+			ID     string `json:"id"`
+			Domain string `json:"domain"`
+		} `json:"results"`
+	}
+	if code := s2.request(t, key, "GET", "/api/organizations/@current/proxy_records/", "", &list); code != 200 {
+		t.Fatalf("list after restart: %d", code)
+	}
+	have := map[string]string{}
+	for _, r := range list.Results {
+		have[r.ID] = r.Domain
+	}
+	lost, resurrected := 0, 0
+	for domain, id := range created {
+		switch {
+		case deleted[id] && have[id] != "":
+			resurrected++
+		case !deleted[id] && have[id] != domain:
+			lost++
+		}
+	}
+	t.Logf("%d creates acknowledged, %d deletes acknowledged, %d records after restart", len(created), len(deleted), len(have))
+	if lost != 0 || resurrected != 0 {
+		t.Errorf("after kill -9: %d acknowledged records lost, %d acknowledged deletes undone", lost, resurrected)
+	}
+}

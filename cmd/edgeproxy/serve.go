@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/docs"
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+// drainTimeout bounds how long shutdown waits for in-flight requests.
+const drainTimeout = 30 * time.Second
+
+// Files in the data directory.
+const (
+	dbFile       = "edgeproxy.db"
+	socketFile   = "admin.sock"
+	bootstrapKey = "bootstrap-key"
+)
+
+func newLogger(format string, w io.Writer) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+// serve runs the server until ctx is done, then drains and returns. Startup
+// failures return an error; a clean shutdown returns nil.
+func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger) error {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+	st, err := store.Open(filepath.Join(cfg.DataDir, dbFile), store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	if err := bootstrap(st, cfg, stdout, log); err != nil {
+		return err
+	}
+
+	ccfg := control.Config{
+		TargetCNAMEBase: cfg.TargetCNAMEBase,
+		MaxProxyRecords: cfg.MaxProxyRecords,
+		Schema:          docs.OpenAPI,
+		Logger:          log,
+	}
+	var ready atomic.Bool
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "starting\n", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.Handle("/api/", control.NewAPI(st, ccfg))
+
+	apiLn, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("--api-addr: %w", err)
+	}
+	apiSrv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	sockPath := filepath.Join(cfg.DataDir, socketFile)
+	adminLn, err := listenAdmin(sockPath)
+	if err != nil {
+		apiLn.Close()
+		return err
+	}
+	adminSrv := &http.Server{Handler: control.NewAdmin(st, ccfg), ReadHeaderTimeout: 10 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- apiSrv.Serve(apiLn) }()
+	go func() { errc <- adminSrv.Serve(adminLn) }()
+	ready.Store(true)
+	log.Info("edgeproxy serving", "api_addr", apiLn.Addr().String(), "admin_socket", sockPath,
+		"target_cname_base", cfg.TargetCNAMEBase, "dev", cfg.Dev)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining in-flight requests", "timeout", drainTimeout)
+	case serveErr = <-errc:
+		log.Error("a listener failed; shutting down", "err", serveErr)
+	}
+	ready.Store(false)
+	drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	if err := apiSrv.Shutdown(drainCtx); err != nil {
+		log.Warn("api drain incomplete", "err", err)
+	}
+	if err := adminSrv.Shutdown(drainCtx); err != nil {
+		log.Warn("admin drain incomplete", "err", err)
+	}
+	os.Remove(sockPath)
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// listenAdmin listens on the admin unix socket, readable and writable by
+// the server's user only. A socket file left by a server that died is
+// removed first; the database's file lock already guarantees that no other
+// server runs on this data dir.
+func listenAdmin(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale admin socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return ln, nil
+}
+
+// bootstrap gives an empty database its first organization, owner and `*`
+// key, and writes the key's value to <data-dir>/bootstrap-key. The file is
+// written before the database commits: a crash in between leaves a key
+// file that the next start overwrites, never a stored key nobody can read.
+func bootstrap(st *store.Store, cfg *config, stdout io.Writer, log *slog.Logger) error {
+	orgs, err := st.Orgs()
+	if err != nil {
+		return err
+	}
+	if len(orgs) > 0 {
+		return nil
+	}
+	key, value := control.NewKey(0, "bootstrap", []string{control.ScopeAll}, nil)
+	keyPath := filepath.Join(cfg.DataDir, bootstrapKey)
+	if err := writeFileAtomic(keyPath, []byte(value+"\n"), 0o600); err != nil {
+		return fmt.Errorf("writing bootstrap key: %w", err)
+	}
+	created, _, err := st.BootstrapIfEmpty(store.Bootstrap{OrgName: "Default", Email: "admin@localhost", Key: key})
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("first start: created organization Default, user admin@localhost and a personal API key", "key_file", keyPath)
+		if cfg.Dev {
+			fmt.Fprintf(stdout, "\nBootstrap personal API key (also in %s):\n\n    %s\n\nTry: curl -H \"Authorization: Bearer %s\" http://%s/api/organizations/@current/proxy_records/\n\n",
+				keyPath, value, value, cfg.APIAddr)
+		}
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to path through a temporary file, fsynced
+// and renamed, so path holds either the old content or the new.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	if dir, err := os.Open(filepath.Dir(path)); err == nil {
+		dir.Sync()
+		dir.Close()
+	}
+	return nil
+}

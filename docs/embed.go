@@ -1,0 +1,17 @@
+// Package docs holds edgeproxy's documentation that the program itself
+// serves: the OpenAPI 3.0 description of the management API, which the
+// server answers at GET /api/schema/ (control.Config.Schema).
+//
+// openapi.yaml is written by hand. Its test holds it to the server: the
+// paths and methods it lists are exactly the ones control.Routes answers,
+// every listed operation succeeds against a real API over a real store,
+// and every method it does not list at a path answers 405. API.md, beside
+// it, is the reference for people.
+package docs
+
+import _ "embed"
+
+// OpenAPI is the OpenAPI 3.0.3 document of the management API, as YAML.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
