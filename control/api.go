@@ -146,19 +146,23 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func allowed(rt *route) []string {
 	if rt == nil {
 		// Only /api/schema/ answers 405 without a route.
-		return []string{http.MethodGet}
+		return []string{http.MethodGet, http.MethodHead}
 	}
 	var ms []string
 	for m := range rt.methods {
 		ms = append(ms, m)
+		if m == http.MethodGet {
+			ms = append(ms, http.MethodHead)
+		}
 	}
 	slices.Sort(ms)
 	return ms
 }
 
-// serve runs the checks of CONTRACT §3 in order: authentication, method,
-// organization, the key's organizations, scope, membership, level; then
-// the handler.
+// serve runs the checks of CONTRACT §3 in order: authentication, body
+// size, method, organization, membership, the key's organizations, scope,
+// level; then the handler. Membership comes before the key's organizations
+// so that a key learns nothing about organizations its user is not in.
 func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	if p := strings.TrimSuffix(r.URL.Path, "/"); p == "/api/schema" && a.cfg.Schema != nil {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -177,6 +181,12 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	if c.key, aerr = a.authenticate(r, c.body); aerr != nil {
 		return aerr
 	}
+	// The 1 MiB limit holds for every request, whether or not its handler
+	// reads the body. A body that does not parse matters only to the
+	// handlers that read it.
+	if _, aerr := c.body(); aerr != nil && aerr.Code == "request_too_large" {
+		return aerr
+	}
 	method := r.Method
 	if method == http.MethodHead {
 		method = http.MethodGet
@@ -188,18 +198,18 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	if c.org, aerr = a.resolveOrg(c.key, vars["org"]); aerr != nil {
 		return aerr
 	}
-	if len(c.key.Orgs) > 0 && !slices.Contains(c.key.Orgs, c.org.ID) {
-		return orgNotInKey(c.org.ID)
-	}
-	if !hasScope(c.key.Scopes, spec.scope) {
-		return scopeMissing(spec.scope)
-	}
 	m, err := a.store.Membership(c.org.ID, c.key.UserID)
 	if errors.Is(err, store.ErrNotFound) {
 		return errOrgNotFound
 	}
 	if err != nil {
 		return internalError(fmt.Errorf("looking up membership: %w", err))
+	}
+	if len(c.key.Orgs) > 0 && !slices.Contains(c.key.Orgs, c.org.ID) {
+		return orgNotInKey(c.org.ID)
+	}
+	if !hasScope(c.key.Scopes, spec.scope) {
+		return scopeMissing(spec.scope)
 	}
 	if spec.admin && m.Level < store.LevelAdmin {
 		return errLevelTooLow
@@ -209,7 +219,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 
 // resolveOrg finds the organization a path names: its id, or @current for
 // the one organization the key is scoped to, else the user's first
-// membership.
+// membership (among the key's organizations, when it has several).
 func (a *API) resolveOrg(key store.APIKey, ref string) (store.Org, *apiError) {
 	id := ref
 	if ref == "@current" {
@@ -221,10 +231,16 @@ func (a *API) resolveOrg(key store.APIKey, ref string) (store.Org, *apiError) {
 			if err != nil {
 				return store.Org{}, internalError(fmt.Errorf("listing memberships: %w", err))
 			}
-			if len(ms) == 0 {
+			id = ""
+			for _, m := range ms {
+				if len(key.Orgs) == 0 || slices.Contains(key.Orgs, m.OrgID) {
+					id = m.OrgID
+					break
+				}
+			}
+			if id == "" {
 				return store.Org{}, errOrgNotFound
 			}
-			id = ms[0].OrgID
 		}
 	}
 	if !store.IsID(id) {
@@ -277,12 +293,12 @@ func toJSON(r store.Record) recordJSON {
 }
 
 func (a *API) getOrg(c *call) *apiError {
-	writeJSON(c.w, http.StatusOK, map[string]any{
-		"id":                c.org.ID,
-		"name":              c.org.Name,
-		"created_at":        c.org.CreatedAt.UTC().Format(timeFormat),
-		"max_proxy_records": a.limitFor(c.org),
-	})
+	writeJSON(c.w, http.StatusOK, struct {
+		ID              string `json:"id"`
+		Name            string `json:"name"`
+		CreatedAt       string `json:"created_at"`
+		MaxProxyRecords int    `json:"max_proxy_records"`
+	}{c.org.ID, c.org.Name, c.org.CreatedAt.UTC().Format(timeFormat), a.limitFor(c.org)})
 	return nil
 }
 

@@ -103,16 +103,14 @@ func keyFrom(r *http.Request, body func() (*requestBody, *apiError)) (value, whe
 			}
 		}
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodDelete {
-		b, err := body()
-		if err != nil && err.Code == "request_too_large" {
-			return "", "", err
-		}
-		// A body that cannot be parsed holds no key; the handler that
-		// needs the body reports the parse error after authentication.
-		if err == nil && b.key != "" {
-			return b.key, "body", nil
-		}
+	b, err := body()
+	if err != nil && err.Code == "request_too_large" {
+		return "", "", err
+	}
+	// A body that cannot be parsed holds no key; the handler that needs
+	// the body reports the parse error after authentication.
+	if err == nil && b.key != "" {
+		return b.key, "body", nil
 	}
 	if v := r.URL.Query().Get("personal_api_key"); v != "" {
 		return v, "query string", nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 	"golang.org/x/net/publicsuffix"
@@ -13,9 +14,13 @@ import (
 
 // idnaProfile maps Unicode input the way browsers do for lookups
 // (UTS #46, non-transitional) and converts it to its ASCII form. The
-// character rules are checked by NormalizeDomain itself, so its errors can
-// name the rule that was broken.
-var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false))
+// character and hyphen rules are checked by NormalizeDomain itself, so its
+// errors can name the rule that was broken: MapForLookup turns on STD3 rules
+// and hyphen checks, which would refuse '_' or '-e' with an opaque idna error
+// and also refuse "ab--cd" (hyphens in the third and fourth places), which
+// the contract allows; both are turned off again here.
+var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false),
+	idna.StrictDomainName(false), idna.CheckHyphens(false))
 
 // domainError is a domain that breaks a rule. code is "required" or
 // "invalid_input"; detail names the rule.
@@ -47,6 +52,12 @@ func NormalizeDomain(raw, targetBase string) (string, error) {
 	d := strings.TrimSpace(raw)
 	if d == "" {
 		return "", &domainError{code: "required", detail: "This field is required."}
+	}
+	if !utf8.ValidString(d) {
+		// idna turns invalid bytes into U+FFFD and encodes that as
+		// punycode without complaint; the name could not be normalized
+		// again.
+		return "", invalidDomain("A domain name must be valid UTF-8 text.")
 	}
 	switch {
 	case strings.Contains(d, "://"):

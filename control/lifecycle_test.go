@@ -1,0 +1,54 @@
+package control
+
+import (
+	"testing"
+
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+// TestDeleteOp holds DELETE to CONTRACT §4 in every status.
+func TestDeleteOp(t *testing.T) {
+	tests := []struct {
+		status     store.Status
+		op         store.Op
+		wantStatus store.Status
+	}{
+		{store.StatusWaiting, store.OpDelete, store.StatusWaiting},
+		{store.StatusErroring, store.OpDelete, store.StatusErroring},
+		{store.StatusTimedOut, store.OpDelete, store.StatusTimedOut},
+		{store.StatusIssuing, store.OpSave, store.StatusDeleting},
+		{store.StatusValid, store.OpSave, store.StatusDeleting},
+		{store.StatusWarning, store.OpSave, store.StatusDeleting},
+		{store.StatusDeleting, store.OpKeep, store.StatusDeleting},
+	}
+	if got, want := len(tests), len(store.Statuses); got != want {
+		t.Fatalf("table covers %d statuses, the store has %d", got, want)
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.status), func(t *testing.T) {
+			msg := "certificate renewing"
+			r := &store.Record{Status: tt.status, Message: &msg}
+			if got, want := deleteOp(r), tt.op; got != want {
+				t.Errorf("deleteOp(%s) = %v, want %v", tt.status, got, want)
+			}
+			if got, want := r.Status, tt.wantStatus; got != want {
+				t.Errorf("status after deleteOp(%s) = %s, want %s", tt.status, got, want)
+			}
+			if tt.op == store.OpSave && r.Message != nil {
+				t.Errorf("message after deleteOp(%s) = %q, want nil", tt.status, *r.Message)
+			}
+			if tt.op != store.OpSave && (r.Message == nil || *r.Message != msg) {
+				t.Errorf("deleteOp(%s) changed the message of a record it does not save", tt.status)
+			}
+		})
+	}
+}
+
+func TestCanRetry(t *testing.T) {
+	want := map[store.Status]bool{store.StatusErroring: true, store.StatusTimedOut: true}
+	for _, s := range store.Statuses {
+		if got := canRetry(s); got != want[s] {
+			t.Errorf("canRetry(%s) = %v, want %v", s, got, want[s])
+		}
+	}
+}
