@@ -21,29 +21,29 @@ const letsEncryptProduction = "https://acme-v02.api.letsencrypt.org/directory"
 
 // config is everything `edgeproxy serve` is told, validated.
 type config struct {
-	DataDir           string
-	APIAddr           string
-	HTTPAddr          string
-	HTTPSAddr         string
-	TargetCNAMEBase   string
-	Upstream          *url.URL
-	AssetsUpstream    *url.URL
-	ACMECA            string
-	ACMECARoot        *x509.CertPool // nil: only the system's roots
-	ACMECARootFile    string
-	ACMEEmail         string
-	CAAIdentities     []string
-	DNSResolvers      []string // empty: the system's, from /etc/resolv.conf
-	DNSWaitTimeout    time.Duration
-	IssueTimeout      time.Duration
-	RecheckMax        time.Duration
-	MonitorInterval   time.Duration
-	MaxProxyRecords   int
-	MaxBodyBytes      int64
-	LogFormat         string
-	AccessLogEvery    int // 0: off; 1: every request; N: one in N
-	MetricsPerDomain  bool
-	Dev               bool
+	DataDir          string
+	APIAddr          string
+	HTTPAddr         string
+	HTTPSAddr        string
+	TargetCNAMEBase  string
+	Upstream         *url.URL
+	AssetsUpstream   *url.URL
+	ACMECA           string
+	ACMECARoot       *x509.CertPool // nil: only the system's roots
+	ACMECARootFile   string
+	ACMEEmail        string
+	CAAIdentities    []string
+	DNSResolvers     []string // empty: the system's, from /etc/resolv.conf
+	DNSWaitTimeout   time.Duration
+	IssueTimeout     time.Duration
+	RecheckMax       time.Duration
+	MonitorInterval  time.Duration
+	MaxProxyRecords  int
+	MaxBodyBytes     int64
+	LogFormat        string
+	AccessLogEvery   int // 0: off; 1: every request; N: one in N
+	MetricsPerDomain bool
+	Dev              bool
 }
 
 // flagError is a bad flag value: one line naming the flag and why.
