@@ -336,12 +336,16 @@ func (a *API) createRecord(c *call) *apiError {
 		return err.(*domainError).apiError()
 	}
 	userID := c.key.UserID
+	now := a.store.Now()
 	rec, err := a.store.CreateRecord(store.Record{
 		OrgID:       c.org.ID,
 		Domain:      domain,
 		TargetCNAME: TargetCNAME(c.org.ID, domain, a.cfg.TargetCNAMEBase),
 		Status:      store.StatusWaiting,
 		CreatedBy:   &userID,
+		// The first DNS check is due at once.
+		NextCheckAt:  now,
+		WaitingSince: now,
 	}, a.cfg.MaxProxyRecords)
 	var limitErr *store.LimitError
 	switch {
@@ -415,8 +419,9 @@ func (a *API) mutate(c *call, fn func(r *store.Record) (store.Op, *apiError)) (s
 }
 
 func (a *API) deleteRecord(c *call) *apiError {
+	now := a.store.Now()
 	_, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
-		return deleteOp(r), nil
+		return deleteOp(r, now), nil
 	})
 	if aerr != nil {
 		return aerr
@@ -426,12 +431,12 @@ func (a *API) deleteRecord(c *call) *apiError {
 }
 
 func (a *API) retryRecord(c *call) *apiError {
+	now := a.store.Now()
 	rec, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
 		if !canRetry(r.Status) {
 			return store.OpKeep, invalidState(string(r.Status))
 		}
-		r.Status = store.StatusWaiting
-		r.Message = nil
+		retry(r, now)
 		return store.OpSave, nil
 	})
 	if aerr != nil {

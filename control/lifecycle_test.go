@@ -2,6 +2,7 @@ package control
 
 import (
 	"testing"
+	"time"
 
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -28,11 +29,15 @@ func TestDeleteOp(t *testing.T) {
 		t.Run(string(tt.status), func(t *testing.T) {
 			msg := "certificate renewing"
 			r := &store.Record{Status: tt.status, Message: &msg}
-			if got, want := deleteOp(r), tt.op; got != want {
+			now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+			if got, want := deleteOp(r, now), tt.op; got != want {
 				t.Errorf("deleteOp(%s) = %v, want %v", tt.status, got, want)
 			}
 			if got, want := r.Status, tt.wantStatus; got != want {
 				t.Errorf("status after deleteOp(%s) = %s, want %s", tt.status, got, want)
+			}
+			if tt.op == store.OpSave && !r.NextCheckAt.Equal(now) {
+				t.Errorf("deleteOp(%s) scheduled the engine at %v, want now", tt.status, r.NextCheckAt)
 			}
 			if tt.op == store.OpSave && r.Message != nil {
 				t.Errorf("message after deleteOp(%s) = %q, want nil", tt.status, *r.Message)

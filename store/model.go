@@ -127,6 +127,31 @@ type Record struct {
 	CreatedBy   *int64    `json:"created_by"`
 	// Seq is the record's position in its organization's index.
 	Seq uint64 `json:"seq"`
+
+	// The lifecycle engine's bookkeeping; the API never shows it.
+
+	// NextCheckAt is when the engine should next act on the record; zero
+	// means nothing is scheduled (erroring, timed_out). The store keeps an
+	// index on it (DueRecords).
+	NextCheckAt time.Time `json:"next_check_at,omitzero"`
+	// WaitingSince is when the record last entered waiting (create or
+	// retry); the DNS wait deadline counts from it.
+	WaitingSince time.Time `json:"waiting_since,omitzero"`
+	// IssuingSince is when the record last entered issuing; the issue
+	// deadline counts from it.
+	IssuingSince time.Time `json:"issuing_since,omitzero"`
+	// Checks counts the checks since the status last changed; the pause
+	// before the next one grows with it.
+	Checks int `json:"checks,omitempty"`
+	// CertNotAfter is the expiry of the certificate held for the domain;
+	// zero when none is held.
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+}
+
+// Served reports whether the edge should present a certificate for the
+// record: one is held and the record is not being deleted.
+func (r *Record) Served() bool {
+	return !r.CertNotAfter.IsZero() && r.Status != StatusDeleting
 }
 
 // NewID returns a random (version 4) UUID in its canonical text form.

@@ -2,8 +2,10 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -64,6 +66,9 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 			return err
 		}
 		if err := byOrg.Put(orgIndexKey(rec.OrgID, rec.Seq), []byte(rec.ID)); err != nil {
+			return err
+		}
+		if err := reindexDue(tx, rec.ID, time.Time{}, rec.NextCheckAt); err != nil {
 			return err
 		}
 		created = rec
@@ -204,6 +209,9 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 			if err := putJSON(records, []byte(id), r); err != nil {
 				return err
 			}
+			if err := reindexDue(tx, id, before.NextCheckAt, r.NextCheckAt); err != nil {
+				return err
+			}
 			result = r
 			tx.OnCommit(func() { s.publish(Change{ID: r.ID, OrgID: r.OrgID, Domain: r.Domain, Record: &r}) })
 			return nil
@@ -215,6 +223,9 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 				return err
 			}
 			if err := tx.Bucket(bucketRecordsByOrg).Delete(orgIndexKey(before.OrgID, before.Seq)); err != nil {
+				return err
+			}
+			if err := reindexDue(tx, id, before.NextCheckAt, time.Time{}); err != nil {
 				return err
 			}
 			result = before
@@ -252,4 +263,77 @@ func (s *Store) CountRecordsByStatus() (map[Status]int, error) {
 		})
 	})
 	return counts, err
+}
+
+// dueKey is the records_due key of a record: its next check time (Unix
+// nanoseconds, big-endian, so keys sort by time), then its id.
+func dueKey(at time.Time, id string) []byte {
+	return append(u64(uint64(at.UnixNano())), id...)
+}
+
+// reindexDue moves a record's entry in the due index from old to next; a
+// zero time means no entry.
+func reindexDue(tx *bolt.Tx, id string, old, next time.Time) error {
+	if old.Equal(next) {
+		return nil
+	}
+	due := tx.Bucket(bucketRecordsDue)
+	if !old.IsZero() {
+		if err := due.Delete(dueKey(old, id)); err != nil {
+			return err
+		}
+	}
+	if next.IsZero() {
+		return nil
+	}
+	return due.Put(dueKey(next, id), nil)
+}
+
+// DueRecords returns up to limit records whose NextCheckAt is at or before
+// now, soonest first, leaving out those for which skip returns true (skip
+// may be nil).
+func (s *Store) DueRecords(now time.Time, limit int, skip func(id string) bool) ([]Record, error) {
+	var out []Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		records := tx.Bucket(bucketRecords)
+		c := tx.Bucket(bucketRecordsDue).Cursor()
+		end := uint64(now.UnixNano())
+		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+			if binary.BigEndian.Uint64(k[:8]) > end {
+				break
+			}
+			id := string(k[8:])
+			if skip != nil && skip(id) {
+				continue
+			}
+			var r Record
+			if err := getJSON(records, []byte(id), &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// NextDue returns the earliest NextCheckAt among records for which skip
+// (which may be nil) returns false, and false when no record is scheduled.
+func (s *Store) NextDue(skip func(id string) bool) (time.Time, bool, error) {
+	var (
+		at    time.Time
+		found bool
+	)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRecordsDue).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if skip != nil && skip(string(k[8:])) {
+				continue
+			}
+			at, found = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC(), true
+			return nil
+		}
+		return nil
+	})
+	return at, found, err
 }

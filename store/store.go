@@ -36,19 +36,45 @@ func (e *LimitError) Error() string {
 }
 
 // SchemaVersion is the version of the file layout this program writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // migrations[i] moves a file from schema version i to i+1. Version 0 is an
 // empty file. Each runs inside the one transaction that also records the new
 // version, so a crash leaves the file at the old version or the new one.
 var migrations = []func(tx *bolt.Tx) error{
 	0: func(tx *bolt.Tx) error {
-		for _, name := range allBuckets {
+		for _, name := range v1Buckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("creating bucket %s: %w", name, err)
 			}
 		}
 		return nil
+	},
+	// 2: the lifecycle engine's due index and certmagic's storage. Records
+	// written by version 1 were all waiting and never checked: they are
+	// due at once, and their DNS wait starts now.
+	1: func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketRecordsDue, bucketCertData, bucketCertLocks} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("creating bucket %s: %w", name, err)
+			}
+		}
+		now := time.Now().UTC().Truncate(time.Microsecond)
+		records := tx.Bucket(bucketRecords)
+		return records.ForEach(func(k, v []byte) error {
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("decoding record %s: %w", k, err)
+			}
+			if r.Status != StatusWaiting || !r.NextCheckAt.IsZero() {
+				return nil
+			}
+			r.NextCheckAt, r.WaitingSince = now, now
+			if err := putJSON(records, k, r); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketRecordsDue).Put(dueKey(r.NextCheckAt, r.ID), nil)
+		})
 	},
 }
 
@@ -64,8 +90,11 @@ var (
 	bucketRecords         = []byte("records")
 	bucketRecordsByDomain = []byte("records_by_domain")
 	bucketRecordsByOrg    = []byte("records_by_org")
+	bucketRecordsDue      = []byte("records_due")
+	bucketCertData        = []byte("certmagic_data")
+	bucketCertLocks       = []byte("certmagic_locks")
 
-	allBuckets = [][]byte{bucketMeta, bucketOrgs, bucketUsers, bucketUsersByEmail, bucketMembers,
+	v1Buckets = [][]byte{bucketMeta, bucketOrgs, bucketUsers, bucketUsersByEmail, bucketMembers,
 		bucketUserOrgs, bucketKeys, bucketKeysByHash, bucketRecords, bucketRecordsByDomain, bucketRecordsByOrg}
 
 	keySchema = []byte("schema_version")
@@ -194,6 +223,9 @@ func (s *Store) Writable() error {
 		return tx.Bucket(bucketMeta).Put([]byte("last_write_probe"), []byte(s.stamp().Format(time.RFC3339Nano)))
 	})
 }
+
+// Now is the store's clock, to the precision the store records.
+func (s *Store) Now() time.Time { return s.stamp() }
 
 // stamp is the current time as the store records it: UTC, to the
 // microsecond (what the API shows).
