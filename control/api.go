@@ -420,11 +420,22 @@ func (a *API) mutate(c *call, fn func(r *store.Record) (store.Op, *apiError)) (s
 
 func (a *API) deleteRecord(c *call) *apiError {
 	now := a.store.Now()
-	_, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
-		return deleteOp(r, now), nil
+	var before store.Record
+	var op store.Op
+	after, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
+		before = *r
+		op = deleteOp(r, now)
+		return op, nil
 	})
 	if aerr != nil {
 		return aerr
+	}
+	switch op {
+	case store.OpSave:
+		logTransition(a.log, before, after)
+	case store.OpDelete:
+		a.log.Info("record deleted", "record_id", before.ID, "org_id", before.OrgID, "domain", before.Domain,
+			"from", string(before.Status), "to", "gone")
 	}
 	c.w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -432,16 +443,19 @@ func (a *API) deleteRecord(c *call) *apiError {
 
 func (a *API) retryRecord(c *call) *apiError {
 	now := a.store.Now()
+	var before store.Record
 	rec, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
 		if !canRetry(r.Status) {
 			return store.OpKeep, invalidState(string(r.Status))
 		}
+		before = *r
 		retry(r, now)
 		return store.OpSave, nil
 	})
 	if aerr != nil {
 		return aerr
 	}
+	logTransition(a.log, before, rec)
 	writeJSON(c.w, http.StatusOK, toJSON(rec))
 	return nil
 }

@@ -1,7 +1,9 @@
 package store_test
 
 import (
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -64,5 +66,39 @@ func TestStatusValid(t *testing.T) {
 	}
 	if got, want := len(store.Statuses), 7; got != want {
 		t.Errorf("%d statuses, want %d", got, want)
+	}
+}
+
+func TestRecordServed(t *testing.T) {
+	t.Parallel()
+	expiry := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		status store.Status
+		cert   time.Time
+		want   bool
+	}{
+		{store.StatusValid, expiry, true},
+		{store.StatusWarning, expiry, true},
+		{store.StatusErroring, expiry, true}, // still holds its certificate
+		{store.StatusDeleting, expiry, false},
+		{store.StatusValid, time.Time{}, false},
+		{store.StatusWaiting, time.Time{}, false},
+	} {
+		r := store.Record{Status: tt.status, CertNotAfter: tt.cert}
+		if got := r.Served(); got != tt.want {
+			t.Errorf("Record{Status: %s, CertNotAfter: %v}.Served() = %t, want %t", tt.status, tt.cert, got, tt.want)
+		}
+	}
+}
+
+func TestStoreNow(t *testing.T) {
+	t.Parallel()
+	local := time.FixedZone("UTC+2", 2*60*60)
+	s := openAt(t, filepath.Join(t.TempDir(), "edgeproxy.db"), store.Options{
+		Now: func() time.Time { return time.Date(2026, 11, 26, 14, 0, 0, 123456789, local) },
+	})
+	want := time.Date(2026, 11, 26, 12, 0, 0, 123456000, time.UTC)
+	if got := s.Now(); !got.Equal(want) || got.Location() != time.UTC {
+		t.Errorf("Now() = %v, want %v: UTC, to the microsecond", got, want)
 	}
 }

@@ -14,7 +14,7 @@ import (
 // server-wide limit of proxy records for it.
 func (s *Store) CreateOrg(name string, maxRecords *int) (Org, error) {
 	org := Org{ID: NewID(), Name: name, CreatedAt: s.stamp(), MaxProxyRecords: maxRecords}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		return putJSON(tx.Bucket(bucketOrgs), []byte(org.ID), org)
 	})
 	if err != nil {
@@ -26,7 +26,7 @@ func (s *Store) CreateOrg(name string, maxRecords *int) (Org, error) {
 // Org returns the organization with the id, or ErrNotFound.
 func (s *Store) Org(id string) (Org, error) {
 	var org Org
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return getJSON(tx.Bucket(bucketOrgs), []byte(id), &org)
 	})
 	return org, err
@@ -35,7 +35,7 @@ func (s *Store) Org(id string) (Org, error) {
 // Orgs returns every organization, oldest first.
 func (s *Store) Orgs() ([]Org, error) {
 	var orgs []Org
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketOrgs).ForEach(func(_, v []byte) error {
 			var org Org
 			if err := json.Unmarshal(v, &org); err != nil {
@@ -53,7 +53,7 @@ func (s *Store) Orgs() ([]Org, error) {
 // change.
 func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
 	var org Org
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketOrgs)
 		if err := getJSON(b, []byte(id), &org); err != nil {
 			return err
@@ -69,7 +69,7 @@ func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
 // (ErrEmailTaken).
 func (s *Store) CreateUser(email string) (User, error) {
 	var user User
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		var err error
 		user, err = s.createUserTx(tx, email)
 		return err
@@ -97,7 +97,7 @@ func (s *Store) createUserTx(tx *bolt.Tx, email string) (User, error) {
 // User returns the user with the id, or ErrNotFound.
 func (s *Store) User(id int64) (User, error) {
 	var user User
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return getJSON(tx.Bucket(bucketUsers), u64(uint64(id)), &user)
 	})
 	return user, err
@@ -106,7 +106,7 @@ func (s *Store) User(id int64) (User, error) {
 // Users returns every user in id order.
 func (s *Store) Users() ([]User, error) {
 	var users []User
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketUsers).ForEach(func(_, v []byte) error {
 			var u User
 			if err := json.Unmarshal(v, &u); err != nil {
@@ -128,7 +128,7 @@ func memberKey(orgID string, userID int64) []byte {
 // user's order of memberships). ErrNotFound if either does not exist.
 func (s *Store) SetMembership(orgID string, userID int64, level Level) (Membership, error) {
 	var m Membership
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		var err error
 		m, err = s.setMembershipTx(tx, orgID, userID, level)
 		return err
@@ -168,7 +168,7 @@ func (s *Store) setMembershipTx(tx *bolt.Tx, orgID string, userID int64, level L
 // ErrNotFound.
 func (s *Store) Membership(orgID string, userID int64) (Membership, error) {
 	var m Membership
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return getJSON(tx.Bucket(bucketMembers), memberKey(orgID, userID), &m)
 	})
 	return m, err
@@ -178,7 +178,7 @@ func (s *Store) Membership(orgID string, userID int64) (Membership, error) {
 // made.
 func (s *Store) UserMemberships(userID int64) ([]Membership, error) {
 	var ms []Membership
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		prefix := u64(uint64(userID))
 		members := tx.Bucket(bucketMembers)
 		c := tx.Bucket(bucketUserOrgs).Cursor()
@@ -206,7 +206,7 @@ type Bootstrap struct {
 // organization yet, and reports whether it did. The key's ID, UserID and
 // CreatedAt are filled in.
 func (s *Store) BootstrapIfEmpty(b Bootstrap) (created bool, key APIKey, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		if k, _ := tx.Bucket(bucketOrgs).Cursor().First(); k != nil {
 			return nil
 		}

@@ -26,7 +26,7 @@ func orgIndexKey(orgID string, seq uint64) []byte {
 func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 	var created Record
 	var ruleErr error
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		// Batch may call this more than once; every attempt starts afresh.
 		// A broken rule is reported through ruleErr and a nil return, so it
 		// does not make bbolt roll back and rerun the rest of the batch.
@@ -41,7 +41,7 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 			limit = *org.MaxProxyRecords
 		}
 		byOrg := tx.Bucket(bucketRecordsByOrg)
-		if countPrefix(byOrg, []byte(r.OrgID), limit) >= limit {
+		if orgCount(tx, r.OrgID) >= uint64(max(limit, 0)) {
 			ruleErr = &LimitError{Max: limit}
 			return nil
 		}
@@ -71,6 +71,9 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 		if err := reindexDue(tx, rec.ID, time.Time{}, rec.NextCheckAt); err != nil {
 			return err
 		}
+		if err := addOrgCount(tx, rec.OrgID, 1); err != nil {
+			return err
+		}
 		created = rec
 		tx.OnCommit(func() { s.publish(Change{ID: rec.ID, OrgID: rec.OrgID, Domain: rec.Domain, Record: &rec}) })
 		return nil
@@ -84,20 +87,30 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 	return created, nil
 }
 
-// countPrefix counts the keys of b that start with prefix, stopping at max.
-func countPrefix(b *bolt.Bucket, prefix []byte, max int) int {
-	n := 0
-	c := b.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && n < max; k, _ = c.Next() {
-		n++
+// orgCount is how many records the organization holds, kept in
+// org_record_counts by every create and delete, so the limit check costs
+// the same whatever the organization holds.
+func orgCount(tx *bolt.Tx, orgID string) uint64 {
+	v := tx.Bucket(bucketOrgRecordCounts).Get([]byte(orgID))
+	if len(v) != 8 {
+		return 0
 	}
-	return n
+	return binary.BigEndian.Uint64(v)
+}
+
+func addOrgCount(tx *bolt.Tx, orgID string, delta int) error {
+	n := int64(orgCount(tx, orgID)) + int64(delta)
+	counts := tx.Bucket(bucketOrgRecordCounts)
+	if n <= 0 {
+		return counts.Delete([]byte(orgID))
+	}
+	return counts.Put([]byte(orgID), u64(uint64(n)))
 }
 
 // Record returns the record with the id, or ErrNotFound.
 func (s *Store) Record(id string) (Record, error) {
 	var r Record
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return getJSON(tx.Bucket(bucketRecords), []byte(id), &r)
 	})
 	return r, err
@@ -106,7 +119,7 @@ func (s *Store) Record(id string) (Record, error) {
 // RecordByDomain returns the record holding the domain, or ErrNotFound.
 func (s *Store) RecordByDomain(domain string) (Record, error) {
 	var r Record
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		id := tx.Bucket(bucketRecordsByDomain).Get([]byte(domain))
 		if id == nil {
 			return ErrNotFound
@@ -120,7 +133,7 @@ func (s *Store) RecordByDomain(domain string) (Record, error) {
 // proportional to the organization's records, not to the whole store.
 func (s *Store) OrgRecords(orgID string) ([]Record, error) {
 	records := []Record{}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		prefix := []byte(orgID)
 		all := tx.Bucket(bucketRecords)
 		c := tx.Bucket(bucketRecordsByOrg).Cursor()
@@ -146,7 +159,7 @@ func (s *Store) OrgRecords(orgID string) ([]Record, error) {
 // when keep is nil), in no particular order.
 func (s *Store) Records(keep func(*Record) bool) ([]Record, error) {
 	records := []Record{}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRecords).ForEach(func(_, v []byte) error {
 			var r Record
 			if err := json.Unmarshal(v, &r); err != nil {
@@ -185,7 +198,7 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 		op     Op
 		fnErr  error
 	)
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		fnErr = nil
 		records := tx.Bucket(bucketRecords)
 		var r Record
@@ -228,6 +241,9 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 			if err := reindexDue(tx, id, before.NextCheckAt, time.Time{}); err != nil {
 				return err
 			}
+			if err := addOrgCount(tx, before.OrgID, -1); err != nil {
+				return err
+			}
 			result = before
 			tx.OnCommit(func() { s.publish(Change{ID: before.ID, OrgID: before.OrgID, Domain: before.Domain}) })
 			return nil
@@ -250,7 +266,7 @@ func (s *Store) CountRecordsByStatus() (map[Status]int, error) {
 	for _, st := range Statuses {
 		counts[st] = 0
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRecords).ForEach(func(_, v []byte) error {
 			var r struct {
 				Status Status `json:"status"`
@@ -294,7 +310,7 @@ func reindexDue(tx *bolt.Tx, id string, old, next time.Time) error {
 // may be nil).
 func (s *Store) DueRecords(now time.Time, limit int, skip func(id string) bool) ([]Record, error) {
 	var out []Record
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		records := tx.Bucket(bucketRecords)
 		c := tx.Bucket(bucketRecordsDue).Cursor()
 		end := uint64(now.UnixNano())
@@ -324,7 +340,7 @@ func (s *Store) NextDue(skip func(id string) bool) (time.Time, bool, error) {
 		at    time.Time
 		found bool
 	)
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketRecordsDue).Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
 			if skip != nil && skip(string(k[8:])) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -612,5 +613,110 @@ func TestCountRecordsByStatus(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("CountRecordsByStatus() = %v, want %v", got, want)
+	}
+}
+
+// at is a fixed instant plus d, for scheduling records in tests.
+func at(d time.Duration) time.Time {
+	return time.Date(2026, 11, 26, 13, 0, 0, 0, time.UTC).Add(d)
+}
+
+// scheduled creates a record due at when (zero: not scheduled).
+func scheduled(t *testing.T, s *store.Store, orgID, domain string, when time.Time) store.Record {
+	t.Helper()
+	r, err := s.CreateRecord(store.Record{OrgID: orgID, Domain: domain, Status: store.StatusWaiting, NextCheckAt: when}, noLimit)
+	if err != nil {
+		t.Fatalf("CreateRecord(%s): %v", domain, err)
+	}
+	return r
+}
+
+func TestDueRecords(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	org := mustOrg(t, s, "acme", nil)
+	// Created out of time order, so the index, not creation, orders them.
+	c := scheduled(t, s, org.ID, "c.example.com", at(3*time.Minute))
+	a := scheduled(t, s, org.ID, "a.example.com", at(time.Minute))
+	scheduled(t, s, org.ID, "never.example.com", time.Time{})
+	b := scheduled(t, s, org.ID, "b.example.com", at(2*time.Minute))
+	d := scheduled(t, s, org.ID, "d.example.com", at(time.Hour))
+
+	ids := func(rs []store.Record) []string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Domain)
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		name  string
+		now   time.Time
+		limit int
+		skip  func(string) bool
+		want  []string
+	}{
+		{"nothing due yet", at(0), 10, nil, nil},
+		{"due at exactly now", at(time.Minute), 10, nil, []string{"a.example.com"}},
+		{"soonest first", at(3 * time.Minute), 10, nil, []string{"a.example.com", "b.example.com", "c.example.com"}},
+		{"limit", at(3 * time.Minute), 2, nil, []string{"a.example.com", "b.example.com"}},
+		{"limit zero", at(3 * time.Minute), 0, nil, nil},
+		{"skip", at(3 * time.Minute), 2, func(id string) bool { return id == a.ID }, []string{"b.example.com", "c.example.com"}},
+		{"all", at(24 * time.Hour), 10, nil, []string{"a.example.com", "b.example.com", "c.example.com", "d.example.com"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rs, err := s.DueRecords(tt.now, tt.limit, tt.skip)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ids(rs); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("DueRecords(%v, %d) = %v, want %v", tt.now, tt.limit, got, tt.want)
+			}
+		})
+	}
+
+	next, ok, err := s.NextDue(nil)
+	if err != nil || !ok || !next.Equal(a.NextCheckAt) {
+		t.Errorf("NextDue(nil) = %v, %t, %v; want %v", next, ok, err, a.NextCheckAt)
+	}
+	next, ok, err = s.NextDue(func(id string) bool { return id == a.ID || id == b.ID })
+	if err != nil || !ok || !next.Equal(c.NextCheckAt) {
+		t.Errorf("NextDue(skipping a and b) = %v, %t, %v; want %v", next, ok, err, c.NextCheckAt)
+	}
+	if _, ok, err := s.NextDue(func(string) bool { return true }); err != nil || ok {
+		t.Errorf("NextDue(skipping all) = %t, %v; want false", ok, err)
+	}
+
+	// Rescheduling moves the entry, unscheduling and deleting drop it.
+	for _, m := range []struct {
+		id string
+		fn func(r *store.Record) (store.Op, error)
+	}{
+		{a.ID, func(r *store.Record) (store.Op, error) { r.NextCheckAt = at(2 * time.Hour); return store.OpSave, nil }},
+		{b.ID, func(r *store.Record) (store.Op, error) { r.NextCheckAt = time.Time{}; return store.OpSave, nil }},
+		{c.ID, func(*store.Record) (store.Op, error) { return store.OpDelete, nil }},
+		{d.ID, func(r *store.Record) (store.Op, error) { r.NextCheckAt = at(3 * time.Hour); return store.OpKeep, nil }},
+	} {
+		if _, _, err := s.Mutate(m.id, m.fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs, err := s.DueRecords(at(24*time.Hour), 10, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(rs), []string{"d.example.com", "a.example.com"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after rescheduling: DueRecords = %v, want %v", got, want)
+	}
+	if next, ok, err := s.NextDue(nil); err != nil || !ok || !next.Equal(at(time.Hour)) {
+		t.Errorf("after rescheduling: NextDue = %v, %t, %v; want %v", next, ok, err, at(time.Hour))
+	}
+}
+
+func TestNextDueEmpty(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	if at, ok, err := s.NextDue(nil); err != nil || ok || !at.IsZero() {
+		t.Errorf("NextDue on an empty store = %v, %t, %v; want zero, false, nil", at, ok, err)
 	}
 }

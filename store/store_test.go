@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -473,3 +474,158 @@ func TestBackupToFailingWriter(t *testing.T) {
 type failingWriter struct{ err error }
 
 func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }
+
+// TestClosedStore pins a bug: the methods of a closed store returned
+// bbolt's "database not open" instead of the documented ErrClosed.
+func TestClosedStore(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	org := mustOrg(t, s, "acme", nil)
+	user := mustUser(t, s, "ada@example.com")
+	r := mustRecord(t, s, org.ID, "e.example.com")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		call func() error
+	}{
+		{"Check", s.Check},
+		{"Writable", s.Writable},
+		{"SchemaVersionOf", func() error { _, err := s.SchemaVersionOf(); return err }},
+		{"Backup", func() error { _, err := s.Backup(failingWriter{errAny}); return err }},
+		{"CreateOrg", func() error { _, err := s.CreateOrg("x", nil); return err }},
+		{"Org", func() error { _, err := s.Org(org.ID); return err }},
+		{"Orgs", func() error { _, err := s.Orgs(); return err }},
+		{"UpdateOrg", func() error { _, err := s.UpdateOrg(org.ID, func(*store.Org) {}); return err }},
+		{"CreateUser", func() error { _, err := s.CreateUser("x@example.com"); return err }},
+		{"User", func() error { _, err := s.User(user.ID); return err }},
+		{"Users", func() error { _, err := s.Users(); return err }},
+		{"SetMembership", func() error { _, err := s.SetMembership(org.ID, user.ID, store.LevelOwner); return err }},
+		{"Membership", func() error { _, err := s.Membership(org.ID, user.ID); return err }},
+		{"UserMemberships", func() error { _, err := s.UserMemberships(user.ID); return err }},
+		{"BootstrapIfEmpty", func() error { _, _, err := s.BootstrapIfEmpty(store.Bootstrap{}); return err }},
+		{"CreateKey", func() error { _, err := s.CreateKey(store.APIKey{UserID: user.ID}); return err }},
+		{"KeyByHash", func() error { _, err := s.KeyByHash("sha256$x"); return err }},
+		{"Keys", func() error { _, err := s.Keys(0); return err }},
+		{"RevokeKey", func() error { _, err := s.RevokeKey(store.NewID()); return err }},
+		{"CreateRecord", func() error {
+			_, err := s.CreateRecord(store.Record{OrgID: org.ID, Domain: "f.example.com"}, 10)
+			return err
+		}},
+		{"Record", func() error { _, err := s.Record(r.ID); return err }},
+		{"RecordByDomain", func() error { _, err := s.RecordByDomain(r.Domain); return err }},
+		{"OrgRecords", func() error { _, err := s.OrgRecords(org.ID); return err }},
+		{"Records", func() error { _, err := s.Records(nil); return err }},
+		{"Mutate", func() error {
+			_, _, err := s.Mutate(r.ID, func(*store.Record) (store.Op, error) { return store.OpDelete, nil })
+			return err
+		}},
+		{"CountRecordsByStatus", func() error { _, err := s.CountRecordsByStatus(); return err }},
+	} {
+		if err := tt.call(); !errors.Is(err, store.ErrClosed) {
+			t.Errorf("%s on a closed store: %v, want ErrClosed", tt.name, err)
+		}
+	}
+}
+
+// TestOpenMigratesVersion1: a file written by schema 1 gains the due index;
+// its waiting records, never checked, become due at once and start their
+// DNS wait at the migration; other records are left alone.
+func TestOpenMigratesVersion1(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "edgeproxy.db")
+	orgID := store.NewID()
+	created := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	v1 := []store.Record{
+		{ID: store.NewID(), OrgID: orgID, Domain: "waiting.example.com", Status: store.StatusWaiting, CreatedAt: created, UpdatedAt: created, Seq: 1},
+		{ID: store.NewID(), OrgID: orgID, Domain: "valid.example.com", Status: store.StatusValid, CreatedAt: created, UpdatedAt: created, Seq: 2},
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		buckets := map[string]*bolt.Bucket{}
+		for _, name := range []string{"meta", "orgs", "users", "users_by_email", "members", "user_orgs", "keys",
+			"keys_by_hash", "records", "records_by_domain", "records_by_org"} {
+			b, err := tx.CreateBucket([]byte(name))
+			if err != nil {
+				return err
+			}
+			buckets[name] = b
+		}
+		if err := buckets["meta"].Put([]byte("schema_version"), binary.BigEndian.AppendUint64(nil, 1)); err != nil {
+			return err
+		}
+		org, _ := json.Marshal(store.Org{ID: orgID, Name: "acme", CreatedAt: created})
+		if err := buckets["orgs"].Put([]byte(orgID), org); err != nil {
+			return err
+		}
+		for _, r := range v1 {
+			// Schema 1 had no lifecycle fields: none are written.
+			data, _ := json.Marshal(map[string]any{"id": r.ID, "org_id": r.OrgID, "domain": r.Domain, "target_cname": "",
+				"status": r.Status, "message": nil, "created_at": r.CreatedAt, "updated_at": r.UpdatedAt, "created_by": nil, "seq": r.Seq})
+			if err := buckets["records"].Put([]byte(r.ID), data); err != nil {
+				return err
+			}
+			if err := buckets["records_by_domain"].Put([]byte(r.Domain), []byte(r.ID)); err != nil {
+				return err
+			}
+			if err := buckets["records_by_org"].Put(binary.BigEndian.AppendUint64([]byte(orgID), r.Seq), []byte(r.ID)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	// The migration reads the wall clock, not Options.Now.
+	before := time.Now().UTC().Truncate(time.Microsecond)
+	s := openAt(t, path, store.Options{})
+	after := time.Now().UTC()
+	if v, err := s.SchemaVersionOf(); err != nil || v != store.SchemaVersion {
+		t.Errorf("SchemaVersionOf() = %d, %v; want %d", v, err, store.SchemaVersion)
+	}
+	due, err := s.DueRecords(after.Add(time.Hour), 10, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(due) != 1 || due[0].ID != v1[0].ID {
+		t.Fatalf("DueRecords after migration = %+v, want just the waiting record", due)
+	}
+	w := due[0]
+	if w.NextCheckAt.Before(before) || w.NextCheckAt.After(after) || !w.WaitingSince.Equal(w.NextCheckAt) {
+		t.Errorf("migrated waiting record: NextCheckAt %v, WaitingSince %v; want both the migration time, in [%v, %v]",
+			w.NextCheckAt, w.WaitingSince, before, after)
+	}
+	if !w.CreatedAt.Equal(created) || w.Domain != v1[0].Domain || w.Seq != 1 {
+		t.Errorf("migrated waiting record = %+v, want its fields kept", w)
+	}
+	valid, err := s.Record(v1[1].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !valid.NextCheckAt.IsZero() || !valid.WaitingSince.IsZero() {
+		t.Errorf("migrated valid record = %+v, want it left unscheduled", valid)
+	}
+	if recs, err := s.OrgRecords(orgID); err != nil || len(recs) != 2 || recs[0].ID != v1[1].ID {
+		t.Errorf("OrgRecords after migration = %+v, %v; want both, newest first", recs, err)
+	}
+	// The migration counted the organization's two records: a limit of 2
+	// is reached, a limit of 3 is not.
+	var limitErr *store.LimitError
+	if _, err := s.CreateRecord(store.Record{OrgID: orgID, Domain: "third.example.com"}, 2); !errors.As(err, &limitErr) || limitErr.Max != 2 {
+		t.Errorf("CreateRecord over a migrated organization's limit: %v, want a LimitError of 2", err)
+	}
+	// The migrated file is fully usable.
+	if _, err := s.CreateRecord(store.Record{OrgID: orgID, Domain: "new.example.com"}, 3); err != nil {
+		t.Errorf("CreateRecord after migration: %v", err)
+	}
+	if _, err := s.CreateRecord(store.Record{OrgID: orgID, Domain: "waiting.example.com"}, 10); !errors.Is(err, store.ErrDomainTaken) {
+		t.Errorf("CreateRecord of a migrated domain: %v, want ErrDomainTaken", err)
+	}
+}

@@ -10,10 +10,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/control/dnsverify"
 	"github.com/edgeproxy/edgeproxy/docs"
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -50,6 +54,31 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	if err := bootstrap(st, cfg, stdout, log); err != nil {
 		return err
 	}
+
+	verifier, err := dnsverify.New(cfg.DNSResolvers, 0)
+	if err != nil {
+		return fmt.Errorf("--dns-resolvers: %w", err)
+	}
+	cm, err := certs.New(st, certs.Config{
+		CA:       cfg.ACMECA,
+		CARoots:  cfg.ACMECARoot,
+		Email:    cfg.ACMEEmail,
+		HTTPPort: portOf(cfg.HTTPAddr),
+		TLSPort:  portOf(cfg.HTTPSAddr),
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	engine := control.NewEngine(st, verifier, cm, control.EngineConfig{
+		DNSWaitTimeout:  cfg.DNSWaitTimeout,
+		IssueTimeout:    cfg.IssueTimeout,
+		RecheckMax:      cfg.RecheckMax,
+		MonitorInterval: cfg.MonitorInterval,
+		CAAIdentities:   cfg.CAAIdentities,
+		ProbeAddr:       cfg.HTTPSAddr,
+		Logger:          log,
+	})
 
 	ccfg := control.Config{
 		TargetCNAMEBase: cfg.TargetCNAMEBase,
@@ -92,11 +121,60 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	}
 	adminSrv := &http.Server{Handler: control.NewAdmin(st, ccfg), ReadHeaderTimeout: 10 * time.Second}
 
-	errc := make(chan error, 2)
+	httpLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		apiLn.Close()
+		adminLn.Close()
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+	httpsLn, err := net.Listen("tcp", cfg.HTTPSAddr)
+	if err != nil {
+		apiLn.Close()
+		adminLn.Close()
+		httpLn.Close()
+		return fmt.Errorf("--https-addr: %w", err)
+	}
+	httpSrv := &http.Server{
+		Handler:           plainHTTP(cm),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	httpsSrv := &http.Server{
+		Handler:           edgeNotYet(),
+		TLSConfig:         cm.TLSConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		// Failed handshakes for names we do not serve are routine; they
+		// are counted, not logged one by one.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+
+	// Certificates of served records are loaded from storage before the
+	// edge reports ready: no ACME traffic, and no handshake fails for a
+	// domain that is valid.
+	if err := engine.Start(ctx); err != nil {
+		return err
+	}
+	engineCtx, stopEngine := context.WithCancel(context.Background())
+	engineDone := make(chan struct{})
+	go func() {
+		defer close(engineDone)
+		if err := engine.Run(engineCtx, true); err != nil {
+			log.Error("lifecycle engine stopped", "err", err)
+		}
+	}()
+
+	errc := make(chan error, 4)
 	go func() { errc <- apiSrv.Serve(apiLn) }()
 	go func() { errc <- adminSrv.Serve(adminLn) }()
+	go func() { errc <- httpSrv.Serve(httpLn) }()
+	go func() { errc <- httpsSrv.ServeTLS(httpsLn, "", "") }()
 	ready.Store(true)
 	log.Info("edgeproxy serving", "api_addr", apiLn.Addr().String(), "admin_socket", sockPath,
+		"http_addr", httpLn.Addr().String(), "https_addr", httpsLn.Addr().String(),
 		"target_cname_base", cfg.TargetCNAMEBase, "dev", cfg.Dev)
 
 	var serveErr error
@@ -115,6 +193,14 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	if err := adminSrv.Shutdown(drainCtx); err != nil {
 		log.Warn("admin drain incomplete", "err", err)
 	}
+	if err := httpsSrv.Shutdown(drainCtx); err != nil {
+		log.Warn("edge drain incomplete", "err", err)
+	}
+	if err := httpSrv.Shutdown(drainCtx); err != nil {
+		log.Warn("http drain incomplete", "err", err)
+	}
+	stopEngine()
+	<-engineDone
 	os.Remove(sockPath)
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return serveErr
@@ -204,4 +290,43 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		dir.Close()
 	}
 	return nil
+}
+
+// portOf is the port of a host:port address validated at start.
+func portOf(addr string) int {
+	_, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	return n
+}
+
+// plainHTTP answers on --http-addr: ACME HTTP-01 challenges first, then a
+// 308 to https:// for served domains, and 404 for every other host.
+func plainHTTP(cm *certs.Manager) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if cm.HandleHTTPChallenge(w, r) {
+			return
+		}
+		host := strings.ToLower(r.Host)
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.TrimSuffix(host, ".")
+		if !cm.Serving(host) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprintf(w, "{\"error\":\"not_served\",\"detail\":%q}\n", "edgeproxy does not serve this host.")
+			return
+		}
+		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
+	})
+}
+
+// edgeNotYet answers TLS requests until the reverse proxy lands (the edge
+// issue): the handshake is real, the proxying is not built.
+func edgeNotYet() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotImplemented)
+		fmt.Fprintln(w, `{"error":"not_implemented","detail":"The reverse proxy is not built yet."}`)
+	})
 }

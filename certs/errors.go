@@ -1,0 +1,156 @@
+package certs
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+	"syscall"
+
+	"github.com/mholt/acmez/v3/acme"
+)
+
+// IsPermanent reports whether err is an ACME problem that retrying cannot
+// fix: the CA refuses the domain itself (a CAA record forbids it, the
+// identifier is rejected or unsupported, or malformed as a domain name).
+// Network failures, timeouts, rate limits and failed validations (DNS not
+// pointing here yet) are not permanent.
+func IsPermanent(err error) bool {
+	p, ok := problem(err)
+	if !ok {
+		return false
+	}
+	if permanentProblem(p.Type, p.Detail, false) {
+		return true
+	}
+	for _, sp := range p.Subproblems {
+		if permanentProblem(sp.Type, sp.Detail, sp.Identifier.Value != "") {
+			return true
+		}
+	}
+	return false
+}
+
+func permanentProblem(typ, detail string, aboutIdentifier bool) bool {
+	switch typ {
+	case acme.ProblemTypeCAA, acme.ProblemTypeRejectedIdentifier, acme.ProblemTypeUnsupportedIdentifier:
+		return true
+	case acme.ProblemTypeMalformed:
+		// malformed also covers broken requests and, at some CAs, names
+		// that do not resolve yet: only a complaint about the name is final.
+		if aboutIdentifier {
+			return true
+		}
+		d := strings.ToLower(detail)
+		for _, s := range []string{"identifier", "domain name", "dns name", "invalid character"} {
+			if strings.Contains(d, s) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// maxReason bounds Reason's length: it ends up in a record's message.
+const maxReason = 300
+
+var httpStatusRE = regexp.MustCompile(`\bHTTP (5\d\d)\b`)
+
+// Reason says in one short line, for the customer, why err happened: the
+// CA's problem detail when the CA answered, else what went wrong talking
+// to it. It returns "" for a nil error.
+func Reason(err error) string {
+	if err == nil {
+		return ""
+	}
+	if p, ok := problem(err); ok {
+		return truncate(problemDetail(p))
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "the certificate authority did not answer in time"
+	case errors.Is(err, context.Canceled):
+		return "the request to the certificate authority was cancelled"
+	case untrusted(err):
+		return "the certificate authority's TLS certificate is not trusted"
+	case unreachable(err):
+		return "the certificate authority could not be reached"
+	}
+	if m := httpStatusRE.FindStringSubmatch(err.Error()); m != nil {
+		return fmt.Sprintf("the certificate authority is unavailable (HTTP %s)", m[1])
+	}
+	return truncate(err.Error())
+}
+
+func problem(err error) (acme.Problem, bool) {
+	var p acme.Problem
+	if errors.As(err, &p) {
+		return p, true
+	}
+	var pp *acme.Problem
+	if errors.As(err, &pp) && pp != nil {
+		return *pp, true
+	}
+	return acme.Problem{}, false
+}
+
+// problemDetail is the problem's detail without Boulder's "Error creating
+// new order :: " context, followed by its subproblems' details.
+func problemDetail(p acme.Problem) string {
+	detail := lastPart(p.Detail)
+	if detail == "" {
+		detail = strings.TrimPrefix(p.Type, acme.ProblemTypeNamespace)
+	}
+	for _, sp := range p.Subproblems {
+		d := lastPart(sp.Detail)
+		if d == "" || strings.Contains(detail, d) {
+			continue
+		}
+		if sp.Identifier.Value != "" && !strings.Contains(d, sp.Identifier.Value) {
+			d = sp.Identifier.Value + ": " + d
+		}
+		detail += "; " + d
+	}
+	return detail
+}
+
+func lastPart(detail string) string {
+	if i := strings.LastIndex(detail, " :: "); i >= 0 {
+		detail = detail[i+len(" :: "):]
+	}
+	return strings.TrimSpace(detail)
+}
+
+func untrusted(err error) bool {
+	var verifyErr *tls.CertificateVerificationError
+	var unknownErr x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	return errors.As(err, &verifyErr) || errors.As(err, &unknownErr) || errors.As(err, &hostErr)
+}
+
+func unreachable(err error) bool {
+	var opErr *net.OpError
+	var urlErr *url.Error
+	var dnsErr *net.DNSError
+	return errors.As(err, &opErr) || errors.As(err, &urlErr) || errors.As(err, &dnsErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+}
+
+func truncate(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= maxReason {
+		return s
+	}
+	cut := maxReason
+	for cut > 0 && s[cut]&0xc0 == 0x80 { // keep UTF-8 whole
+		cut--
+	}
+	return s[:cut] + "…"
+}

@@ -1,0 +1,328 @@
+package certs
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+// Config configures New. The zero value works (Let's Encrypt production,
+// system roots, no contact, ports 80 and 443, no logging).
+type Config struct {
+	// CA is the ACME directory URL. If empty, Let's Encrypt's production
+	// directory.
+	CA string
+	// CARoots are the roots trusted when talking to the CA. If nil, the
+	// system's roots.
+	CARoots *x509.CertPool
+	// Email is the ACME account's contact. If empty, the account has none.
+	Email string
+	// HTTPPort and TLSPort are the ports of the edge's plain HTTP and TLS
+	// listeners, which answer the HTTP-01 and TLS-ALPN-01 challenges. They
+	// are given to certmagic so that its solvers find the ports taken and
+	// do not open listeners of their own. If zero, 80 and 443.
+	HTTPPort, TLSPort int
+	// Logger receives certmagic's warnings and errors and the manager's
+	// own logs. If nil, nothing is logged.
+	Logger *slog.Logger
+}
+
+// Manager obtains, renews, stores and serves certificates. It is safe for
+// concurrent use. Call Close when done.
+type Manager struct {
+	storage *Storage
+	cache   *certmagic.Cache
+	magic   *certmagic.Config
+	acme    *certmagic.ACMEIssuer
+	log     *slog.Logger
+
+	// servedMu serializes the writers of served; readers load it without
+	// a lock.
+	servedMu sync.Mutex
+	served   atomic.Pointer[map[string]struct{}]
+
+	stats         counters
+	lastRefusalAt atomic.Int64 // Unix nanoseconds of the last refusal logged
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Stats counts what the manager has done since New.
+type Stats struct {
+	// HandshakesServed got a certificate; HandshakesRefused were for a
+	// name not served (or a TLS-ALPN-01 hello with no challenge pending);
+	// HandshakesChallenge got a TLS-ALPN-01 challenge certificate;
+	// HandshakesMissing were for a served name with no certificate in the
+	// cache.
+	HandshakesServed, HandshakesRefused, HandshakesChallenge, HandshakesMissing uint64
+	// Renewals and RenewalFailures count certmagic's background renewals.
+	Renewals, RenewalFailures uint64
+}
+
+type counters struct {
+	served, refused, challenge, missing, renewals, renewalFailures atomic.Uint64
+}
+
+// New returns a Manager keeping its certificates in st. It starts
+// certmagic's maintenance goroutine (renewals), which Close stops.
+func New(st *store.Store, cfg Config) (*Manager, error) {
+	if st == nil {
+		return nil, errors.New("certs: nil store")
+	}
+	if cfg.CA == "" {
+		cfg.CA = certmagic.LetsEncryptProductionCA
+	}
+	if u, err := url.Parse(cfg.CA); err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("certs: ACME directory %q: not an https URL", cfg.CA)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	zl := newZapLogger(log)
+
+	m := &Manager{log: log}
+	m.served.Store(&map[string]struct{}{})
+	m.storage = NewStorage(st, StorageOptions{Logger: log})
+	m.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return m.magic, nil },
+		Logger:           zl,
+	})
+	m.magic = certmagic.New(m.cache, certmagic.Config{
+		Storage:        m.storage,
+		Logger:         zl,
+		OnEvent:        m.onEvent,
+		ShouldEmitFunc: func(event string) bool { return event == "cert_obtained" || event == "cert_failed" },
+	})
+	m.acme = certmagic.NewACMEIssuer(m.magic, certmagic.ACMEIssuer{
+		CA:             cfg.CA,
+		TestCA:         cfg.CA,
+		Email:          cfg.Email,
+		Agreed:         true,
+		TrustedRoots:   cfg.CARoots,
+		AltHTTPPort:    cfg.HTTPPort,
+		AltTLSALPNPort: cfg.TLSPort,
+		Logger:         zl,
+	})
+	var issuer certmagic.Issuer = m.acme
+	if cfg.Email == "" {
+		// With no email anywhere, certmagic's interactive pre-check (used
+		// by ObtainCertSync) would prompt on stdin for one.
+		issuer = quietIssuer{m.acme}
+	}
+	m.magic.Issuers = []certmagic.Issuer{issuer}
+	return m, nil
+}
+
+// quietIssuer is the ACME issuer whose pre-check never prompts. It loses
+// one thing: certmagic tells the CA which certificate a renewal replaces
+// (ARI) only for a plain *ACMEIssuer.
+type quietIssuer struct{ *certmagic.ACMEIssuer }
+
+func (q quietIssuer) PreCheck(ctx context.Context, names []string, _ bool) error {
+	return q.ACMEIssuer.PreCheck(ctx, names, false)
+}
+
+// Close stops certmagic's maintenance and releases the storage locks this
+// manager holds. Cancel the contexts of running calls first. Closing twice
+// is harmless.
+func (m *Manager) Close() error {
+	m.closeOnce.Do(func() {
+		m.cache.Stop()
+		m.closeErr = m.storage.Close()
+	})
+	return m.closeErr
+}
+
+// Obtain makes sure a certificate for domain is cached and managed
+// (renewed by certmagic) and returns its expiry. A certificate already in
+// storage is loaded without ACME traffic (one that has expired is renewed
+// first); otherwise one is obtained from the CA now: one attempt, bounded
+// by ctx. Use IsPermanent and Reason on the error.
+func (m *Manager) Obtain(ctx context.Context, domain string) (notAfter time.Time, err error) {
+	name := normalizeName(domain)
+	if name == "" {
+		return time.Time{}, errors.New("certs: obtaining certificate: empty domain")
+	}
+	cert, err := m.cacheStored(ctx, name)
+	switch {
+	case err == nil && !cert.Expired():
+		return cert.Leaf.NotAfter, nil
+	case err == nil:
+		if err := m.magic.RenewCertSync(ctx, name, false); err != nil {
+			return time.Time{}, fmt.Errorf("%s: renewing expired certificate: %w", name, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		if err := m.magic.ObtainCertSync(ctx, name); err != nil {
+			return time.Time{}, fmt.Errorf("%s: obtaining certificate: %w", name, err)
+		}
+	default:
+		return time.Time{}, err
+	}
+	cert, err = m.cacheStored(ctx, name)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return cert.Leaf.NotAfter, nil
+}
+
+// Load caches the stored certificate for domain as managed and returns its
+// expiry. It never talks to the CA; a domain with no certificate in
+// storage is an error wrapping fs.ErrNotExist.
+func (m *Manager) Load(ctx context.Context, domain string) (notAfter time.Time, err error) {
+	cert, err := m.cacheStored(ctx, normalizeName(domain))
+	if err != nil {
+		return time.Time{}, err
+	}
+	return cert.Leaf.NotAfter, nil
+}
+
+// cacheStored caches the certificate stored for name and evicts any other
+// certificate cached for exactly that name (one replaced in storage).
+func (m *Manager) cacheStored(ctx context.Context, name string) (certmagic.Certificate, error) {
+	cert, err := m.magic.CacheManagedCertificate(ctx, name)
+	if err != nil {
+		return cert, fmt.Errorf("%s: loading certificate: %w", name, err)
+	}
+	var stale []string
+	for _, c := range m.cache.AllMatchingCertificates(name) {
+		if c.Hash() != cert.Hash() && slices.Contains(c.Names, name) {
+			stale = append(stale, c.Hash())
+		}
+	}
+	m.cache.Remove(stale)
+	return cert, nil
+}
+
+// Drop removes domain's certificate from the cache and deletes every
+// storage key of it (certificate, key and metadata of every issuer, OCSP
+// staples). It waits for an obtain or renewal of the domain in progress to
+// finish first. Dropping a domain that has nothing is not an error.
+func (m *Manager) Drop(ctx context.Context, domain string) error {
+	name := normalizeName(domain)
+	if name == "" {
+		return errors.New("certs: dropping certificate: empty domain")
+	}
+	lock := "issue_cert_" + name // certmagic's lock for obtaining and renewing name
+	if err := m.storage.Lock(ctx, lock); err != nil {
+		return fmt.Errorf("%s: dropping certificate: %w", name, err)
+	}
+	defer func() {
+		if err := m.storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
+			m.log.Warn("releasing certificate lock", "domain", name, "err", err)
+		}
+	}()
+	m.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: name}})
+
+	safe := certmagic.StorageKeys.Safe(name)
+	issuers, err := m.storage.List(ctx, "certificates", false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: dropping certificate: %w", name, err)
+	}
+	for _, dir := range issuers {
+		if err := m.storage.Delete(ctx, path.Join(dir, safe)); err != nil {
+			return fmt.Errorf("%s: dropping certificate: %w", name, err)
+		}
+	}
+	staples, err := m.storage.List(ctx, "ocsp", false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: dropping OCSP staples: %w", name, err)
+	}
+	for _, key := range staples {
+		// A staple is named <safe name>-<hash>; the hash has no dot, so
+		// "e.example.com-x.org-<hash>" is not e.example.com's.
+		rest, ok := strings.CutPrefix(path.Base(key), safe+"-")
+		if !ok || strings.Contains(rest, ".") {
+			continue
+		}
+		if err := m.storage.Delete(ctx, key); err != nil {
+			return fmt.Errorf("%s: dropping OCSP staples: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Info returns the expiry of the newest certificate cached for domain.
+func (m *Manager) Info(domain string) (notAfter time.Time, ok bool) {
+	name := normalizeName(domain)
+	for _, c := range m.cache.AllMatchingCertificates(name) {
+		if c.Leaf != nil && c.Leaf.NotAfter.After(notAfter) {
+			notAfter, ok = c.Leaf.NotAfter, true
+		}
+	}
+	return notAfter, ok
+}
+
+// StoredDomains lists, sorted, the domains that have a certificate in
+// storage under any issuer. (A domain is listed by its storage name, which
+// for a lower-case ASCII domain is the domain itself.)
+func (m *Manager) StoredDomains(ctx context.Context) ([]string, error) {
+	keys, err := m.storage.List(ctx, "certificates", true)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("certs: listing stored certificates: %w", err)
+	}
+	var domains []string
+	for _, k := range keys {
+		// certificates/<issuer>/<domain>/<domain>.crt
+		parts := strings.Split(k, "/")
+		if len(parts) == 4 && parts[3] == parts[2]+".crt" {
+			domains = append(domains, parts[2])
+		}
+	}
+	slices.Sort(domains)
+	return slices.Compact(domains), nil
+}
+
+// Stats returns the manager's counters.
+func (m *Manager) Stats() Stats {
+	return Stats{
+		HandshakesServed:    m.stats.served.Load(),
+		HandshakesRefused:   m.stats.refused.Load(),
+		HandshakesChallenge: m.stats.challenge.Load(),
+		HandshakesMissing:   m.stats.missing.Load(),
+		Renewals:            m.stats.renewals.Load(),
+		RenewalFailures:     m.stats.renewalFailures.Load(),
+	}
+}
+
+// onEvent logs and counts certmagic's background renewals; Obtain's own
+// results are its callers' to report.
+func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) error {
+	if renewal, _ := data["renewal"].(bool); !renewal {
+		return nil
+	}
+	domain, _ := data["identifier"].(string)
+	switch event {
+	case "cert_obtained":
+		m.stats.renewals.Add(1)
+		m.log.Info("certificate renewed", "domain", domain)
+	case "cert_failed":
+		m.stats.renewalFailures.Add(1)
+		m.log.Warn("certificate renewal failed", "domain", domain, "err", data["error"])
+	}
+	return nil
+}
+
+// normalizeName lower-cases name and drops surrounding space and one
+// trailing dot.
+func normalizeName(name string) string {
+	return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
+}

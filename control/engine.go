@@ -1,0 +1,552 @@
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeproxy/edgeproxy/certs"
+	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+// EngineConfig configures the lifecycle engine. Zero durations take the
+// defaults of CONTRACT §2.
+type EngineConfig struct {
+	// DNSWaitTimeout: a record still waiting this long after it entered
+	// waiting goes to timed_out. Default 168h.
+	DNSWaitTimeout time.Duration
+	// IssueTimeout: a record issuing this long without a certificate goes
+	// to erroring. Default 1h.
+	IssueTimeout time.Duration
+	// RecheckMax is the longest pause between two checks of a waiting or
+	// issuing record. Default 5m.
+	RecheckMax time.Duration
+	// FirstRecheck is the pause before the second check of a waiting or
+	// issuing record; later pauses double up to RecheckMax. Default 5s.
+	FirstRecheck time.Duration
+	// MonitorInterval is how often a valid or warning record is checked.
+	// Default 24h.
+	MonitorInterval time.Duration
+	// CAAIdentities are the CA's issuer domains for the CAA pre-flight.
+	// Default letsencrypt.org.
+	CAAIdentities []string
+	// Workers bounds how many records are worked on at once. Default 32.
+	Workers int
+	// ACMEWorkers bounds how many of those talk to the CA at once.
+	// Default 4.
+	ACMEWorkers int
+	// ProbeAddr is the edge's TLS address; the monitor makes a handshake
+	// there for each live record. Empty skips that check.
+	ProbeAddr string
+	// Now is the clock. If nil, the store's.
+	Now func() time.Time
+	// Logger gets every status transition. If nil, slog.Default().
+	Logger *slog.Logger
+}
+
+// Timing of the checks.
+const (
+	dnsCheckTimeout = 10 * time.Second
+	maxObtainTime   = 3 * time.Minute
+	deleteTimeout   = 30 * time.Second
+	probeTimeout    = 5 * time.Second
+	// expiryWarning: a certificate this close to expiry is a warning, since
+	// certmagic renews long before it.
+	expiryWarning = 21 * 24 * time.Hour
+)
+
+// Engine moves every proxy record through its lifecycle (see the package
+// doc). All of its state is in the store: each record carries the time of
+// its next step, and the store indexes records by it, so a restart picks up
+// exactly the steps that were due. The engine works on at most Workers
+// records at once, whatever the number waiting.
+type Engine struct {
+	store *store.Store
+	dns   *dnsverify.Verifier
+	certs *certs.Manager
+	cfg   EngineConfig
+	log   *slog.Logger
+	acme  chan struct{} // semaphore of ACMEWorkers
+	wake  chan struct{}
+
+	// mu guards inflight.
+	mu       sync.Mutex
+	inflight map[string]bool
+}
+
+// NewEngine returns an engine over st that verifies DNS with dns and gets
+// certificates from cm. Call Run to start it.
+func NewEngine(st *store.Store, dns *dnsverify.Verifier, cm *certs.Manager, cfg EngineConfig) *Engine {
+	if cfg.DNSWaitTimeout == 0 {
+		cfg.DNSWaitTimeout = 168 * time.Hour
+	}
+	if cfg.IssueTimeout == 0 {
+		cfg.IssueTimeout = time.Hour
+	}
+	if cfg.RecheckMax == 0 {
+		cfg.RecheckMax = 5 * time.Minute
+	}
+	if cfg.FirstRecheck == 0 {
+		cfg.FirstRecheck = 5 * time.Second
+	}
+	if cfg.MonitorInterval == 0 {
+		cfg.MonitorInterval = 24 * time.Hour
+	}
+	if len(cfg.CAAIdentities) == 0 {
+		cfg.CAAIdentities = []string{"letsencrypt.org"}
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 32
+	}
+	if cfg.ACMEWorkers == 0 {
+		cfg.ACMEWorkers = 4
+	}
+	if cfg.Now == nil {
+		cfg.Now = st.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Engine{
+		store:    st,
+		dns:      dns,
+		certs:    cm,
+		cfg:      cfg,
+		log:      cfg.Logger,
+		acme:     make(chan struct{}, cfg.ACMEWorkers),
+		wake:     make(chan struct{}, 1),
+		inflight: map[string]bool{},
+	}
+}
+
+// Wake makes the engine look for due records now; tests call it after
+// moving their clock.
+func (e *Engine) Wake() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Engine) isInflight(id string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.inflight[id]
+}
+
+// Start loads the certificate of every served record from storage (no
+// ACME traffic), puts those domains on the edge's allowlist and drops
+// certificates that no record holds any more. Run calls it; it is
+// separate so the server can report ready only after it.
+func (e *Engine) Start(ctx context.Context) error {
+	records, err := e.store.Records(nil)
+	if err != nil {
+		return fmt.Errorf("engine: listing records: %w", err)
+	}
+	var served []string
+	holders := map[string]bool{}
+	for _, r := range records {
+		holders[r.Domain] = true
+		if !r.Served() {
+			continue
+		}
+		if _, err := e.certs.Load(ctx, r.Domain); err != nil {
+			// The monitor finds it missing and gets a new one.
+			e.log.Warn("certificate of a served record not in storage", "record_id", r.ID, "domain", r.Domain, "err", err)
+			continue
+		}
+		served = append(served, r.Domain)
+	}
+	e.certs.ServeOnly(served)
+	stored, err := e.certs.StoredDomains(ctx)
+	if err != nil {
+		return fmt.Errorf("engine: listing stored certificates: %w", err)
+	}
+	for _, d := range stored {
+		if !holders[d] {
+			if err := e.certs.Drop(ctx, d); err != nil {
+				e.log.Warn("dropping orphaned certificate", "domain", d, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// Run works on due records until ctx is done. It calls Start first unless
+// started is true.
+func (e *Engine) Run(ctx context.Context, started bool) error {
+	if !started {
+		if err := e.Start(ctx); err != nil {
+			return err
+		}
+	}
+	sub := e.store.Subscribe()
+	defer sub.Close()
+	slots := make(chan struct{}, e.cfg.Workers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		free := cap(slots) - len(slots)
+		if free > 0 {
+			due, err := e.store.DueRecords(e.cfg.Now(), free, e.isInflight)
+			if err != nil {
+				e.log.Error("engine: reading due records", "err", err)
+			}
+			for _, r := range due {
+				e.mu.Lock()
+				e.inflight[r.ID] = true
+				e.mu.Unlock()
+				slots <- struct{}{}
+				wg.Add(1)
+				go func(r store.Record) {
+					defer wg.Done()
+					e.step(ctx, r)
+					e.mu.Lock()
+					delete(e.inflight, r.ID)
+					e.mu.Unlock()
+					<-slots
+					e.Wake()
+				}(r)
+			}
+		}
+		wait := time.Hour
+		if next, ok, err := e.store.NextDue(e.isInflight); err == nil && ok {
+			wait = max(next.Sub(e.cfg.Now()), 0)
+		}
+		if len(slots) == cap(slots) {
+			wait = time.Hour // a finishing step wakes us
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+		case <-e.wake:
+		case <-sub.Ready():
+			e.applyChanges(ctx, sub.Take())
+		}
+		timer.Stop()
+	}
+}
+
+// applyChanges keeps the edge's allowlist equal to the served records and
+// drops the certificate of a deleted domain that no record holds any more.
+func (e *Engine) applyChanges(ctx context.Context, changes []store.Change) {
+	for _, c := range changes {
+		r, err := e.store.Record(c.ID)
+		switch {
+		case err == nil:
+			e.certs.Serve(r.Domain, r.Served())
+		case errors.Is(err, store.ErrNotFound):
+			e.certs.Serve(c.Domain, false)
+			if _, err := e.store.RecordByDomain(c.Domain); errors.Is(err, store.ErrNotFound) {
+				dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+				if err := e.certs.Drop(dctx, c.Domain); err != nil {
+					e.log.Warn("dropping certificate of deleted record", "domain", c.Domain, "err", err)
+				}
+				cancel()
+			}
+		default:
+			e.log.Error("engine: reading changed record", "record_id", c.ID, "err", err)
+		}
+	}
+}
+
+// step does the one thing the record's status calls for, and records the
+// outcome with the time of the next step.
+func (e *Engine) step(ctx context.Context, r store.Record) {
+	switch r.Status {
+	case store.StatusWaiting:
+		e.stepWaiting(ctx, r)
+	case store.StatusIssuing:
+		e.stepIssuing(ctx, r)
+	case store.StatusValid, store.StatusWarning:
+		e.stepMonitor(ctx, r)
+	case store.StatusDeleting:
+		e.stepDeleting(ctx, r)
+	default:
+		// erroring and timed_out wait for a retry; nothing is scheduled.
+		e.save(r, func(n *store.Record) { n.NextCheckAt = time.Time{} })
+	}
+}
+
+// backoff is the pause before check number n (1 for the first recheck):
+// from FirstRecheck, doubling, up to RecheckMax, with ±10% jitter so
+// records created together do not stay in step.
+func (e *Engine) backoff(n int) time.Duration {
+	d := e.cfg.FirstRecheck
+	for i := 1; i < n && d < e.cfg.RecheckMax; i++ {
+		d *= 2
+	}
+	d = min(d, e.cfg.RecheckMax)
+	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
+	return max(d+jitter, time.Millisecond)
+}
+
+// save applies fn to the record as stored, if it is still in the status
+// the step began with (an API call may have moved it meanwhile: then the
+// step's outcome no longer applies and the record is left alone). A status
+// change is logged once.
+func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
+	var before store.Record
+	after, op, err := e.store.Mutate(r.ID, func(n *store.Record) (store.Op, error) {
+		if n.Status != r.Status {
+			return store.OpKeep, nil
+		}
+		before = *n
+		fn(n)
+		return store.OpSave, nil
+	})
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			e.log.Error("engine: saving record", "record_id", r.ID, "domain", r.Domain, "err", err)
+		}
+		return
+	}
+	if op == store.OpSave && before.Status != after.Status {
+		logTransition(e.log, before, after)
+	}
+}
+
+// logTransition logs one status change of a record.
+func logTransition(log *slog.Logger, before, after store.Record) {
+	msg := ""
+	if after.Message != nil {
+		msg = *after.Message
+	}
+	log.Info("record status changed", "record_id", after.ID, "org_id", after.OrgID, "domain", after.Domain,
+		"from", string(before.Status), "to", string(after.Status), "message", msg)
+}
+
+func ptr(s string) *string { return &s }
+
+func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
+	now := e.cfg.Now()
+	if !now.Before(r.WaitingSince.Add(e.cfg.DNSWaitTimeout)) {
+		e.save(r, func(n *store.Record) {
+			n.Status = store.StatusTimedOut
+			n.Message = ptr(fmt.Sprintf("DNS did not point %s at %s within %s. Add the CNAME record, then retry.",
+				r.Domain, r.TargetCNAME, e.cfg.DNSWaitTimeout))
+			n.NextCheckAt = time.Time{}
+			n.Checks = 0
+		})
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
+	res := e.dns.CheckCNAME(dctx, r.Domain, r.TargetCNAME)
+	cancel()
+	if res.Outcome != dnsverify.Pointing {
+		e.save(r, func(n *store.Record) {
+			n.Message = ptr(res.Message)
+			n.Checks++
+			n.NextCheckAt = now.Add(e.backoff(n.Checks))
+		})
+		return
+	}
+	dctx, cancel = context.WithTimeout(ctx, dnsCheckTimeout)
+	caa := e.dns.CheckCAA(dctx, r.Domain, e.cfg.CAAIdentities)
+	cancel()
+	switch {
+	case caa.Err != nil:
+		e.save(r, func(n *store.Record) {
+			n.Message = ptr(caa.Message)
+			n.Checks++
+			n.NextCheckAt = now.Add(e.backoff(n.Checks))
+		})
+	case !caa.Allowed:
+		e.save(r, func(n *store.Record) {
+			n.Status = store.StatusErroring
+			n.Message = ptr(caa.Message)
+			n.NextCheckAt = time.Time{}
+			n.Checks = 0
+		})
+	default:
+		e.save(r, func(n *store.Record) {
+			n.Status = store.StatusIssuing
+			n.Message = ptr(fmt.Sprintf("DNS verified (%s points at %s via %s); requesting a certificate.", r.Domain, r.TargetCNAME, res.Via))
+			n.IssuingSince = now
+			n.NextCheckAt = now
+			n.Checks = 0
+		})
+	}
+}
+
+func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
+	now := e.cfg.Now()
+	deadline := r.IssuingSince.Add(e.cfg.IssueTimeout)
+	if !now.Before(deadline) {
+		reason := "no certificate could be obtained"
+		if r.Message != nil {
+			reason = *r.Message
+		}
+		e.save(r, func(n *store.Record) {
+			n.Status = store.StatusErroring
+			n.Message = ptr(fmt.Sprintf("No certificate within %s. Last attempt: %s", e.cfg.IssueTimeout, reason))
+			n.NextCheckAt = time.Time{}
+			n.Checks = 0
+		})
+		return
+	}
+	select {
+	case e.acme <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	octx, cancel := context.WithTimeout(ctx, min(maxObtainTime, deadline.Sub(now)))
+	notAfter, err := e.certs.Obtain(octx, r.Domain)
+	cancel()
+	<-e.acme
+	if ctx.Err() != nil {
+		return // shutting down: the step is due again after restart
+	}
+	now = e.cfg.Now()
+	switch {
+	case err == nil:
+		e.certs.Serve(r.Domain, true)
+		e.save(r, func(n *store.Record) {
+			n.Status = store.StatusValid
+			n.Message = nil
+			n.CertNotAfter = notAfter
+			n.NextCheckAt = now.Add(e.cfg.MonitorInterval)
+			n.Checks = 0
+		})
+	case certs.IsPermanent(err):
+		e.save(r, func(n *store.Record) {
+			n.Status = store.StatusErroring
+			n.Message = ptr("The certificate authority refused: " + certs.Reason(err))
+			n.NextCheckAt = time.Time{}
+			n.Checks = 0
+		})
+	default:
+		e.save(r, func(n *store.Record) {
+			n.Message = ptr("Requesting a certificate failed, retrying: " + certs.Reason(err))
+			n.Checks++
+			n.NextCheckAt = now.Add(e.backoff(n.Checks))
+		})
+	}
+}
+
+func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
+	e.certs.Serve(r.Domain, false)
+	dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+	err := e.certs.Drop(dctx, r.Domain)
+	cancel()
+	if err != nil {
+		now := e.cfg.Now()
+		e.save(r, func(n *store.Record) {
+			n.Message = ptr("Removing the certificate failed, retrying: " + err.Error())
+			n.Checks++
+			n.NextCheckAt = now.Add(e.backoff(n.Checks))
+		})
+		return
+	}
+	_, op, err := e.store.Mutate(r.ID, func(n *store.Record) (store.Op, error) {
+		if n.Status != store.StatusDeleting {
+			return store.OpKeep, nil
+		}
+		return store.OpDelete, nil
+	})
+	if err == nil && op == store.OpDelete {
+		e.log.Info("record deleted", "record_id", r.ID, "org_id", r.OrgID, "domain", r.Domain,
+			"from", string(store.StatusDeleting), "to", "gone")
+	}
+}
+
+// stepMonitor re-checks a live record: DNS still points at us, the
+// certificate is held and not close to expiry, and the edge answers a
+// handshake for the domain.
+func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
+	var problems []string
+	fatal := ""
+	dctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
+	res := e.dns.CheckCNAME(dctx, r.Domain, r.TargetCNAME)
+	cancel()
+	switch res.Outcome {
+	case dnsverify.Pointing, dnsverify.ResolverFailure:
+		// A resolver failure says nothing about the customer's DNS.
+	default:
+		problems = append(problems, "DNS no longer points here: "+res.Message)
+	}
+	now := e.cfg.Now()
+	notAfter, ok := e.certs.Info(r.Domain)
+	if !ok {
+		lctx, cancel := context.WithTimeout(ctx, maxObtainTime)
+		var err error
+		notAfter, err = e.certs.Obtain(lctx, r.Domain)
+		cancel()
+		if err != nil {
+			fatal = "The certificate is missing and a new one could not be obtained: " + certs.Reason(err)
+		} else {
+			e.certs.Serve(r.Domain, true)
+		}
+	}
+	switch left := notAfter.Sub(now); {
+	case fatal != "":
+	case left <= 0:
+		fatal = fmt.Sprintf("The certificate expired at %s and was not renewed.", notAfter.UTC().Format(time.RFC3339))
+	case left < expiryWarning:
+		problems = append(problems, fmt.Sprintf("The certificate expires at %s and has not been renewed yet.", notAfter.UTC().Format(time.RFC3339)))
+	}
+	if fatal == "" && e.cfg.ProbeAddr != "" {
+		if err := probeTLS(ctx, e.cfg.ProbeAddr, r.Domain); err != nil {
+			problems = append(problems, "The edge did not serve the domain: "+err.Error())
+		}
+	}
+	e.save(r, func(n *store.Record) {
+		switch {
+		case fatal != "":
+			n.Status = store.StatusErroring
+			n.Message = ptr(fatal)
+		case len(problems) > 0:
+			n.Status = store.StatusWarning
+			n.Message = ptr(strings.Join(problems, " "))
+		default:
+			n.Status = store.StatusValid
+			n.Message = nil
+		}
+		if !notAfter.IsZero() {
+			n.CertNotAfter = notAfter
+		}
+		n.NextCheckAt = now.Add(e.cfg.MonitorInterval)
+		if fatal != "" {
+			n.NextCheckAt = time.Time{}
+		}
+	})
+}
+
+// probeTLS makes a TLS handshake with addr for domain and checks that the
+// certificate presented names the domain. It does not verify the chain: the
+// question is whether the edge serves the domain, not whether this machine
+// trusts the CA.
+func probeTLS(ctx context.Context, addr, domain string) error {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	d := tls.Dialer{Config: &tls.Config{ServerName: domain, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}}
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
+	if err != nil {
+		return fmt.Errorf("handshake with SNI %s: %w", domain, err)
+	}
+	defer conn.Close()
+	certs := conn.(*tls.Conn).ConnectionState().PeerCertificates
+	if len(certs) == 0 || !slices.Contains(certs[0].DNSNames, domain) {
+		return fmt.Errorf("the certificate presented for %s does not name it", domain)
+	}
+	return nil
+}
