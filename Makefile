@@ -3,7 +3,7 @@ GO ?= go
 DATA_DIR ?= ./data
 FUZZTIME ?= 30s
 
-.PHONY: run test build bench fuzz vet clean
+.PHONY: run test build bench fuzz e2e clean
 
 ## run: the server on the embedded bbolt default, in --dev mode (API on 127.0.0.1:8080)
 run:
@@ -18,6 +18,10 @@ test:
 build:
 	$(GO) build -o bin/edgeproxy ./cmd/edgeproxy
 
+## e2e: the built binary against Pebble, a loopback DNS server and upstream; prints each status of one record
+e2e: build
+	$(GO) run ./cmd/e2e -bin bin/edgeproxy
+
 ## bench: the control-plane benchmarks (numbers go to docs/PERFORMANCE.md)
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./control/
@@ -26,6 +30,7 @@ bench:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeDomain$$' -fuzztime $(FUZZTIME) ./control/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBody$$' -fuzztime $(FUZZTIME) ./control/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseIssueValue$$' -fuzztime $(FUZZTIME) ./control/dnsverify/
 
 clean:
 	rm -rf bin

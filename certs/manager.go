@@ -70,7 +70,8 @@ type Stats struct {
 	// HandshakesMissing were for a served name with no certificate in the
 	// cache.
 	HandshakesServed, HandshakesRefused, HandshakesChallenge, HandshakesMissing uint64
-	// Renewals and RenewalFailures count certmagic's background renewals.
+	// Renewals and RenewalFailures count renewals: certmagic's background
+	// ones, and Obtain's of an expired certificate.
 	Renewals, RenewalFailures uint64
 }
 
@@ -303,8 +304,8 @@ func (m *Manager) Stats() Stats {
 	}
 }
 
-// onEvent logs and counts certmagic's background renewals; Obtain's own
-// results are its callers' to report.
+// onEvent logs and counts renewals, which mostly happen in the background
+// where no caller sees them; first obtains are Obtain's callers' to report.
 func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) error {
 	if renewal, _ := data["renewal"].(bool); !renewal {
 		return nil

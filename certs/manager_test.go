@@ -2,22 +2,32 @@ package certs
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
+
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
+	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -27,17 +37,17 @@ import (
 type edge struct {
 	t       *testing.T
 	st      *store.Store
-	dns     *testDNS
+	dns     *dnstest.Server
 	pebble  *certstest.Pebble
 	tlsAddr string
 	// httpPort and tlsPort are the listeners' ports.
 	httpPort, tlsPort int
-	manager atomic.Pointer[Manager]
+	manager           atomic.Pointer[Manager]
 }
 
 func newEdge(t *testing.T) *edge {
 	t.Helper()
-	e := &edge{t: t, st: openStore(t, store.Options{}), dns: startDNS(t)}
+	e := &edge{t: t, st: openStore(t, store.Options{}), dns: dnstest.Start(t)}
 	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +58,7 @@ func newEdge(t *testing.T) *edge {
 	}
 	e.tlsAddr = tlsLn.Addr().String()
 	e.httpPort, e.tlsPort = httpLn.Addr().(*net.TCPAddr).Port, tlsLn.Addr().(*net.TCPAddr).Port
-	e.pebble = certstest.StartPebble(t, e.dns.addr, e.httpPort, e.tlsPort)
+	e.pebble = certstest.StartPebble(t, e.dns.Addr(), e.httpPort, e.tlsPort)
 
 	plain := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if m := e.manager.Load(); m != nil && m.HandleHTTPChallenge(w, r) {
@@ -82,7 +92,7 @@ func (e *edge) newManager(t *testing.T) *Manager {
 		CARoots:  e.pebble.ServerRoots(),
 		HTTPPort: e.httpPort,
 		TLSPort:  e.tlsPort,
-		Logger: slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:   slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +100,14 @@ func (e *edge) newManager(t *testing.T) *Manager {
 	t.Cleanup(func() { m.Close() })
 	e.manager.Store(m)
 	return m
+}
+
+// point makes the names resolve to the edge, as the customer's CNAME to the
+// target does.
+func (e *edge) point(names ...string) {
+	for _, name := range names {
+		e.dns.SetA(name, "127.0.0.1")
+	}
 }
 
 // handshake connects to the edge with SNI name, trusting Pebble's issuing
@@ -145,6 +163,7 @@ func TestLifecycle(t *testing.T) {
 	m := e.manager.Load()
 	ctx := obtainCtx(t)
 	const name = "e.example.com"
+	e.point(name)
 
 	notAfter, err := m.Obtain(ctx, name)
 	if err != nil {
@@ -272,6 +291,7 @@ func TestChallenges(t *testing.T) {
 			m := e.newManager(t)
 			tt.disable(m)
 			domain := tt.name + ".example.com"
+			e.point(domain)
 			if _, err := m.Obtain(obtainCtx(t), domain); err != nil {
 				t.Fatalf("Obtain over %s: %v", tt.name, err)
 			}
@@ -289,6 +309,7 @@ func TestChallenges(t *testing.T) {
 func TestObtainCAAForbidden(t *testing.T) {
 	t.Parallel()
 	e := newEdge(t)
+	e.point("caa.example.com", "caa.example.net")
 	e.dns.SetCAA("caa.example.com", 0, "issue", "other-ca.example")
 	m := e.manager.Load()
 	_, err := m.Obtain(obtainCtx(t), "caa.example.com")
@@ -317,7 +338,7 @@ func TestObtainCAAForbidden(t *testing.T) {
 func TestObtainValidationFails(t *testing.T) {
 	t.Parallel()
 	e := newEdge(t)
-	e.dns.SetNXDOMAIN("nx.example.com")
+	// nx.example.com has no records: NXDOMAIN.
 	_, err := e.manager.Load().Obtain(obtainCtx(t), "nx.example.com")
 	if err == nil {
 		t.Fatal("Obtain succeeded for a name that does not resolve")
@@ -336,6 +357,7 @@ func TestObtainCADown(t *testing.T) {
 	t.Parallel()
 	e := newEdge(t)
 	m := e.manager.Load()
+	e.point("down.example.com")
 	e.pebble.SetDown(true)
 	start := time.Now()
 	_, err := m.Obtain(obtainCtx(t), "down.example.com")
@@ -436,3 +458,144 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 func discardLog() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// TestObtainConcurrent: obtains of different domains run side by side, and
+// two of the same domain make one order (certmagic's lock, on our
+// storage, serializes them and the second finds the certificate stored).
+func TestObtainConcurrent(t *testing.T) {
+	t.Parallel()
+	e := newEdge(t)
+	m := e.manager.Load()
+	ctx := obtainCtx(t)
+	domains := []string{"c1.example.com", "c2.example.com", "c3.example.com", "c4.example.com", "c1.example.com"}
+	e.point(domains...)
+	errs := make(chan error, len(domains))
+	for _, d := range domains {
+		go func() {
+			_, err := m.Obtain(ctx, d)
+			errs <- err
+		}()
+	}
+	for range domains {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if got, want := e.pebble.Orders(), 4; got != want {
+		t.Errorf("%d orders, want %d", got, want)
+	}
+	got, err := m.StoredDomains(ctx)
+	if want := domains[:4]; err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("StoredDomains = %v, %v; want %v", got, err, want)
+	}
+	for _, d := range domains[:4] {
+		m.Serve(d, true)
+		e.mustServe(d)
+	}
+}
+
+// TestDropKeys: Drop deletes the domain's keys under every issuer and its
+// OCSP staples, and nobody else's.
+func TestDropKeys(t *testing.T) {
+	t.Parallel()
+	st := openStore(t, store.Options{})
+	m, err := New(st, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	gone := []string{
+		"certificates/ca-one/e.example.com/e.example.com.crt",
+		"certificates/ca-one/e.example.com/e.example.com.key",
+		"certificates/ca-one/e.example.com/e.example.com.json",
+		"certificates/ca-two/e.example.com/e.example.com.crt",
+		"ocsp/e.example.com-1a2b3c",
+	}
+	kept := []string{
+		"certificates/ca-one/f.example.com/f.example.com.crt",
+		"certificates/ca-one/e.example.com.au/e.example.com.au.crt",
+		"ocsp/e.example.com-x.org-1a2b3c",
+		"acme/ca-one/users/default/default.json",
+	}
+	for _, k := range slices.Concat(gone, kept) {
+		if err := st.PutBlob(k, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	if got, err := m.StoredDomains(ctx); err != nil || !reflect.DeepEqual(got, []string{"e.example.com", "e.example.com.au", "f.example.com"}) {
+		t.Errorf("StoredDomains = %v, %v", got, err)
+	}
+	if err := m.Drop(ctx, "E.example.com."); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range gone {
+		if st.BlobExists(k) {
+			t.Errorf("%s survived Drop", k)
+		}
+	}
+	for _, k := range kept {
+		if !st.BlobExists(k) {
+			t.Errorf("%s was dropped", k)
+		}
+	}
+	// The lock Drop took is free again.
+	if ok, err := st.TryLock("issue_cert_e.example.com", "other", time.Minute); !ok || err != nil {
+		t.Errorf("lock after Drop: TryLock = %v, %v", ok, err)
+	}
+}
+
+// TestObtainRenewsExpired: a certificate in storage that has expired (its
+// renewals failed, or the process was down) is not served as is: Obtain
+// renews it at once.
+func TestObtainRenewsExpired(t *testing.T) {
+	t.Parallel()
+	e := newEdge(t)
+	m := e.manager.Load()
+	const name = "expired.example.com"
+	e.point(name)
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		DNSNames:     []string{name},
+		NotBefore:    time.Now().Add(-100 * 24 * time.Hour),
+		NotAfter:     time.Now().Add(-10 * 24 * time.Hour),
+	}, &x509.Certificate{SerialNumber: big.NewInt(1)}, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := certmagic.PEMEncodePrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss := m.acme.IssuerKey()
+	for k, v := range map[string][]byte{
+		certmagic.StorageKeys.SiteCert(iss, name):       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		certmagic.StorageKeys.SitePrivateKey(iss, name): keyPEM,
+		certmagic.StorageKeys.SiteMeta(iss, name):       []byte(`{"sans":["` + name + `"]}`),
+	} {
+		if err := e.st.PutBlob(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	notAfter, err := m.Obtain(obtainCtx(t), name)
+	if err != nil {
+		t.Fatalf("Obtain: %v", err)
+	}
+	if time.Until(notAfter) < 80*24*time.Hour {
+		t.Errorf("Obtain returned expiry %v: the expired certificate was not renewed", notAfter)
+	}
+	if got := e.pebble.Orders(); got != 1 {
+		t.Errorf("%d orders, want 1", got)
+	}
+	if got, ok := m.Info(name); !ok || !got.Equal(notAfter) {
+		t.Errorf("Info = %v, %v; want %v (the expired one evicted)", got, ok, notAfter)
+	}
+	m.Serve(name, true)
+	e.mustServe(name)
+}

@@ -24,6 +24,9 @@ type Config struct {
 	Schema []byte
 	// Logger gets the causes of server errors. If nil, slog.Default().
 	Logger *slog.Logger
+	// Diagnoser runs POST …/proxy_records/{id}/diagnose/. If nil, that
+	// route answers 503 unavailable.
+	Diagnoser *Diagnoser
 }
 
 // API is the management API of CONTRACT §3 as an http.Handler.
@@ -74,6 +77,9 @@ var routes = []route{
 	}},
 	{"/api/organizations/{org}/proxy_records/{id}/retry", map[string]handlerSpec{
 		http.MethodPost: {scope: ScopeOrgWrite, admin: true, fn: (*API).retryRecord},
+	}},
+	{"/api/organizations/{org}/proxy_records/{id}/diagnose", map[string]handlerSpec{
+		http.MethodPost: {scope: ScopeOrgRead, fn: (*API).diagnoseRecord},
 	}},
 }
 

@@ -62,6 +62,12 @@ type lifecycleEnv struct {
 	clock   *testClock
 	logs    *syncBuffer
 	stopRun func()
+
+	// http is the plain HTTP listener's address; it answers probes
+	// first, as cmd/edgeproxy does. diag is the API's Diagnoser.
+	http   string
+	probes *control.Probes
+	diag   *control.Diagnoser
 }
 
 type syncBuffer struct {
@@ -106,6 +112,7 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 	if err != nil {
 		t.Fatal(err)
 	}
+	env.http = httpLn.Addr().String()
 	env.https = tlsLn.Addr().String()
 	env.pebble = certstest.StartPebble(t, env.dns.Addr(), httpLn.Addr().(*net.TCPAddr).Port, tlsLn.Addr().(*net.TCPAddr).Port)
 	cm, err := certs.New(st, certs.Config{
@@ -120,7 +127,11 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 	}
 	t.Cleanup(func() { cm.Close() })
 	env.cm = cm
+	env.probes = &control.Probes{}
 	httpSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if env.probes.Handle(w, r) {
+			return
+		}
 		if !cm.HandleHTTPChallenge(w, r) {
 			http.NotFound(w, r)
 		}
@@ -150,6 +161,15 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 		tweak(&cfg)
 	}
 	env.engine = control.NewEngine(st, verifier, cm, cfg)
+	env.diag = &control.Diagnoser{
+		DNS:           verifier,
+		Certs:         cm,
+		CAAIdentities: []string{certstest.CAAIdentity},
+		HTTPAddr:      env.http,
+		HTTPSAddr:     env.https,
+		Probes:        env.probes,
+		Now:           env.clock.Now,
+	}
 	env.startEngine(t)
 
 	limit := 100
@@ -164,7 +184,8 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 		t.Fatal(err)
 	}
 	env.key = value
-	env.api = httptest.NewServer(control.NewAPI(st, control.Config{TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log}))
+	env.api = httptest.NewServer(control.NewAPI(st, control.Config{
+		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log, Diagnoser: env.diag}))
 	t.Cleanup(env.api.Close)
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -18,6 +18,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
@@ -61,6 +62,14 @@ type Pebble struct {
 // (TLS-ALPN-01) on the address found. It stops when the test ends.
 func StartPebble(t testing.TB, dnsAddr string, httpPort, tlsPort int) *Pebble {
 	t.Helper()
+	p := NewPebble(dnsAddr, httpPort, tlsPort)
+	t.Cleanup(p.Close)
+	return p
+}
+
+// NewPebble starts Pebble outside a test (the e2e tool uses it); the
+// caller stops it with Close.
+func NewPebble(dnsAddr string, httpPort, tlsPort int) *Pebble {
 	// va.New and wfe.New read these once, when called. The values are the
 	// same for every test, so setting them process-wide is harmless.
 	os.Setenv("PEBBLE_VA_NOSLEEP", "1")
@@ -82,7 +91,6 @@ func StartPebble(t testing.TB, dnsAddr string, httpPort, tlsPort int) *Pebble {
 	p.srv = httptest.NewUnstartedServer(p)
 	p.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	p.srv.StartTLS()
-	t.Cleanup(p.Close)
 	return p
 }
 
@@ -108,6 +116,21 @@ func (p *Pebble) IssuerRoots(t testing.TB) *x509.CertPool {
 	pool := x509.NewCertPool()
 	pool.AddCert(root.Cert)
 	return pool
+}
+
+// IssuerRootPEM is Pebble's issuing root in PEM form.
+func (p *Pebble) IssuerRootPEM() []byte {
+	root := p.ca.GetRootCert(0)
+	if root == nil || root.Cert == nil {
+		return nil
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Cert.Raw})
+}
+
+// ServerCertPEM is the ACME server's own TLS certificate in PEM form: the
+// file to give edgeproxy's --acme-ca-root.
+func (p *Pebble) ServerCertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.srv.Certificate().Raw})
 }
 
 // Orders counts the newOrder requests received, refused ones included.

@@ -62,8 +62,19 @@ type Server struct {
 // port. It stops when the test ends.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
+	s, err := New()
+	if err != nil {
+		tb.Fatalf("dnstest: %v", err)
+	}
+	s.tb = tb
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// New starts a server outside a test (the e2e tool uses it). The caller
+// stops it with Stop. SetA panics on an address that does not parse.
+func New() (*Server, error) {
 	s := &Server{
-		tb:      tb,
 		stopped: make(chan struct{}),
 		records: make(map[string][]dns.RR),
 		below:   make(map[string]int),
@@ -71,7 +82,7 @@ func Start(tb testing.TB) *Server {
 	}
 	pc, l, err := listenPair()
 	if err != nil {
-		tb.Fatalf("dnstest: listening: %v", err)
+		return nil, fmt.Errorf("listening: %w", err)
 	}
 	s.addr = pc.LocalAddr().String()
 	handler := dns.HandlerFunc(s.serveDNS)
@@ -86,8 +97,7 @@ func Start(tb testing.TB) *Server {
 		}()
 		<-started
 	}
-	tb.Cleanup(s.Stop)
-	return s
+	return s, nil
 }
 
 // listenPair binds UDP on a random loopback port and TCP on the same port, retrying when
@@ -140,12 +150,17 @@ func (s *Server) SetCNAME(name, target string) {
 // IPv6 ones. It also removes a CNAME of name, which cannot coexist with them. With no ips,
 // name is left without address records. An unparsable address fails the test.
 func (s *Server) SetA(name string, ips ...string) {
-	s.tb.Helper()
+	if s.tb != nil {
+		s.tb.Helper()
+	}
 	name = canonical(name)
 	var rrs []dns.RR
 	for _, ip := range ips {
 		addr, err := netip.ParseAddr(ip)
 		if err != nil {
+			if s.tb == nil {
+				panic(fmt.Sprintf("dnstest: SetA %s: %v", name, err))
+			}
 			s.tb.Errorf("dnstest: SetA %s: %v", name, err)
 			continue
 		}
