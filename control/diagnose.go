@@ -285,7 +285,7 @@ func (d *Diagnoser) checkHTTP(ctx context.Context, rec store.Record, pointing <-
 	switch {
 	case !ok:
 		c.Status = checkSkip
-		c.Detail = fmt.Sprintf("Not checked: DNS for %s does not point at %s yet (see the cname check).", domain, rec.TargetCNAME)
+		c.Detail = fmt.Sprintf("Not checked: until the cname check passes, requests for %s are not known to come here.", domain)
 		return c
 	case len(addrs) == 0 && lookupErr != nil:
 		c.Status = checkWarn

@@ -16,8 +16,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/docs"
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -246,13 +250,28 @@ func TestOpenAPISchemas(t *testing.T) {
 		t.Errorf("ProxyRecord.status enum = %v, the store's statuses are %v", got, want)
 	}
 	for schema, props := range map[string][]string{
-		"ProxyRecord":     {"id", "domain", "target_cname", "status", "message", "created_at", "updated_at", "created_by"},
-		"ProxyRecordList": {"results", "max_proxy_records"},
-		"Organization":    {"id", "name", "created_at", "max_proxy_records"},
-		"Error":           {"type", "code", "detail", "attr"},
+		"ProxyRecord":         {"id", "domain", "target_cname", "status", "message", "created_at", "updated_at", "created_by"},
+		"ProxyRecordList":     {"results", "max_proxy_records"},
+		"Organization":        {"id", "name", "created_at", "max_proxy_records"},
+		"Error":               {"type", "code", "detail", "attr"},
+		"DiagnoseReport":      {"ran_at", "summary", "checks"},
+		"DiagnoseSummary":     {"status", "primary_issue", "next_action"},
+		"DiagnoseCheck":       {"id", "name", "status", "detail", "remediation"},
+		"DiagnoseRemediation": {"type", "summary", "records"},
+		"DNSRecord":           {"name", "type", "value"},
 	} {
 		if got := d.props[schema]; !slices.Equal(got, props) {
 			t.Errorf("%s properties = %v, want %v", schema, got, props)
+		}
+	}
+	for key, values := range map[string][]string{
+		"DiagnoseSummary.status":   {"healthy", "warn", "fail"},
+		"DiagnoseCheck.id":         {"cname", "caa", "http_challenge", "certificate", "live"},
+		"DiagnoseCheck.status":     {"pass", "warn", "fail", "skip"},
+		"DiagnoseRemediation.type": {"dns", "config", "wait", "retry"},
+	} {
+		if got := d.enums[key]; !slices.Equal(got, values) {
+			t.Errorf("%s enum = %v, want %v", key, got, values)
 		}
 	}
 }
@@ -282,10 +301,23 @@ func newFixture(t *testing.T) *fixture {
 	f.ownerKey = f.user(t, "owner@example.com", store.LevelOwner, control.ScopeAll)
 	f.memberKey = f.user(t, "member@example.com", store.LevelMember, control.ScopeAll)
 	f.roKey = f.user(t, "reader@example.com", store.LevelOwner, control.ScopeOrgRead)
+	// A Diagnoser over a real DNS server with no records and a
+	// certificate manager that holds none: every diagnosis answers 200
+	// without leaving loopback.
+	verifier, err := dnsverify.New([]string{dnstest.Start(t).Addr()}, 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, err := certs.New(st, certs.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cm.Close() })
 	f.srv = httptest.NewServer(control.NewAPI(st, control.Config{
 		TargetCNAMEBase: "proxy.example.net",
 		MaxProxyRecords: 2,
 		Schema:          docs.OpenAPI,
+		Diagnoser:       &control.Diagnoser{DNS: verifier, Certs: cm, Probes: &control.Probes{}},
 	}))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -442,11 +474,33 @@ func checkShape(t *testing.T, d doc, what string, body []byte, schema string) {
 	if got := slices.Sorted(maps.Keys(obj)); !slices.Equal(got, want) {
 		t.Errorf("%s: answer has fields %v; the document's %s has %v", what, got, schema, want)
 	}
-	if schema == "ProxyRecordList" {
+	// Nested objects are held to their own schemas.
+	switch schema {
+	case "ProxyRecordList":
 		var list struct{ Results []json.RawMessage }
 		json.Unmarshal(body, &list)
 		for _, r := range list.Results {
 			checkShape(t, d, what+" results[]", r, "ProxyRecord")
+		}
+	case "DiagnoseReport":
+		checkShape(t, d, what+" summary", obj["summary"], "DiagnoseSummary")
+		var checks []json.RawMessage
+		json.Unmarshal(obj["checks"], &checks)
+		if len(checks) == 0 {
+			t.Errorf("%s: no checks", what)
+		}
+		for _, c := range checks {
+			checkShape(t, d, what+" checks[]", c, "DiagnoseCheck")
+		}
+	case "DiagnoseCheck":
+		if rem := obj["remediation"]; string(rem) != "null" {
+			checkShape(t, d, what+" remediation", rem, "DiagnoseRemediation")
+		}
+	case "DiagnoseRemediation":
+		var records []json.RawMessage
+		json.Unmarshal(obj["records"], &records)
+		for _, r := range records {
+			checkShape(t, d, what+" records[]", r, "DNSRecord")
 		}
 	}
 }

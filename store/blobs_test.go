@@ -314,3 +314,26 @@ func TestBlobsClosedStore(t *testing.T) {
 		t.Error("BlobExists on a closed store = true")
 	}
 }
+
+// TestOpenReleasesStaleLocks pins why a restart after kill -9 does not wait
+// for the dead process's locks to expire: only one process can open the
+// file, so every lock found at Open is stale.
+func TestOpenReleasesStaleLocks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "edgeproxy.db")
+	s, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.TryLock("issue_cert_e.example.com", "dead-process", time.Hour); !ok || err != nil {
+		t.Fatalf("TryLock = %v, %v", ok, err)
+	}
+	s.Close()
+	s, err = store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if ok, err := s.TryLock("issue_cert_e.example.com", "new-process", time.Hour); !ok || err != nil {
+		t.Errorf("TryLock after reopen = %v, %v; want the stale lock released", ok, err)
+	}
+}

@@ -38,6 +38,15 @@
 // "look at this record again" and read the store for the current state.
 // Delivery never blocks a writer.
 //
+// # Certificates and locks
+//
+// The certs package keeps certmagic's files (certificates, keys, the ACME
+// account) as blobs in the same file (PutBlob, GetBlob, ListBlobs, ...),
+// and certmagic's named locks as entries with an owner and an expiry
+// (TryLock, RefreshLock, Unlock). Open releases every lock it finds: only
+// one process can open the file, so a lock present at Open was left by a
+// process that died holding it.
+//
 // # Schema
 //
 // The file carries a schema version in the meta bucket. Open applies the

@@ -163,7 +163,23 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: migrating %s: %w", path, err)
 	}
+	if err := db.Update(releaseLocks); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: releasing stale locks in %s: %w", path, err)
+	}
 	return s, nil
+}
+
+// releaseLocks drops every lock in the file. Only one process can have
+// the file open (bbolt's file lock), so any lock found at Open belongs to
+// a process that died holding it: waiting for it to expire would only
+// delay the work it guarded.
+func releaseLocks(tx *bolt.Tx) error {
+	if err := tx.DeleteBucket(bucketCertLocks); err != nil {
+		return err
+	}
+	_, err := tx.CreateBucket(bucketCertLocks)
+	return err
 }
 
 func migrate(tx *bolt.Tx) error {
