@@ -473,7 +473,10 @@ func (d *Diagnoser) checkLive(ctx context.Context, rec store.Record, held bool) 
 		return c
 	}
 	c.Status = checkFail
-	c.Detail = fmt.Sprintf("The edge did not serve %s: %v.", domain, err)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("no TLS handshake within %s", diagnoseTLSTimeout)
+	}
+	c.Detail = fmt.Sprintf("The edge at %s did not serve %s: %v.", d.HTTPSAddr, domain, err)
 	switch rec.Status {
 	case store.StatusWaiting, store.StatusIssuing:
 		c.Remediation = remedy(remedyWait, "The edge serves the domain once the record is valid; check again in a few minutes.")

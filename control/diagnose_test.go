@@ -239,7 +239,7 @@ func TestDiagnoseValidIsHealthy(t *testing.T) {
 	}
 	for _, c := range rep.Checks {
 		if c.Remediation != nil {
-			t.Errorf("%s passed with a remediation %+v", c.ID, c.Remediation)
+			t.Errorf("healthy report: %s has a remediation %+v", c.ID, c.Remediation)
 		}
 	}
 	if d := byID(t, rep, "http_challenge").Detail; !strings.Contains(d, "127.0.0.1") {

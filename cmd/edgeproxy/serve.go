@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/control"
 	"github.com/edgeproxy/edgeproxy/control/dnsverify"
 	"github.com/edgeproxy/edgeproxy/docs"
+	"github.com/edgeproxy/edgeproxy/proxy"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -80,11 +80,16 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		Logger:          log,
 	})
 
+	probes := &control.Probes{}
 	ccfg := control.Config{
 		TargetCNAMEBase: cfg.TargetCNAMEBase,
 		MaxProxyRecords: cfg.MaxProxyRecords,
 		Schema:          docs.OpenAPI,
 		Logger:          log,
+		Diagnoser: &control.Diagnoser{
+			DNS: verifier, Certs: cm, CAAIdentities: cfg.CAAIdentities,
+			HTTPAddr: cfg.HTTPAddr, HTTPSAddr: cfg.HTTPSAddr, Probes: probes,
+		},
 	}
 	var ready atomic.Bool
 	mux := http.NewServeMux()
@@ -121,6 +126,15 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	}
 	adminSrv := &http.Server{Handler: control.NewAdmin(st, ccfg), ReadHeaderTimeout: 10 * time.Second}
 
+	edge, err := proxy.New(cm, proxy.Config{
+		Upstream:       cfg.Upstream,
+		AssetsUpstream: cfg.AssetsUpstream,
+		MaxBodyBytes:   cfg.MaxBodyBytes,
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
 	httpLn, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		apiLn.Close()
@@ -135,14 +149,18 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		return fmt.Errorf("--https-addr: %w", err)
 	}
 	httpSrv := &http.Server{
-		Handler:           plainHTTP(cm),
+		// Diagnose's reachability probes, then ACME HTTP-01, then the
+		// redirect to HTTPS.
+		Handler: proxy.RedirectHandler(cm, func(w http.ResponseWriter, r *http.Request) bool {
+			return probes.Handle(w, r) || cm.HandleHTTPChallenge(w, r)
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	httpsSrv := &http.Server{
-		Handler:           edgeNotYet(),
+		Handler:           edge,
 		TLSConfig:         cm.TLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -297,36 +315,4 @@ func portOf(addr string) int {
 	_, port, _ := net.SplitHostPort(addr)
 	n, _ := strconv.Atoi(port)
 	return n
-}
-
-// plainHTTP answers on --http-addr: ACME HTTP-01 challenges first, then a
-// 308 to https:// for served domains, and 404 for every other host.
-func plainHTTP(cm *certs.Manager) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if cm.HandleHTTPChallenge(w, r) {
-			return
-		}
-		host := strings.ToLower(r.Host)
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		host = strings.TrimSuffix(host, ".")
-		if !cm.Serving(host) {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			fmt.Fprintf(w, "{\"error\":\"not_served\",\"detail\":%q}\n", "edgeproxy does not serve this host.")
-			return
-		}
-		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
-	})
-}
-
-// edgeNotYet answers TLS requests until the reverse proxy lands (the edge
-// issue): the handshake is real, the proxying is not built.
-func edgeNotYet() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusNotImplemented)
-		fmt.Fprintln(w, `{"error":"not_implemented","detail":"The reverse proxy is not built yet."}`)
-	})
 }

@@ -1,0 +1,308 @@
+// Package proxy is edgeproxy's data plane: it takes the requests that the
+// TLS edge accepted for a customer domain and forwards them to the two
+// configured upstreams, and answers plain HTTP.
+//
+// # What it will and will not forward
+//
+// A request is forwarded only when its Host (port stripped, case folded,
+// one trailing dot dropped) equals the TLS SNI of its connection and that
+// name is served (a record holds a certificate and is not being deleted).
+// An absolute-form request target (GET https://other.example/ HTTP/1.1)
+// sets the Host, so it meets the same rule. A mismatch answers 421, a name
+// not served 404, CONNECT 405. The destination is always one of two fixed
+// upstreams: /static/* goes to the assets upstream, every other path to
+// the ingestion upstream. Nothing in a request can name another host.
+//
+// # What the upstream sees
+//
+// Host is the upstream's own host. X-Forwarded-For carries the client
+// chain with the client's address appended, X-Forwarded-Proto is https,
+// X-Forwarded-Host is the customer domain. Hop-by-hop headers are removed
+// both ways; everything else, Cookie included, passes unchanged. Bodies
+// stream both ways; a request body longer than the limit is cut off and
+// answered 413, whether or not its length was announced.
+//
+// # Errors
+//
+// Every upstream failure goes through one handler: 502 when the upstream
+// cannot be reached or breaks the exchange, 504 when it does not answer in
+// time, each with a JSON body naming the cause. A client that goes away
+// is counted, not logged as an error.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Hosts says which names the edge serves. certs.Manager is the one in
+// production: its allowlist is kept equal to the served records by the
+// lifecycle engine. Serving must be safe for concurrent use and cheap: it
+// runs on every request.
+type Hosts interface {
+	Serving(domain string) bool
+}
+
+// Config configures an Edge. Upstream and AssetsUpstream are required.
+type Config struct {
+	// Upstream receives every path but /static/*.
+	Upstream *url.URL
+	// AssetsUpstream receives /static/*.
+	AssetsUpstream *url.URL
+	// MaxBodyBytes is the largest request body forwarded. If zero, 64 MiB.
+	MaxBodyBytes int64
+	// UpstreamTimeout bounds the wait for the upstream's response headers.
+	// If zero, 30 s.
+	UpstreamTimeout time.Duration
+	// DialTimeout bounds connecting to an upstream. If zero, 5 s.
+	DialTimeout time.Duration
+	// Transport replaces the upstream transport (tests). If nil, one tuned
+	// for thousands of requests per second is built.
+	Transport http.RoundTripper
+	// Logger gets upstream failures. If nil, nothing is logged.
+	Logger *slog.Logger
+}
+
+// Route names the two destinations.
+type Route string
+
+const (
+	RouteIngest Route = "ingest"
+	RouteStatic Route = "static"
+)
+
+// Stats counts what the edge has done since New.
+type Stats struct {
+	Requests, Misdirected, NotServed, TooLarge, BadGateway, GatewayTimeout, ClientGone uint64
+}
+
+// Edge is the reverse proxy of the TLS edge, an http.Handler.
+type Edge struct {
+	hosts  Hosts
+	cfg    Config
+	log    *slog.Logger
+	ingest *httputil.ReverseProxy
+	static *httputil.ReverseProxy
+
+	requests, misdirected, notServed, tooLarge, badGateway, gatewayTimeout, clientGone atomic.Uint64
+}
+
+// New returns an Edge that serves the names hosts serves.
+func New(hosts Hosts, cfg Config) (*Edge, error) {
+	if cfg.Upstream == nil || cfg.AssetsUpstream == nil {
+		return nil, errors.New("proxy: both upstreams are required")
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 64 << 20
+	}
+	if cfg.UpstreamTimeout == 0 {
+		cfg.UpstreamTimeout = 30 * time.Second
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	e := &Edge{hosts: hosts, cfg: cfg, log: cfg.Logger}
+	transport := cfg.Transport
+	if transport == nil {
+		transport = newTransport(cfg)
+	}
+	e.ingest = e.reverseProxy(cfg.Upstream, transport)
+	e.static = e.reverseProxy(cfg.AssetsUpstream, transport)
+	return e, nil
+}
+
+// newTransport is the upstream transport: a large keep-alive pool (the
+// upstreams are two hosts taking every request), HTTP/2 when the upstream
+// offers it, TLS session resumption, and timeouts on every wait.
+func newTransport(cfg Config) *http.Transport {
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 nil, // never through an environment proxy: the upstreams are fixed
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          2048,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   cfg.DialTimeout,
+		ResponseHeaderTimeout: cfg.UpstreamTimeout,
+		ExpectContinueTimeout: time.Second,
+		TLSClientConfig:       &tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(1024)},
+	}
+}
+
+func (e *Edge) reverseProxy(target *url.URL, transport http.RoundTripper) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			// SetXForwarded appends the client to what the outbound
+			// request already carries; carry the inbound chain over.
+			if prior, ok := pr.In.Header["X-Forwarded-For"]; ok {
+				pr.Out.Header["X-Forwarded-For"] = prior
+			}
+			pr.SetXForwarded()
+			pr.Out.Header.Set("X-Forwarded-Host", hostOf(pr.In.Host))
+		},
+		Transport:     transport,
+		ErrorHandler:  e.upstreamError,
+		ErrorLog:      slogLogger(e.log),
+		FlushInterval: 0, // responses of unknown length are flushed at once
+	}
+}
+
+// Stats reports the edge's counters.
+func (e *Edge) Stats() Stats {
+	return Stats{
+		Requests: e.requests.Load(), Misdirected: e.misdirected.Load(), NotServed: e.notServed.Load(),
+		TooLarge: e.tooLarge.Load(), BadGateway: e.badGateway.Load(), GatewayTimeout: e.gatewayTimeout.Load(),
+		ClientGone: e.clientGone.Load(),
+	}
+}
+
+// hostOf folds a Host header or SNI to the form the host table uses.
+func hostOf(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return strings.TrimSuffix(strings.ToLower(host), ".")
+}
+
+// RouteOf is where a path goes.
+func RouteOf(path string) Route {
+	if strings.HasPrefix(path, "/static/") {
+		return RouteStatic
+	}
+	return RouteIngest
+}
+
+// ServeHTTP forwards a request of the TLS edge (see the package doc).
+func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.requests.Add(1)
+	host := hostOf(r.Host)
+	sni := ""
+	if r.TLS != nil {
+		sni = hostOf(r.TLS.ServerName)
+	}
+	if host != sni {
+		e.misdirected.Add(1)
+		writeError(w, http.StatusMisdirectedRequest, "misdirected_request",
+			fmt.Sprintf("The request's host %q is not the name this connection was opened for (%q).", host, sni))
+		return
+	}
+	if !e.hosts.Serving(host) {
+		e.notServed.Add(1)
+		writeError(w, http.StatusNotFound, "not_served", fmt.Sprintf("edgeproxy does not serve %q.", host))
+		return
+	}
+	if r.Method == http.MethodConnect {
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not supported: this is a reverse proxy.")
+		return
+	}
+	if r.ContentLength > e.cfg.MaxBodyBytes {
+		e.tooLarge.Add(1)
+		writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", e.tooLargeDetail())
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = http.MaxBytesReader(w, r.Body, e.cfg.MaxBodyBytes)
+	}
+	if RouteOf(r.URL.Path) == RouteStatic {
+		e.static.ServeHTTP(w, r)
+		return
+	}
+	e.ingest.ServeHTTP(w, r)
+}
+
+func (e *Edge) tooLargeDetail() string {
+	return fmt.Sprintf("The request body is larger than the limit of %d bytes.", e.cfg.MaxBodyBytes)
+}
+
+// upstreamError maps every failure of a forwarded request to its answer.
+func (e *Edge) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	var tooBig *http.MaxBytesError
+	var netErr net.Error
+	upstream := e.cfg.Upstream.Host
+	if RouteOf(r.URL.Path) == RouteStatic {
+		upstream = e.cfg.AssetsUpstream.Host
+	}
+	switch {
+	case errors.As(err, &tooBig):
+		e.tooLarge.Add(1)
+		writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", e.tooLargeDetail())
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads this answer.
+		e.clientGone.Add(1)
+		w.WriteHeader(499)
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
+		e.gatewayTimeout.Add(1)
+		e.log.Warn("upstream timed out", "upstream", upstream, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusGatewayTimeout, "upstream_timeout",
+			fmt.Sprintf("The upstream %s did not answer in time.", upstream))
+	default:
+		e.badGateway.Add(1)
+		e.log.Warn("upstream failed", "upstream", upstream, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusBadGateway, "upstream_unreachable",
+			fmt.Sprintf("The upstream %s could not be reached or broke the connection: %s.", upstream, causeOf(err)))
+	}
+}
+
+// causeOf names a transport failure without internal detail.
+func causeOf(err error) string {
+	var opErr *net.OpError
+	msg := err.Error()
+	switch {
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		return "could not connect"
+	case strings.Contains(msg, "connection reset"):
+		return "connection reset"
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(msg, "EOF"):
+		return "connection closed before a complete response"
+	}
+	return "connection failed"
+}
+
+func slogLogger(l *slog.Logger) *log.Logger {
+	return slog.NewLogLogger(l.Handler(), slog.LevelWarn)
+}
+
+func writeError(w http.ResponseWriter, status int, code, detail string) {
+	body, _ := json.Marshal(map[string]string{"error": code, "detail": detail})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", fmt.Sprint(len(body)+1))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}
+
+// RedirectHandler answers plain HTTP: ACME HTTP-01 challenges first (when
+// challenge handles the request), then 308 to https:// for served names,
+// 404 for every other host.
+func RedirectHandler(hosts Hosts, challenge func(http.ResponseWriter, *http.Request) bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if challenge != nil && challenge(w, r) {
+			return
+		}
+		host := hostOf(r.Host)
+		if !hosts.Serving(host) {
+			writeError(w, http.StatusNotFound, "not_served", fmt.Sprintf("edgeproxy does not serve %q.", host))
+			return
+		}
+		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
+	})
+}
