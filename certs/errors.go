@@ -154,3 +154,35 @@ func truncate(s string) string {
 	}
 	return s[:cut] + "…"
 }
+
+// knownProblems are the ACME problem types reported by name in metrics;
+// any other is "other", so the label stays bounded.
+var knownProblems = map[string]bool{
+	"caa": true, "rateLimited": true, "rejectedIdentifier": true, "unsupportedIdentifier": true,
+	"malformed": true, "unauthorized": true, "connection": true, "dns": true, "tls": true,
+	"incorrectResponse": true, "serverInternal": true, "badNonce": true, "orderNotReady": true,
+}
+
+// ErrorType classifies an ACME failure for metrics: the ACME problem type
+// without its namespace ("caa", "rateLimited", ...), or "timeout",
+// "unreachable", "untrusted", "unavailable", "other".
+func ErrorType(err error) string {
+	if p, ok := problem(err); ok {
+		t := strings.TrimPrefix(p.Type, acme.ProblemTypeNamespace)
+		if knownProblems[t] {
+			return t
+		}
+		return "other"
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case untrusted(err):
+		return "untrusted"
+	case unreachable(err):
+		return "unreachable"
+	case httpStatusRE.MatchString(err.Error()):
+		return "unavailable"
+	}
+	return "other"
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/edgeproxy/edgeproxy/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures New. The zero value works (Let's Encrypt production,
@@ -39,6 +40,9 @@ type Config struct {
 	// Logger receives certmagic's warnings and errors and the manager's
 	// own logs. If nil, nothing is logged.
 	Logger *slog.Logger
+	// Registerer gets the manager's metrics. If nil, they are kept but not
+	// registered.
+	Registerer prometheus.Registerer
 }
 
 // Manager obtains, renews, stores and serves certificates. It is safe for
@@ -56,6 +60,7 @@ type Manager struct {
 	served   atomic.Pointer[map[string]struct{}]
 
 	stats         counters
+	metrics       *metrics
 	lastRefusalAt atomic.Int64 // Unix nanoseconds of the last refusal logged
 
 	closeOnce sync.Once
@@ -98,6 +103,7 @@ func New(st *store.Store, cfg Config) (*Manager, error) {
 	zl := newZapLogger(log)
 
 	m := &Manager{log: log}
+	m.metrics = newMetrics(m, cfg.Registerer)
 	m.served.Store(&map[string]struct{}{})
 	m.storage = NewStorage(st, StorageOptions{Logger: log})
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
@@ -165,11 +171,15 @@ func (m *Manager) Obtain(ctx context.Context, domain string) (notAfter time.Time
 	case err == nil && !cert.Expired():
 		return cert.Leaf.NotAfter, nil
 	case err == nil:
-		if err := m.magic.RenewCertSync(ctx, name, false); err != nil {
+		err := m.magic.RenewCertSync(ctx, name, false)
+		m.metrics.record("renewal", err)
+		if err != nil {
 			return time.Time{}, fmt.Errorf("%s: renewing expired certificate: %w", name, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
-		if err := m.magic.ObtainCertSync(ctx, name); err != nil {
+		err := m.magic.ObtainCertSync(ctx, name)
+		m.metrics.record("obtain", err)
+		if err != nil {
 			return time.Time{}, fmt.Errorf("%s: obtaining certificate: %w", name, err)
 		}
 	default:
@@ -314,9 +324,15 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 	switch event {
 	case "cert_obtained":
 		m.stats.renewals.Add(1)
+		m.metrics.record("renewal", nil)
 		m.log.Info("certificate renewed", "domain", domain)
 	case "cert_failed":
 		m.stats.renewalFailures.Add(1)
+		err, _ := data["error"].(error)
+		if err == nil {
+			err = errors.New("renewal failed")
+		}
+		m.metrics.record("renewal", err)
 		m.log.Warn("certificate renewal failed", "domain", domain, "err", data["error"])
 	}
 	return nil

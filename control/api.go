@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/edgeproxy/edgeproxy/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures the management API. The zero value works except for
@@ -24,6 +26,8 @@ type Config struct {
 	Schema []byte
 	// Logger gets the causes of server errors. If nil, slog.Default().
 	Logger *slog.Logger
+	// Registerer gets the API's metrics. If nil, they are not registered.
+	Registerer prometheus.Registerer
 	// Diagnoser runs POST …/proxy_records/{id}/diagnose/. If nil, that
 	// route answers 503 unavailable.
 	Diagnoser *Diagnoser
@@ -31,14 +35,15 @@ type Config struct {
 
 // API is the management API of CONTRACT §3 as an http.Handler.
 type API struct {
-	store *store.Store
-	cfg   Config
-	log   *slog.Logger
+	store   *store.Store
+	cfg     Config
+	log     *slog.Logger
+	metrics *apiMetrics
 }
 
 // NewAPI returns the management API over st.
 func NewAPI(st *store.Store, cfg Config) *API {
-	a := &API{store: st, cfg: cfg, log: cfg.Logger}
+	a := &API{store: st, cfg: cfg, log: cfg.Logger, metrics: newAPIMetrics(cfg.Registerer)}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -51,6 +56,8 @@ type route struct {
 	// trailing slash.
 	pattern string
 	methods map[string]handlerSpec
+	// name labels the route in metrics.
+	name string
 }
 
 type handlerSpec struct {
@@ -66,21 +73,21 @@ type handlerSpec struct {
 var routes = []route{
 	{"/api/organizations/{org}", map[string]handlerSpec{
 		http.MethodGet: {scope: ScopeOrgRead, fn: (*API).getOrg},
-	}},
+	}, "organization"},
 	{"/api/organizations/{org}/proxy_records", map[string]handlerSpec{
 		http.MethodGet:  {scope: ScopeOrgRead, fn: (*API).listRecords},
 		http.MethodPost: {scope: ScopeOrgWrite, admin: true, fn: (*API).createRecord},
-	}},
+	}, "proxy_records"},
 	{"/api/organizations/{org}/proxy_records/{id}", map[string]handlerSpec{
 		http.MethodGet:    {scope: ScopeOrgRead, fn: (*API).getRecord},
 		http.MethodDelete: {scope: ScopeOrgWrite, admin: true, fn: (*API).deleteRecord},
-	}},
+	}, "proxy_record"},
 	{"/api/organizations/{org}/proxy_records/{id}/retry", map[string]handlerSpec{
 		http.MethodPost: {scope: ScopeOrgWrite, admin: true, fn: (*API).retryRecord},
-	}},
+	}, "retry"},
 	{"/api/organizations/{org}/proxy_records/{id}/diagnose", map[string]handlerSpec{
 		http.MethodPost: {scope: ScopeOrgRead, fn: (*API).diagnoseRecord},
-	}},
+	}, "diagnose"},
 }
 
 // Routes lists every method and path pattern the API answers (besides
@@ -137,6 +144,13 @@ type call struct {
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w}
+	a.respond(rec, r)
+	a.metrics.observe(r.Method, r.URL.Path, rec.status, time.Since(start))
+}
+
+func (a *API) respond(w http.ResponseWriter, r *http.Request) {
 	if aerr := a.serve(w, r); aerr != nil {
 		if aerr.Status >= 500 {
 			a.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", aerr)

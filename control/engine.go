@@ -16,6 +16,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control/dnsverify"
 	"github.com/edgeproxy/edgeproxy/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // EngineConfig configures the lifecycle engine. Zero durations take the
@@ -51,6 +52,9 @@ type EngineConfig struct {
 	Now func() time.Time
 	// Logger gets every status transition. If nil, slog.Default().
 	Logger *slog.Logger
+	// Registerer gets the engine's metrics, records by status included.
+	// If nil, they are not registered.
+	Registerer prometheus.Registerer
 }
 
 // Timing of the checks.
@@ -70,13 +74,14 @@ const (
 // exactly the steps that were due. The engine works on at most Workers
 // records at once, whatever the number waiting.
 type Engine struct {
-	store *store.Store
-	dns   *dnsverify.Verifier
-	certs *certs.Manager
-	cfg   EngineConfig
-	log   *slog.Logger
-	acme  chan struct{} // semaphore of ACMEWorkers
-	wake  chan struct{}
+	store   *store.Store
+	dns     *dnsverify.Verifier
+	certs   *certs.Manager
+	cfg     EngineConfig
+	log     *slog.Logger
+	acme    chan struct{} // semaphore of ACMEWorkers
+	wake    chan struct{}
+	metrics *engineMetrics
 
 	// mu guards inflight.
 	mu       sync.Mutex
@@ -116,7 +121,7 @@ func NewEngine(st *store.Store, dns *dnsverify.Verifier, cm *certs.Manager, cfg 
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Engine{
+	e := &Engine{
 		store:    st,
 		dns:      dns,
 		certs:    cm,
@@ -126,6 +131,19 @@ func NewEngine(st *store.Store, dns *dnsverify.Verifier, cm *certs.Manager, cfg 
 		wake:     make(chan struct{}, 1),
 		inflight: map[string]bool{},
 	}
+	e.metrics = newEngineMetrics(e, cfg.Registerer)
+	return e
+}
+
+// checkCNAME runs one CNAME check within dnsCheckTimeout and counts it.
+func (e *Engine) checkCNAME(ctx context.Context, r store.Record) dnsverify.CNAMEResult {
+	ctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
+	defer cancel()
+	start := time.Now()
+	res := e.dns.CheckCNAME(ctx, r.Domain, r.TargetCNAME)
+	e.metrics.dnsDuration.Observe(time.Since(start).Seconds())
+	e.metrics.dnsChecks.WithLabelValues(res.Outcome.String()).Inc()
+	return res
 }
 
 // Wake makes the engine look for due records now; tests call it after
@@ -315,6 +333,7 @@ func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 	}
 	if op == store.OpSave && before.Status != after.Status {
 		logTransition(e.log, before, after)
+		e.metrics.transitions.WithLabelValues(string(before.Status), string(after.Status)).Inc()
 	}
 }
 
@@ -342,9 +361,7 @@ func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 		})
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
-	res := e.dns.CheckCNAME(dctx, r.Domain, r.TargetCNAME)
-	cancel()
+	res := e.checkCNAME(ctx, r)
 	if res.Outcome != dnsverify.Pointing {
 		e.save(r, func(n *store.Record) {
 			n.Message = ptr(res.Message)
@@ -353,9 +370,17 @@ func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 		})
 		return
 	}
-	dctx, cancel = context.WithTimeout(ctx, dnsCheckTimeout)
+	dctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
 	caa := e.dns.CheckCAA(dctx, r.Domain, e.cfg.CAAIdentities)
 	cancel()
+	switch {
+	case caa.Err != nil:
+		e.metrics.caaChecks.WithLabelValues("resolver_failure").Inc()
+	case caa.Allowed:
+		e.metrics.caaChecks.WithLabelValues("allowed").Inc()
+	default:
+		e.metrics.caaChecks.WithLabelValues("forbidden").Inc()
+	}
 	switch {
 	case caa.Err != nil:
 		e.save(r, func(n *store.Record) {
@@ -457,6 +482,7 @@ func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 		return store.OpDelete, nil
 	})
 	if err == nil && op == store.OpDelete {
+		e.metrics.transitions.WithLabelValues(string(store.StatusDeleting), "gone").Inc()
 		e.log.Info("record deleted", "record_id", r.ID, "org_id", r.OrgID, "domain", r.Domain,
 			"from", string(store.StatusDeleting), "to", "gone")
 	}
@@ -468,9 +494,7 @@ func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 	var problems []string
 	fatal := ""
-	dctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
-	res := e.dns.CheckCNAME(dctx, r.Domain, r.TargetCNAME)
-	cancel()
+	res := e.checkCNAME(ctx, r)
 	switch res.Outcome {
 	case dnsverify.Pointing, dnsverify.ResolverFailure:
 		// A resolver failure says nothing about the customer's DNS.

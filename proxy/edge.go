@@ -46,6 +46,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Hosts says which names the edge serves. certs.Manager is the one in
@@ -72,8 +74,15 @@ type Config struct {
 	// Transport replaces the upstream transport (tests). If nil, one tuned
 	// for thousands of requests per second is built.
 	Transport http.RoundTripper
-	// Logger gets upstream failures. If nil, nothing is logged.
+	// Logger gets upstream failures and the access log. If nil, nothing is
+	// logged.
 	Logger *slog.Logger
+	// AccessLogEvery logs one line for every Nth request; 0 logs none.
+	AccessLogEvery int
+	// Registerer gets the edge's metrics. If nil, they are not registered.
+	Registerer prometheus.Registerer
+	// PerDomainMetrics adds a domain label (capped) to the request counter.
+	PerDomainMetrics bool
 }
 
 // Route names the two destinations.
@@ -86,7 +95,7 @@ const (
 
 // Stats counts what the edge has done since New.
 type Stats struct {
-	Requests, Misdirected, NotServed, TooLarge, BadGateway, GatewayTimeout, ClientGone uint64
+	Requests, Misdirected, NotServed, TooLarge, BadMethod, BadGateway, GatewayTimeout, ClientGone uint64
 }
 
 // Edge is the reverse proxy of the TLS edge, an http.Handler.
@@ -97,7 +106,9 @@ type Edge struct {
 	ingest *httputil.ReverseProxy
 	static *httputil.ReverseProxy
 
-	requests, misdirected, notServed, tooLarge, badGateway, gatewayTimeout, clientGone atomic.Uint64
+	metrics *edgeMetrics
+
+	requests, misdirected, notServed, tooLarge, badMethod, badGateway, gatewayTimeout, clientGone atomic.Uint64
 }
 
 // New returns an Edge that serves the names hosts serves.
@@ -118,9 +129,10 @@ func New(hosts Hosts, cfg Config) (*Edge, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	e := &Edge{hosts: hosts, cfg: cfg, log: cfg.Logger}
-	transport := cfg.Transport
-	if transport == nil {
-		transport = newTransport(cfg)
+	e.metrics = newEdgeMetrics(e, cfg.Registerer, cfg.PerDomainMetrics)
+	var transport http.RoundTripper = timedTransport{next: cfg.Transport}
+	if cfg.Transport == nil {
+		transport = timedTransport{next: newTransport(cfg)}
 	}
 	e.ingest = e.reverseProxy(cfg.Upstream, transport)
 	e.static = e.reverseProxy(cfg.AssetsUpstream, transport)
@@ -170,7 +182,7 @@ func (e *Edge) Stats() Stats {
 	return Stats{
 		Requests: e.requests.Load(), Misdirected: e.misdirected.Load(), NotServed: e.notServed.Load(),
 		TooLarge: e.tooLarge.Load(), BadGateway: e.badGateway.Load(), GatewayTimeout: e.gatewayTimeout.Load(),
-		ClientGone: e.clientGone.Load(),
+		ClientGone: e.clientGone.Load(), BadMethod: e.badMethod.Load(),
 	}
 }
 
@@ -190,9 +202,50 @@ func RouteOf(path string) Route {
 	return RouteIngest
 }
 
-// ServeHTTP forwards a request of the TLS edge (see the package doc).
+// ServeHTTP forwards a request of the TLS edge (see the package doc) and
+// records it in the metrics and the access log.
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	e.requests.Add(1)
+	start := time.Now()
+	n := e.requests.Add(1)
+	route := RouteOf(r.URL.Path)
+	x := &exchange{ResponseWriter: w}
+	var body *countingBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &countingBody{ReadCloser: r.Body}
+		r.Body = body
+	}
+	e.metrics.inFlight.Inc()
+	domain := e.serve(x, withExchange(r, x), route)
+
+	e.metrics.inFlight.Dec()
+	status := x.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	took := time.Since(start)
+	ri := routeIndex(route)
+	e.metrics.count(route, status, domain)
+	e.metrics.duration[ri].Observe(took.Seconds())
+	if x.upstream > 0 {
+		e.metrics.upstreamTime[ri].Observe(x.upstream.Seconds())
+	}
+	e.metrics.respBytes[ri].Add(float64(x.written))
+	var read int64
+	if body != nil {
+		read = body.n
+		e.metrics.reqBytes[ri].Add(float64(read))
+	}
+	if every := uint64(e.cfg.AccessLogEvery); every > 0 && n%every == 0 {
+		e.log.Info("access", "domain", hostOf(r.Host), "method", r.Method, "route", string(route), "status", status,
+			"request_bytes", read, "response_bytes", x.written, "duration", took, "upstream_duration", x.upstream,
+			"client_ip", clientIP(r))
+	}
+}
+
+// serve answers the request and returns the served domain it was for, or
+// overflowDomain when the host is not served (so the metrics' domain label
+// holds served domains only).
+func (e *Edge) serve(w http.ResponseWriter, r *http.Request, route Route) string {
 	host := hostOf(r.Host)
 	sni := ""
 	if r.TLS != nil {
@@ -202,30 +255,32 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.misdirected.Add(1)
 		writeError(w, http.StatusMisdirectedRequest, "misdirected_request",
 			fmt.Sprintf("The request's host %q is not the name this connection was opened for (%q).", host, sni))
-		return
+		return overflowDomain
 	}
 	if !e.hosts.Serving(host) {
 		e.notServed.Add(1)
 		writeError(w, http.StatusNotFound, "not_served", fmt.Sprintf("edgeproxy does not serve %q.", host))
-		return
+		return overflowDomain
 	}
 	if r.Method == http.MethodConnect {
+		e.badMethod.Add(1)
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not supported: this is a reverse proxy.")
-		return
+		return host
 	}
 	if r.ContentLength > e.cfg.MaxBodyBytes {
 		e.tooLarge.Add(1)
 		writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", e.tooLargeDetail())
-		return
+		return host
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, e.cfg.MaxBodyBytes)
 	}
-	if RouteOf(r.URL.Path) == RouteStatic {
+	if route == RouteStatic {
 		e.static.ServeHTTP(w, r)
-		return
+	} else {
+		e.ingest.ServeHTTP(w, r)
 	}
-	e.ingest.ServeHTTP(w, r)
+	return host
 }
 
 func (e *Edge) tooLargeDetail() string {

@@ -353,3 +353,24 @@ func (s *Store) NextDue(skip func(id string) bool) (time.Time, bool, error) {
 	})
 	return at, found, err
 }
+
+// DueStats returns how many records are due at now (NextCheckAt at or
+// before it) and the earliest NextCheckAt among them.
+func (s *Store) DueStats(now time.Time) (n int, oldest time.Time, err error) {
+	err = s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRecordsDue).Cursor()
+		end := uint64(now.UnixNano())
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			at := binary.BigEndian.Uint64(k[:8])
+			if at > end {
+				break
+			}
+			if n == 0 {
+				oldest = time.Unix(0, int64(at)).UTC()
+			}
+			n++
+		}
+		return nil
+	})
+	return n, oldest, err
+}

@@ -20,6 +20,9 @@ import (
 	"github.com/edgeproxy/edgeproxy/docs"
 	"github.com/edgeproxy/edgeproxy/proxy"
 	"github.com/edgeproxy/edgeproxy/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // drainTimeout bounds how long shutdown waits for in-flight requests.
@@ -55,17 +58,23 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		return err
 	}
 
+	// One registry for the whole process; each component registers its
+	// own collectors.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
 	verifier, err := dnsverify.New(cfg.DNSResolvers, 0)
 	if err != nil {
 		return fmt.Errorf("--dns-resolvers: %w", err)
 	}
 	cm, err := certs.New(st, certs.Config{
-		CA:       cfg.ACMECA,
-		CARoots:  cfg.ACMECARoot,
-		Email:    cfg.ACMEEmail,
-		HTTPPort: portOf(cfg.HTTPAddr),
-		TLSPort:  portOf(cfg.HTTPSAddr),
-		Logger:   log,
+		CA:         cfg.ACMECA,
+		CARoots:    cfg.ACMECARoot,
+		Email:      cfg.ACMEEmail,
+		HTTPPort:   portOf(cfg.HTTPAddr),
+		TLSPort:    portOf(cfg.HTTPSAddr),
+		Logger:     log,
+		Registerer: reg,
 	})
 	if err != nil {
 		return err
@@ -78,6 +87,7 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		CAAIdentities:   cfg.CAAIdentities,
 		ProbeAddr:       cfg.HTTPSAddr,
 		Logger:          log,
+		Registerer:      reg,
 	})
 
 	probes := &control.Probes{}
@@ -86,6 +96,7 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		MaxProxyRecords: cfg.MaxProxyRecords,
 		Schema:          docs.OpenAPI,
 		Logger:          log,
+		Registerer:      reg,
 		Diagnoser: &control.Diagnoser{
 			DNS: verifier, Certs: cm, CAAIdentities: cfg.CAAIdentities,
 			HTTPAddr: cfg.HTTPAddr, HTTPSAddr: cfg.HTTPSAddr, Probes: probes,
@@ -104,6 +115,7 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		w.Write([]byte("ready\n"))
 	})
 	mux.Handle("/api/", control.NewAPI(st, ccfg))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
 
 	apiLn, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
@@ -127,10 +139,13 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	adminSrv := &http.Server{Handler: control.NewAdmin(st, ccfg), ReadHeaderTimeout: 10 * time.Second}
 
 	edge, err := proxy.New(cm, proxy.Config{
-		Upstream:       cfg.Upstream,
-		AssetsUpstream: cfg.AssetsUpstream,
-		MaxBodyBytes:   cfg.MaxBodyBytes,
-		Logger:         log,
+		Upstream:         cfg.Upstream,
+		AssetsUpstream:   cfg.AssetsUpstream,
+		MaxBodyBytes:     cfg.MaxBodyBytes,
+		Logger:           log,
+		AccessLogEvery:   cfg.AccessLogEvery,
+		Registerer:       reg,
+		PerDomainMetrics: cfg.MetricsPerDomain,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,206 @@
+package control
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/store"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const namespace = "edgeproxy"
+
+// apiMetrics count the management API's requests. Labels are bounded: the
+// method (unknown ones as "other"), the status code and the route shape.
+type apiMetrics struct {
+	requests *prometheus.CounterVec   // {method, code}
+	duration *prometheus.HistogramVec // {route}
+}
+
+func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
+	m := &apiMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "api_requests_total",
+			Help: "Management API requests by method and status code.",
+		}, []string{"method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "api_request_duration_seconds",
+			Help:    "Management API latency by route.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.duration)
+	}
+	return m
+}
+
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
+}
+
+// routeLabel names the route a path matched, for the latency histogram.
+func routeLabel(path string) string {
+	if strings.TrimSuffix(path, "/") == "/api/schema" {
+		return "schema"
+	}
+	rt, _ := match(path)
+	if rt == nil {
+		return "unknown"
+	}
+	return rt.name
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (m *apiMetrics) observe(method, path string, status int, took time.Duration) {
+	if status == 0 {
+		status = http.StatusOK
+	}
+	m.requests.WithLabelValues(methodLabel(method), strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(routeLabel(path)).Observe(took.Seconds())
+}
+
+// engineMetrics are the lifecycle engine's: what DNS checks find, how many
+// records wait, and every transition.
+type engineMetrics struct {
+	dnsChecks   *prometheus.CounterVec // {result}
+	dnsDuration prometheus.Histogram
+	caaChecks   *prometheus.CounterVec // {result}
+	transitions *prometheus.CounterVec // {from, to}
+}
+
+func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
+	m := &engineMetrics{
+		dnsChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "dns_checks_total",
+			Help: "CNAME checks of records by result.",
+		}, []string{"result"}),
+		dnsDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "dns_check_duration_seconds",
+			Help:    "Time taken by one CNAME check, all its queries included.",
+			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		caaChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "caa_checks_total",
+			Help: "CAA pre-flight checks by result: allowed, forbidden, resolver_failure.",
+		}, []string{"result"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "record_transitions_total",
+			Help: "Status changes of records made by the lifecycle engine (to=gone for a finished deletion).",
+		}, []string{"from", "to"}),
+	}
+	for _, o := range []dnsverify.Outcome{dnsverify.Pointing, dnsverify.Missing, dnsverify.WrongTarget,
+		dnsverify.CloudflareProxied, dnsverify.OtherAddresses, dnsverify.ResolverFailure} {
+		m.dnsChecks.WithLabelValues(o.String())
+	}
+	for _, r := range []string{"allowed", "forbidden", "resolver_failure"} {
+		m.caaChecks.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.dnsChecks, m.dnsDuration, m.caaChecks, m.transitions, &recordsCollector{engine: e})
+	}
+	return m
+}
+
+// recordsCollector reads the store at scrape time: records by status,
+// certificates close to expiry, and the engine's backlog.
+type recordsCollector struct {
+	engine *Engine
+}
+
+var (
+	descRecords  = prometheus.NewDesc(namespace+"_records", "Proxy records by status.", []string{"status"}, nil)
+	descExpiring = prometheus.NewDesc(namespace+"_certificates_expiring_soon",
+		"Served records whose certificate expires within 21 days.", nil, nil)
+	descSoonest = prometheus.NewDesc(namespace+"_certificate_soonest_expiry_timestamp_seconds",
+		"Expiry of the served certificate that expires first (Unix seconds); absent when none is served.", nil, nil)
+	descQueue = prometheus.NewDesc(namespace+"_engine_queue_depth",
+		"Records whose next check is due now, in flight included.", nil, nil)
+	descOverdue = prometheus.NewDesc(namespace+"_engine_oldest_overdue_seconds",
+		"How long the most overdue check has been waiting; 0 when none is due.", nil, nil)
+	descInflight = prometheus.NewDesc(namespace+"_engine_in_flight",
+		"Records the engine is working on now.", nil, nil)
+	descScrapeErr = prometheus.NewDesc(namespace+"_records_scrape_error",
+		"1 when reading the store for these metrics failed.", nil, nil)
+)
+
+func (c *recordsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRecords, descExpiring, descSoonest, descQueue, descOverdue, descInflight, descScrapeErr} {
+		ch <- d
+	}
+}
+
+func (c *recordsCollector) Collect(ch chan<- prometheus.Metric) {
+	e := c.engine
+	now := e.cfg.Now()
+	counts := make(map[store.Status]int, len(store.Statuses))
+	expiring := 0
+	var soonest time.Time
+	failed := 0.0
+	records, err := e.store.Records(func(r *store.Record) bool {
+		counts[r.Status]++
+		if r.Served() {
+			if r.CertNotAfter.Sub(now) < expiryWarning {
+				expiring++
+			}
+			if soonest.IsZero() || r.CertNotAfter.Before(soonest) {
+				soonest = r.CertNotAfter
+			}
+		}
+		return false
+	})
+	_ = records
+	if err != nil {
+		failed = 1
+	}
+	for _, st := range store.Statuses {
+		ch <- prometheus.MustNewConstMetric(descRecords, prometheus.GaugeValue, float64(counts[st]), string(st))
+	}
+	ch <- prometheus.MustNewConstMetric(descExpiring, prometheus.GaugeValue, float64(expiring))
+	if !soonest.IsZero() {
+		ch <- prometheus.MustNewConstMetric(descSoonest, prometheus.GaugeValue, float64(soonest.Unix()))
+	}
+	n, oldest, err := e.store.DueStats(now)
+	if err != nil {
+		failed = 1
+	}
+	overdue := 0.0
+	if n > 0 {
+		overdue = max(now.Sub(oldest).Seconds(), 0)
+	}
+	ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(descOverdue, prometheus.GaugeValue, overdue)
+	e.mu.Lock()
+	inflight := len(e.inflight)
+	e.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(inflight))
+	ch <- prometheus.MustNewConstMetric(descScrapeErr, prometheus.GaugeValue, failed)
+}
