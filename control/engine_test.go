@@ -188,6 +188,9 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log, Diagnoser: env.diag}))
 	t.Cleanup(env.api.Close)
 	t.Cleanup(func() {
+		if strings.Contains(env.logs.String(), "phx_") {
+			t.Errorf("the logs contain an API key value (phx_)")
+		}
 		if t.Failed() {
 			t.Logf("logs:\n%s", env.logs.String())
 		}

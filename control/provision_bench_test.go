@@ -6,6 +6,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,7 +98,7 @@ func TestProvisionBurst(t *testing.T) {
 	})}
 	go httpSrv.Serve(httpLn)
 	t.Cleanup(func() { httpSrv.Close() })
-	tlsSrv := &http.Server{Handler: http.NotFoundHandler(), TLSConfig: cm.TLSConfig()}
+	tlsSrv := &http.Server{Handler: http.NotFoundHandler(), TLSConfig: cm.TLSConfig(), ErrorLog: stdlog.New(io.Discard, "", 0)}
 	go tlsSrv.ServeTLS(tlsLn, "", "")
 	t.Cleanup(func() { tlsSrv.Close() })
 
@@ -144,6 +147,7 @@ func TestProvisionBurst(t *testing.T) {
 		<-engineDone
 	}()
 
+	cpuBefore := provisionCPU()
 	hwmBefore := provisionProcStatus(t, "VmHWM")
 	queriesBefore := dns.Queries()
 	start := time.Now()
@@ -196,6 +200,7 @@ func TestProvisionBurst(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	total := time.Since(start)
+	cpu := provisionCPU().sub(cpuBefore)
 	queries := dns.Queries() - queriesBefore
 	sampler.stop()
 	counts := tracker.counts()
@@ -233,8 +238,42 @@ func TestProvisionBurst(t *testing.T) {
 		float64(s.heap)/(1<<20), hwmBefore, provisionProcStatus(t, "VmHWM"))
 	t.Logf("DNS queries: %d (%.1f per record; the engine's and Pebble's together); Pebble orders: %d",
 		queries, float64(queries)/float64(n), pebble.Orders())
+	t.Logf("CPU: this process %.1f s (%.0f%% of one CPU); the rest of the machine (other processes, and kernel work not charged to this one) %.1f s (%.0f%% of one CPU)",
+		cpu.self.Seconds(), 100*cpu.self.Seconds()/total.Seconds(), cpu.others().Seconds(), 100*cpu.others().Seconds()/total.Seconds())
 	t.Logf("warnings and errors logged: %d", logs.count())
 }
+
+// provisionCPUTimes is the CPU time used by the whole machine (from
+// /proc/stat) and by this process (getrusage).
+type provisionCPUTimes struct{ machine, self time.Duration }
+
+func provisionCPU() provisionCPUTimes {
+	var c provisionCPUTimes
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return c
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	// cpu user nice system idle iowait irq softirq steal guest guest_nice
+	fields := strings.Fields(line)
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system irq softirq
+		if i < len(fields) {
+			ticks, _ := strconv.ParseInt(fields[i], 10, 64)
+			c.machine += time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100
+		}
+	}
+	return c
+}
+
+func (c provisionCPUTimes) sub(o provisionCPUTimes) provisionCPUTimes {
+	return provisionCPUTimes{machine: c.machine - o.machine, self: c.self - o.self}
+}
+
+func (c provisionCPUTimes) others() time.Duration { return max(c.machine-c.self, 0) }
 
 // provisionLog is the engine's log: it keeps the count of warnings and
 // errors and the first few of them, and drops the rest.

@@ -56,18 +56,36 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// lockedBuffer collects a process's output while tests read it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // server is a running edgeproxy binary.
 type server struct {
 	cmd     *exec.Cmd
 	api     string
 	dataDir string
-	stderr  *bytes.Buffer
+	stderr  *lockedBuffer
 	done    chan error
 }
 
 func startServer(t *testing.T, dataDir string, args ...string) *server {
 	t.Helper()
-	s := &server{api: "http://" + freeAddr(t), dataDir: dataDir, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	s := &server{api: "http://" + freeAddr(t), dataDir: dataDir, stderr: &lockedBuffer{}, done: make(chan error, 1)}
 	all := append([]string{"serve", "--dev", "--data-dir", dataDir,
 		"--api-addr", strings.TrimPrefix(s.api, "http://"),
 		"--http-addr", freeAddr(t), "--https-addr", freeAddr(t)}, args...)
@@ -82,6 +100,10 @@ func startServer(t *testing.T, dataDir string, args ...string) *server {
 	t.Cleanup(func() {
 		s.cmd.Process.Kill()
 		<-s.done
+		// No log line may carry a key value, whatever the test did.
+		if strings.Contains(s.stderr.String(), "phx_") {
+			t.Errorf("the server's log contains an API key value (phx_):\n%s", s.stderr)
+		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
@@ -369,4 +391,45 @@ func TestKill9Durability(t *testing.T) {
 	if lost != 0 || resurrected != 0 {
 		t.Errorf("after kill -9: %d acknowledged records lost, %d acknowledged deletes undone", lost, resurrected)
 	}
+}
+
+// TestNoKeyInLogs sends keys in every place the API reads them, good, bad
+// and revoked, with JSON logs and the access log on, and checks (in the
+// server helper's cleanup) that no log line carries a key value.
+func TestNoKeyInLogs(t *testing.T) {
+	s := startServer(t, t.TempDir(), "--log-format", "json", "--access-log", "on")
+	key := s.key(t)
+	var created struct {
+		ID    string `json:"id"`
+		Value string `json:"value"`
+	}
+	s.admin(t, &created, "key", "create", "--user", "1", "--label", "logs")
+	s.admin(t, nil, "key", "revoke", "--id", created.ID)
+	for _, k := range []string{key, "phx_not_a_real_key_0123456789", created.Value} {
+		base := s.api + "/api/organizations/@current/proxy_records/"
+		for _, req := range []*http.Request{
+			mustRequest(t, "GET", base, "", map[string]string{"Authorization": "Bearer " + k}),
+			mustRequest(t, "POST", base, `{"domain":"bad domain","personal_api_key":"`+k+`"}`, nil),
+			mustRequest(t, "GET", base+"?personal_api_key="+k, "", nil),
+			mustRequest(t, "PUT", base+"?personal_api_key="+k, "", nil),
+		} {
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+	}
+}
+
+func mustRequest(t *testing.T, method, url, body string, headers map[string]string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	return req
 }

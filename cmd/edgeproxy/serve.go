@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -107,9 +108,14 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
+	writable := &writeProbe{store: st}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !ready.Load() {
 			http.Error(w, "starting\n", http.StatusServiceUnavailable)
+			return
+		}
+		if err := writable.check(); err != nil {
+			http.Error(w, "store not writable: "+err.Error()+"\n", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))
@@ -330,4 +336,26 @@ func portOf(addr string) int {
 	_, port, _ := net.SplitHostPort(addr)
 	n, _ := strconv.Atoi(port)
 	return n
+}
+
+// writeProbe answers whether the store can commit a write, trying at most
+// once a second however often readiness is asked: a store that cannot
+// write cannot accept API calls, so the server is not ready.
+type writeProbe struct {
+	store *store.Store
+
+	// mu guards at and err.
+	mu  sync.Mutex
+	at  time.Time
+	err error
+}
+
+func (p *writeProbe) check() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.at) >= time.Second {
+		p.err = p.store.Writable()
+		p.at = time.Now()
+	}
+	return p.err
 }
