@@ -45,6 +45,7 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -326,6 +327,10 @@ func causeOf(err error) string {
 	case strings.Contains(msg, "connection reset"):
 		return "connection reset"
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(msg, "EOF"):
+		return "connection closed before a complete response"
+	case errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE):
+		// Writing the request body failed because the upstream closed
+		// the connection (the transport closes it on the read error).
 		return "connection closed before a complete response"
 	}
 	return "connection failed"
