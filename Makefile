@@ -11,6 +11,7 @@ run:
 
 ## test: the whole suite, with the race detector
 test:
+	sh scripts/ensure-prometheus.sh
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 
@@ -34,3 +35,16 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+## bench-proxy: the TLS edge against nginx and Caddy under wrk, a few minutes (installs wrk, nginx, caddy when missing; args in BENCH_PROXY_ARGS)
+.PHONY: bench-proxy
+bench-proxy:
+	./scripts/bench-proxy.sh $(BENCH_PROXY_ARGS)
+
+## bench-lifecycle: issue 3's lifecycle measurements (docs/PERFORMANCE.md): a burst of
+## EDGEPROXY_BENCH_RECORDS (default 1000) records to valid against Pebble, then startup of the
+## binary on 10,000 valid records
+.PHONY: bench-lifecycle
+bench-lifecycle:
+	EDGEPROXY_BENCH_RECORDS=$${EDGEPROXY_BENCH_RECORDS:-1000} $(GO) test -run '^TestProvisionBurst$$' -count 1 -timeout 30m -v ./control/
+	EDGEPROXY_BENCH_RECORDS=10000 $(GO) test -run '^TestStartupWithValidRecords$$' -count 1 -timeout 20m -v ./cmd/edgeproxy/

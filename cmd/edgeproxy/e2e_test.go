@@ -297,7 +297,7 @@ func TestKill9Durability(t *testing.T) {
 	client := &http.Client{Timeout: 10 * time.Second}
 
 	var (
-		mu      sync.Mutex
+		mu        sync.Mutex
 		created   = map[string]string{} // domain → id
 		deleted   = map[string]bool{}   // id: DELETE answered 204
 		attempted = map[string]bool{}   // id: DELETE sent, answer maybe lost in the kill
