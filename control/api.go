@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,11 +40,12 @@ type API struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *apiMetrics
+	fails   *failLimiter
 }
 
 // NewAPI returns the management API over st.
 func NewAPI(st *store.Store, cfg Config) *API {
-	a := &API{store: st, cfg: cfg, log: cfg.Logger, metrics: newAPIMetrics(cfg.Registerer)}
+	a := &API{store: st, cfg: cfg, log: cfg.Logger, metrics: newAPIMetrics(cfg.Registerer), fails: newFailLimiter(time.Now)}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -155,6 +157,9 @@ func (a *API) respond(w http.ResponseWriter, r *http.Request) {
 		if aerr.Status >= 500 {
 			a.log.Error("api request failed", "method", r.Method, "path", r.URL.Path, "err", aerr)
 		}
+		if aerr.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(aerr.retryAfter))
+		}
 		if aerr.Status == http.StatusMethodNotAllowed {
 			rt, _ := match(r.URL.Path)
 			w.Header().Set("Allow", strings.Join(allowed(rt), ", "))
@@ -197,8 +202,15 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 		return errNotFound
 	}
 	c := &call{w: w, r: r, vars: vars, body: bodyOnce(r)}
+	addr := clientAddr(r)
+	if wait := a.fails.wait(addr); wait > 0 {
+		return throttled(wait)
+	}
 	var aerr *apiError
 	if c.key, aerr = a.authenticate(r, c.body); aerr != nil {
+		if aerr.Code == "authentication_failed" {
+			a.fails.fail(addr)
+		}
 		return aerr
 	}
 	// The 1 MiB limit holds for every request, whether or not its handler

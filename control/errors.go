@@ -16,6 +16,8 @@ type apiError struct {
 	Attr   *string `json:"attr"`
 	// cause is logged, never sent.
 	cause error
+	// retryAfter, when set, is sent as the Retry-After header (seconds).
+	retryAfter int
 }
 
 func (e *apiError) Error() string {
