@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 )
 
 // drainTimeout bounds how long shutdown waits for in-flight requests.
@@ -264,7 +265,50 @@ func listenAdmin(path string) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	return ln, nil
+	return &peerCheckListener{Listener: ln, uid: uint32(os.Getuid())}, nil
+}
+
+// peerCheckListener accepts admin connections only from root and from the
+// server's own user, by the kernel's word (SO_PEERCRED). The socket's mode
+// already keeps others out; this holds even if the mode or the directory's
+// is loosened by hand.
+type peerCheckListener struct {
+	net.Listener
+	uid uint32
+}
+
+func (l *peerCheckListener) Accept() (net.Conn, error) {
+	for {
+		conn, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if uid, ok := peerUID(conn); ok && (uid == 0 || uid == l.uid) {
+			return conn, nil
+		}
+		conn.Close()
+	}
+}
+
+// peerUID is the user id of the process at the other end of a unix
+// socket connection.
+func peerUID(conn net.Conn) (uint32, bool) {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || credErr != nil {
+		return 0, false
+	}
+	return cred.Uid, true
 }
 
 // bootstrap gives an empty database its first organization, owner and `*`
