@@ -165,7 +165,7 @@ func (c *recordsCollector) Collect(ch chan<- prometheus.Metric) {
 	expiring := 0
 	var soonest time.Time
 	failed := 0.0
-	records, err := e.store.Records(func(r *store.Record) bool {
+	_, err := e.store.Records(func(r *store.Record) bool {
 		counts[r.Status]++
 		if r.Served() {
 			if r.CertNotAfter.Sub(now) < expiryWarning {
@@ -175,9 +175,8 @@ func (c *recordsCollector) Collect(ch chan<- prometheus.Metric) {
 				soonest = r.CertNotAfter
 			}
 		}
-		return false
+		return false // counted, not kept
 	})
-	_ = records
 	if err != nil {
 		failed = 1
 	}

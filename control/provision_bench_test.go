@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -45,7 +46,8 @@ import (
 // EDGEPROXY_BENCH_DEADLINE (a duration, default 20m) bounds the wait for
 // valid records; the test fails when it passes. EDGEPROXY_BENCH_WORKERS and
 // EDGEPROXY_BENCH_ACME_WORKERS override EngineConfig.Workers and
-// ACMEWorkers, to see which bound the rate.
+// ACMEWorkers, to see which bound the rate. With EDGEPROXY_BENCH_MEMPROFILE
+// set to a file name, the heap at the end is written there.
 //
 // certmagic allows 10 orders per 10 s per CA account (RateLimitEvents,
 // RateLimitEventsWindow); the test lifts that to 100,000 per second, so the
@@ -258,6 +260,17 @@ func TestProvisionBurst(t *testing.T) {
 	t.Logf("CPU: this process %.1f s (%.0f%% of one CPU); the rest of the machine (other processes, and kernel work not charged to this one) %.1f s (%.0f%% of one CPU)",
 		cpu.self.Seconds(), 100*cpu.self.Seconds()/total.Seconds(), cpu.others().Seconds(), 100*cpu.others().Seconds()/total.Seconds())
 	t.Logf("warnings and errors logged: %d", logs.count())
+	if path := os.Getenv("EDGEPROXY_BENCH_MEMPROFILE"); path != "" {
+		runtime.GC()
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // provisionCPUTimes is the CPU time used by the whole machine (from
