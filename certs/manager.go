@@ -111,8 +111,11 @@ func New(st *store.Store, cfg Config) (*Manager, error) {
 		Logger:           zl,
 	})
 	m.magic = certmagic.New(m.cache, certmagic.Config{
-		Storage:        m.storage,
-		Logger:         zl,
+		Storage: m.storage,
+		Logger:  zl,
+		// Let's Encrypt stopped running OCSP in 2025, and stapling costs a
+		// PEM parse and a storage read per certificate at every start.
+		OCSP:           certmagic.OCSPConfig{DisableStapling: true},
 		OnEvent:        m.onEvent,
 		ShouldEmitFunc: func(event string) bool { return event == "cert_obtained" || event == "cert_failed" },
 	})

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -170,20 +171,43 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("engine: listing records: %w", err)
 	}
-	var served []string
 	holders := map[string]bool{}
+	var toLoad []store.Record
 	for _, r := range records {
 		holders[r.Domain] = true
-		if !r.Served() {
-			continue
+		if r.Served() {
+			toLoad = append(toLoad, r)
 		}
-		if _, err := e.certs.Load(ctx, r.Domain); err != nil {
-			// The monitor finds it missing and gets a new one.
-			e.log.Warn("certificate of a served record not in storage", "record_id", r.ID, "domain", r.Domain, "err", err)
-			continue
-		}
-		served = append(served, r.Domain)
 	}
+	// Loading is parsing (certificate and key) more than reading: one
+	// loader per CPU.
+	var (
+		mu     sync.Mutex
+		served []string
+		wg     sync.WaitGroup
+		next   = make(chan store.Record)
+	)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range next {
+				if _, err := e.certs.Load(ctx, r.Domain); err != nil {
+					// The monitor finds it missing and gets a new one.
+					e.log.Warn("certificate of a served record not in storage", "record_id", r.ID, "domain", r.Domain, "err", err)
+					continue
+				}
+				mu.Lock()
+				served = append(served, r.Domain)
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, r := range toLoad {
+		next <- r
+	}
+	close(next)
+	wg.Wait()
 	e.certs.ServeOnly(served)
 	stored, err := e.certs.StoredDomains(ctx)
 	if err != nil {
@@ -409,7 +433,10 @@ func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	now := e.cfg.Now()
 	deadline := r.IssuingSince.Add(e.cfg.IssueTimeout)
-	if !now.Before(deadline) {
+	// The deadline runs from the first attempt (see the failure branch
+	// below), so records queued behind a burst for a CA slot do not time
+	// out without ever having asked.
+	if r.Checks > 0 && !now.Before(deadline) {
 		reason := "no certificate could be obtained"
 		if r.Message != nil {
 			reason = *r.Message
@@ -427,7 +454,12 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	case <-ctx.Done():
 		return
 	}
-	octx, cancel := context.WithTimeout(ctx, min(maxObtainTime, deadline.Sub(now)))
+	attemptAt := e.cfg.Now()
+	budget := maxObtainTime
+	if r.Checks > 0 {
+		budget = min(budget, deadline.Sub(attemptAt))
+	}
+	octx, cancel := context.WithTimeout(ctx, budget)
 	notAfter, err := e.certs.Obtain(octx, r.Domain)
 	cancel()
 	<-e.acme
@@ -455,6 +487,9 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	default:
 		e.save(r, func(n *store.Record) {
 			n.Message = ptr("Requesting a certificate failed, retrying: " + certs.Reason(err))
+			if n.Checks == 0 {
+				n.IssuingSince = attemptAt // the issue deadline starts now
+			}
 			n.Checks++
 			n.NextCheckAt = now.Add(e.backoff(n.Checks))
 		})
