@@ -521,3 +521,24 @@ func TestEngineRestartServesFromStorage(t *testing.T) {
 		t.Errorf("restart made %d new orders", got-orders)
 	}
 }
+
+// TestIssueDeadlineStartsAtFirstAttempt pins that a record which entered
+// issuing long ago but never got a CA slot (a burst queued behind the
+// ACME workers) is tried, not timed out unasked.
+func TestIssueDeadlineStartsAtFirstAttempt(t *testing.T) {
+	env := newLifecycleEnv(t, nil)
+	rec := env.create(t, "queued.shop.example.com")
+	env.dns.SetCNAME("queued.shop.example.com", rec.TargetCNAME)
+	env.stopRun()
+	if _, _, err := env.st.Mutate(rec.ID, func(r *store.Record) (store.Op, error) {
+		r.Status = store.StatusIssuing
+		r.IssuingSince = env.clock.Now().Add(-2 * time.Hour) // twice the issue timeout
+		r.Checks = 0
+		r.NextCheckAt = env.clock.Now()
+		return store.OpSave, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	env.startEngine(t)
+	env.waitStatus(t, rec.ID, store.StatusValid)
+}
