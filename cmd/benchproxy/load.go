@@ -1,0 +1,565 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// wrkSummary is what the wrk scripts print in done().
+type wrkSummary struct {
+	DurationUS int64   `json:"duration_us"`
+	Requests   int64   `json:"requests"`
+	Bytes      int64   `json:"bytes"`
+	Connect    int64   `json:"connect"`
+	Read       int64   `json:"read"`
+	Write      int64   `json:"write"`
+	Status     int64   `json:"status"`
+	Timeout    int64   `json:"timeout"`
+	P50US      int64   `json:"p50_us"`
+	P90US      int64   `json:"p90_us"`
+	P99US      int64   `json:"p99_us"`
+	MaxUS      int64   `json:"max_us"`
+	MeanUS     float64 `json:"mean_us"`
+}
+
+func (s wrkSummary) errors() int64 { return s.Connect + s.Read + s.Write + s.Status + s.Timeout }
+
+func parseWrkOutput(out string) (wrkSummary, error) {
+	var s wrkSummary
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(line, "BENCHJSON "); ok {
+			err := json.Unmarshal([]byte(rest), &s)
+			return s, err
+		}
+	}
+	return s, fmt.Errorf("no BENCHJSON line in wrk's output:\n%s", out)
+}
+
+// wrk runs wrk on the load CPU against p for d and returns its summary and
+// the CPU time wrk used.
+func (b *bench) wrk(p *peer, test string, d time.Duration) (wrkSummary, error) {
+	s, _, err := b.wrkRusage(p, test, d)
+	return s, err
+}
+
+func (b *bench) wrkRusage(p *peer, test string, d time.Duration) (wrkSummary, time.Duration, error) {
+	script, path := b.postLua, "/i/v0/e/"
+	if test == testStatic {
+		script, path = b.getLua, "/static/array.js"
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, d+30*time.Second)
+	defer cancel()
+	secs := max(int(d.Round(time.Second)/time.Second), 1)
+	cmd := exec.CommandContext(ctx, "taskset", "-c", b.o.loadCPU, b.o.wrkBin,
+		"-t1", fmt.Sprintf("-c%d", b.o.conns), fmt.Sprintf("-d%ds", secs), "--timeout", "5s",
+		"-s", script, p.baseURL()+path)
+	cmd.Env = baseEnv("OPENSSL_CONF=" + b.sslConf)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return wrkSummary{}, 0, fmt.Errorf("wrk: %w\n%s", err, out.String())
+	}
+	s, err := parseWrkOutput(out.String())
+	if err != nil {
+		return s, 0, err
+	}
+	var used time.Duration
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		used = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	if s.Requests == 0 {
+		return s, used, fmt.Errorf("wrk completed no request:\n%s", out.String())
+	}
+	return s, used, nil
+}
+
+// handshakeConfig is a fresh client configuration for each connection: no
+// session cache, tickets disabled, X25519 only (Go servers prefer
+// X25519MLKEM768 when offered; nginx's OpenSSL 3.0 does not have it), TLS
+// 1.3. The chain is verified once in preflight; here it is not, so that
+// the client's CPU (on the load CPU) goes to the handshake itself.
+func handshakeConfig() *tls.Config {
+	return &tls.Config{
+		ServerName:             benchDomain,
+		InsecureSkipVerify:     true,
+		SessionTicketsDisabled: true,
+		CurvePreferences:       []tls.CurveID{tls.X25519},
+		MinVersion:             tls.VersionTLS13,
+		NextProtos:             []string{"http/1.1"},
+	}
+}
+
+// handshakes runs b.o.hsConc clients that each connect, complete a full TLS
+// handshake and close, until d has passed (or an upper bound of
+// handshakes, far above what one core can do). It returns the handshakes
+// completed and the failures.
+func (b *bench) handshakes(p *peer, d time.Duration) (ok, failed int64) {
+	limit := int64(d.Seconds() * 50000)
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	var nOK, nFail atomic.Int64
+	for range b.o.hsConc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dialer := net.Dialer{Timeout: 5 * time.Second}
+			for time.Now().Before(deadline) && nOK.Load()+nFail.Load() < limit && b.ctx.Err() == nil {
+				c, err := dialer.Dial("tcp", p.addr())
+				if err != nil {
+					nFail.Add(1)
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				tc := tls.Client(c, handshakeConfig())
+				tc.SetDeadline(time.Now().Add(5 * time.Second))
+				if err := tc.Handshake(); err != nil {
+					nFail.Add(1)
+				} else {
+					nOK.Add(1)
+				}
+				tc.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return nOK.Load(), nFail.Load()
+}
+
+// snapshot is the CPU accounting at one instant.
+type snapshot struct {
+	at            time.Time
+	proxy, up     int64 // clock ticks
+	cpus          map[int]cpuTimes
+	self          time.Duration
+	proxyRSS      int64
+	proxyPIDCount int
+}
+
+func (b *bench) snapshot(p *peer) (snapshot, error) {
+	s := snapshot{at: time.Now()}
+	var err error
+	if p.proc != nil {
+		pids := p.proc.pids()
+		s.proxyPIDCount = len(pids)
+		if s.proxy, err = cpuTicks(pids); err != nil {
+			return s, fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
+	if s.up, err = cpuTicks(b.upstream.pids()); err != nil {
+		return s, fmt.Errorf("upstream: %w", err)
+	}
+	if s.cpus, err = readCPUTimes(); err != nil {
+		return s, err
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return s, nil
+}
+
+// result is one measured run of one test on one peer.
+type result struct {
+	Repeat int
+	Peer   string
+	Test   string
+	// Seconds is the wall time of the load.
+	Seconds float64
+	// Count is requests (post, static) or handshakes completed.
+	Count  int64
+	PerSec float64
+	Errors int64
+	// P50ms, P99ms: wrk's latency percentiles (post, static).
+	P50ms, P99ms float64
+	// BytesPer is the average response size wrk read, headers included.
+	BytesPer float64
+	// ProxyUS is the proxy's CPU time per request or handshake, in µs.
+	ProxyUS float64
+	// ProxyBusy is the proxy's CPU time over the wall time (1 = one core).
+	ProxyBusy float64
+	// LoadBusy and ProxyCPUBusy are how busy the load CPU and the proxy CPU
+	// were (/proc/stat), OursLoad what of LoadBusy was wrk, the upstream and
+	// benchproxy, Others the busy time on both CPUs that was none of ours
+	// (other processes on the machine), all as fractions of one core.
+	LoadBusy, ProxyCPUBusy, OursLoad, Others float64
+	// Attempts is 1, or more when the run was disturbed and run again.
+	Attempts int
+	// ProbeMS is how long a fixed piece of work took on the load CPU just
+	// before the run: it rises in the slow phases of the machine that
+	// -max-others cannot see (the host's other guests).
+	ProbeMS float64
+}
+
+// speedProbe times a fixed piece of CPU work (SHA-256 of 4 MB), the best of
+// three.
+func speedProbe() time.Duration {
+	buf := make([]byte, 64<<10)
+	best := time.Duration(1 << 62)
+	for range 3 {
+		start := time.Now()
+		for range 64 {
+			sum := sha256.Sum256(buf)
+			buf[0] = sum[0]
+		}
+		best = min(best, time.Since(start))
+	}
+	return best
+}
+
+func (r result) line() string {
+	s := fmt.Sprintf("rep %d  %-28s %-9s %9.0f/s", r.Repeat, r.Peer, r.Test, r.PerSec)
+	if r.Test != testHandshake {
+		s += fmt.Sprintf("  p50 %6.2f ms  p99 %6.2f ms  %6.0f B/resp", r.P50ms, r.P99ms, r.BytesPer)
+	}
+	if r.ProxyBusy > 0 {
+		s += fmt.Sprintf("  proxy %5.0f µs/op, %3.0f%% busy", r.ProxyUS, 100*r.ProxyBusy)
+	}
+	s += fmt.Sprintf("  cpu load %3.0f%% proxy %3.0f%%  others %3.0f%%  probe %.1f ms", 100*r.LoadBusy, 100*r.ProxyCPUBusy, 100*r.Others, r.ProbeMS)
+	if r.Errors > 0 {
+		s += fmt.Sprintf("  ERRORS %d", r.Errors)
+	}
+	return s
+}
+
+// measureQuiet waits (bounded) for the machine to be quiet, measures, and
+// measures again (bounded) when other processes disturbed the run.
+func (b *bench) measureQuiet(p *peer, test string, rep int) (result, error) {
+	var r result
+	for attempt := 0; ; attempt++ {
+		b.waitQuiet()
+		probe := speedProbe()
+		var err error
+		r, err = b.measure(p, test)
+		if err != nil {
+			return r, err
+		}
+		r.Repeat, r.Attempts, r.ProbeMS = rep, attempt+1, probe.Seconds()*1e3
+		if r.Others <= b.o.maxOthers || attempt >= b.o.retries {
+			return r, nil
+		}
+		logf("%s (disturbed: other processes used %.0f%% of a core; running it again)", r.line(), 100*r.Others)
+	}
+}
+
+// waitQuiet waits until other processes use less than b.o.maxOthers of a
+// core over half a second (none of benchproxy's servers is loaded between
+// runs), or b.o.quietWait has passed.
+func (b *bench) waitQuiet() {
+	deadline := time.Now().Add(b.o.quietWait)
+	for {
+		a, err := readCPUTimes()
+		if err != nil {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+		z, err := readCPUTimes()
+		if err != nil {
+			return
+		}
+		var busy float64
+		for cpu, t := range z {
+			if d := t.total - a[cpu].total; d > 0 {
+				busy += float64(t.busy-a[cpu].busy) / float64(d)
+			}
+		}
+		if busy <= b.o.maxOthers || time.Now().After(deadline) || b.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// measure runs one test on p and accounts for the CPU it took.
+func (b *bench) measure(p *peer, test string) (result, error) {
+	r := result{Peer: p.name, Test: test}
+	if p.proc != nil && p.proc.exited() {
+		return r, fmt.Errorf("%s has exited:\n%s", p.name, tail(p.proc.logPath, 2000))
+	}
+	before, err := b.snapshot(p)
+	if err != nil {
+		return r, err
+	}
+	var wrkCPU time.Duration
+	switch test {
+	case testPost, testStatic:
+		s, used, err := b.wrkRusage(p, test, b.o.duration)
+		if err != nil {
+			return r, err
+		}
+		wrkCPU = used
+		r.Count = s.Requests
+		r.Errors = s.errors()
+		r.P50ms = float64(s.P50US) / 1000
+		r.P99ms = float64(s.P99US) / 1000
+		r.BytesPer = float64(s.Bytes) / float64(s.Requests)
+		r.PerSec = float64(s.Requests) / (float64(s.DurationUS) / 1e6)
+	case testHandshake:
+		ok, failed := b.handshakes(p, b.o.duration)
+		r.Count, r.Errors = ok, failed
+	}
+	after, err := b.snapshot(p)
+	if err != nil {
+		return r, err
+	}
+	wall := after.at.Sub(before.at)
+	r.Seconds = wall.Seconds()
+	if test == testHandshake {
+		r.PerSec = float64(r.Count) / r.Seconds
+	}
+	tick := float64(time.Second / clockTicks)
+	if p.proc != nil && r.Count > 0 {
+		proxy := float64(after.proxy-before.proxy) * tick
+		r.ProxyUS = proxy / 1e3 / float64(r.Count)
+		r.ProxyBusy = proxy / float64(wall)
+	}
+	load, prox := cpuListFirst(b.o.loadCPU), cpuListFirst(b.o.proxyCPU)
+	busy := func(cpu int) float64 {
+		a, z := before.cpus[cpu], after.cpus[cpu]
+		if z.total == a.total {
+			return 0
+		}
+		return float64(z.busy-a.busy) / float64(z.total-a.total)
+	}
+	r.LoadBusy, r.ProxyCPUBusy = busy(load), busy(prox)
+	ours := float64(after.up-before.up)*tick + float64(wrkCPU) + float64(after.self-before.self)
+	r.OursLoad = ours / float64(wall)
+	r.Others = max(r.LoadBusy-r.OursLoad, 0) + max(r.ProxyCPUBusy-r.ProxyBusy, 0)
+	return r, nil
+}
+
+// preflight checks that p answers both routes correctly over TLS 1.3 with
+// AES-128-GCM and X25519, from a client that verifies the chain, and that
+// wrk's OpenSSL settings negotiate the same (openssl s_client).
+func (b *bench) preflight(p *peer) error {
+	if err := p.start(); err != nil {
+		return err
+	}
+	return b.check(p)
+}
+
+func (b *bench) check(p *peer) error {
+	var transport *http.Transport
+	if p.tls {
+		cfg := &tls.Config{
+			ServerName:       benchDomain,
+			RootCAs:          b.certs.pool,
+			CurvePreferences: []tls.CurveID{tls.X25519},
+			MinVersion:       tls.VersionTLS13,
+			NextProtos:       []string{"http/1.1"},
+		}
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", p.addr(), cfg)
+		if err != nil {
+			return fmt.Errorf("handshake: %w", err)
+		}
+		st := c.ConnectionState()
+		c.Close()
+		if st.Version != tls.VersionTLS13 || st.CipherSuite != tls.TLS_AES_128_GCM_SHA256 || st.CurveID != tls.X25519 {
+			return fmt.Errorf("negotiated %s %s %s, want TLS 1.3, TLS_AES_128_GCM_SHA256, X25519",
+				tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), st.CurveID)
+		}
+		transport = &http.Transport{TLSClientConfig: cfg}
+	} else {
+		transport = &http.Transport{}
+	}
+	transport.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, p.addr())
+	}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport, Timeout: 10 * time.Second}
+
+	resp, err := client.Post(p.baseURL()+"/i/v0/e/", "application/json", bytes.NewReader(b.postBody))
+	if err != nil {
+		return fmt.Errorf("POST /i/v0/e/: %w", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != b.postAnswer {
+		return fmt.Errorf("POST /i/v0/e/: %s %q", resp.Status, body)
+	}
+	resp, err = client.Get(p.baseURL() + "/static/array.js")
+	if err != nil {
+		return fmt.Errorf("GET /static/array.js: %w", err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(body) != b.o.staticSize {
+		return fmt.Errorf("GET /static/array.js: %s, %d bytes, want 200 and %d", resp.Status, len(body), b.o.staticSize)
+	}
+	if p.tls {
+		if err := b.checkOpenSSL(p); err != nil {
+			return err
+		}
+	}
+	logf("%s ready on %s (pid %v, CPU %s): both routes answer", p.name, p.addr(), pidsOf(p), b.cpuOf(p))
+	return nil
+}
+
+func pidsOf(p *peer) []int {
+	if p.proc == nil {
+		return nil
+	}
+	return p.proc.pids()
+}
+
+func (b *bench) cpuOf(p *peer) string {
+	if p.proc == nil {
+		return b.o.loadCPU
+	}
+	return b.o.proxyCPU
+}
+
+// checkOpenSSL connects with wrk's OpenSSL configuration and checks what it
+// negotiates.
+func (b *bench) checkOpenSSL(p *peer) error {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		logf("openssl not found: not checking wrk's cipher suite against %s", p.name)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "openssl", "s_client", "-brief", "-connect", p.addr(), "-servername", benchDomain)
+	cmd.Env = baseEnv("OPENSSL_CONF=" + b.sslConf)
+	cmd.Stdin = strings.NewReader("")
+	out, _ := cmd.CombinedOutput()
+	text := string(out)
+	for _, want := range []string{"TLSv1.3", "TLS_AES_128_GCM_SHA256", "X25519"} {
+		if !strings.Contains(text, want) {
+			return fmt.Errorf("openssl s_client with wrk's settings did not negotiate %s:\n%s", want, text)
+		}
+	}
+	return nil
+}
+
+// memResult is the memory test of one proxy.
+type memResult struct {
+	Peer                    string
+	Conns                   int
+	RSSBeforeKB, RSSAfterKB int64
+	KBPerConn               float64
+	// KBPerConnLate is the same LateAfter later, the connections still idle.
+	RSSLateKB     int64
+	KBPerConnLate float64
+	LateAfter     time.Duration
+	OpenSeconds   float64
+}
+
+// idleMemory restarts p, then opens b.o.idleConns TLS connections that each
+// carry one POST and stay idle, and compares VmRSS (for nginx, master plus
+// worker).
+func (b *bench) idleMemory(p *peer) (memResult, error) {
+	m := memResult{Peer: p.name, LateAfter: 10 * time.Second}
+	p.proc.stop()
+	if err := b.preflight(p); err != nil {
+		return m, err
+	}
+	time.Sleep(2 * time.Second)
+	var err error
+	if m.RSSBeforeKB, err = rssKB(p.proc.pids()); err != nil {
+		return m, err
+	}
+	start := time.Now()
+	conns, err := b.openIdle(p, b.o.idleConns, 3*time.Minute)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	if err != nil {
+		return m, err
+	}
+	m.OpenSeconds = time.Since(start).Seconds()
+	m.Conns = len(conns)
+	time.Sleep(5 * time.Second)
+	if m.RSSAfterKB, err = rssKB(p.proc.pids()); err != nil {
+		return m, err
+	}
+	time.Sleep(m.LateAfter)
+	if m.RSSLateKB, err = rssKB(p.proc.pids()); err != nil {
+		return m, err
+	}
+	m.KBPerConn = float64(m.RSSAfterKB-m.RSSBeforeKB) / float64(m.Conns)
+	m.KBPerConnLate = float64(m.RSSLateKB-m.RSSBeforeKB) / float64(m.Conns)
+	return m, nil
+}
+
+// openIdle opens n TLS connections to p (HTTP/1.1 by ALPN), sends one
+// POST on each, reads the answer and leaves the connection open.
+func (b *bench) openIdle(p *peer, n int, limit time.Duration) ([]net.Conn, error) {
+	req := fmt.Appendf(nil, "POST /i/v0/e/ HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		benchDomain, len(b.postBody), b.postBody)
+	deadline := time.Now().Add(limit)
+	var (
+		mu    sync.Mutex
+		conns = make([]net.Conn, 0, n)
+		first error
+		next  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				c, err := openOne(p.addr(), req, deadline)
+				mu.Lock()
+				if err != nil {
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					return
+				}
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return conns, fmt.Errorf("after %d connections: %w", len(conns), first)
+	}
+	return conns, nil
+}
+
+func openOne(addr string, req []byte, deadline time.Time) (net.Conn, error) {
+	if time.Now().After(deadline) {
+		return nil, errors.New("time limit reached")
+	}
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(c, handshakeConfig())
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := tc.Write(req); err != nil {
+		tc.Close()
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		tc.Close()
+		return nil, fmt.Errorf("POST: %s", resp.Status)
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, nil
+}
