@@ -274,7 +274,8 @@ func listenAdmin(path string) (net.Listener, error) {
 // is loosened by hand.
 type peerCheckListener struct {
 	net.Listener
-	uid uint32
+	uid     uint32
+	refused atomic.Uint64
 }
 
 func (l *peerCheckListener) Accept() (net.Conn, error) {
@@ -286,6 +287,7 @@ func (l *peerCheckListener) Accept() (net.Conn, error) {
 		if uid, ok := peerUID(conn); ok && (uid == 0 || uid == l.uid) {
 			return conn, nil
 		}
+		l.refused.Add(1)
 		conn.Close()
 	}
 }
