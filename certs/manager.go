@@ -139,13 +139,21 @@ func New(st *store.Store, cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// quietIssuer is the ACME issuer whose pre-check never prompts. It loses
-// one thing: certmagic tells the CA which certificate a renewal replaces
-// (ARI) only for a plain *ACMEIssuer.
+// quietIssuer is the ACME issuer used when no email is configured. Its
+// pre-check skips certmagic's email discovery entirely: that discovery
+// would prompt on stdin, and, once an account without email is in
+// storage, it "discovers" the email "default" from the account's folder
+// name and registers a new account with the contact mailto:default, which
+// CAs refuse. Every order after the first would fail. Without the
+// discovery the issuer keeps the empty email and reuses the stored
+// account. It loses one thing: certmagic tells the CA which certificate a
+// renewal replaces (ARI) only for a plain *ACMEIssuer.
 type quietIssuer struct{ *certmagic.ACMEIssuer }
 
-func (q quietIssuer) PreCheck(ctx context.Context, names []string, _ bool) error {
-	return q.ACMEIssuer.PreCheck(ctx, names, false)
+func (q quietIssuer) PreCheck(context.Context, []string, bool) error {
+	// Names reach here already validated by the control plane's domain
+	// rules, which are stricter than certmagic's public-CA checks.
+	return nil
 }
 
 // Close stops certmagic's maintenance and releases the storage locks this

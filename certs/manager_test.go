@@ -599,3 +599,38 @@ func TestObtainRenewsExpired(t *testing.T) {
 	m.Serve(name, true)
 	e.mustServe(name)
 }
+
+// TestObtainWithoutEmailAfterPartialAccount pins a bug: with no
+// --acme-email, certmagic's email discovery found an email-less account
+// folder whose files were incomplete (a crash or a cancelled order while
+// it was being saved), took the folder name "default" for an email, and
+// registered mailto:default, which the CA refused: from then on every
+// order failed.
+func TestObtainWithoutEmailAfterPartialAccount(t *testing.T) {
+	e := newEdge(t)
+	m := e.manager.Load()
+	e.point("one.example.com", "two.example.com")
+	if _, err := m.Obtain(obtainCtx(t), "one.example.com"); err != nil {
+		t.Fatalf("Obtain(one): %v", err)
+	}
+	keys, err := e.st.ListBlobs("acme", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := 0
+	for _, k := range keys {
+		if strings.Contains(k, "/users/") && strings.HasSuffix(k, ".key") {
+			if err := e.st.DeleteBlobs(k); err != nil {
+				t.Fatal(err)
+			}
+			removed++
+		}
+	}
+	if removed != 1 {
+		t.Fatalf("found %d account keys in %v, want 1", removed, keys)
+	}
+	m2 := e.newManager(t)
+	if _, err := m2.Obtain(obtainCtx(t), "two.example.com"); err != nil {
+		t.Fatalf("Obtain with an incomplete stored account: %v", err)
+	}
+}
