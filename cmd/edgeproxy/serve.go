@@ -81,6 +81,9 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	if err != nil {
 		return err
 	}
+	// Before the store closes (defers run last-in first-out): stops the
+	// renewal loop and releases the storage locks this process holds.
+	defer cm.Close()
 	engine := control.NewEngine(st, verifier, cm, control.EngineConfig{
 		DNSWaitTimeout:  cfg.DNSWaitTimeout,
 		IssueTimeout:    cfg.IssueTimeout,
