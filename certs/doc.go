@@ -7,7 +7,7 @@
 // Storage implements certmagic.Storage on the store's blob API, in the same
 // bbolt file as everything else: certmagic's keys
 // ("certificates/<issuer>/<domain>/<domain>.crt", ".key", ".json", the ACME
-// account under "acme/<issuer>/users/...", challenge tokens, OCSP staples)
+// account under "acme/<issuer>/users/...", challenge tokens)
 // are blobs in the certmagic_data bucket, and certmagic's named locks are
 // entries of the certmagic_locks bucket with an owner and an expiry. A lock
 // is taken for LockTTL (two minutes) and refreshed by a goroutine while it
