@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/mholt/acmez/v3/acme"
 )
@@ -153,6 +154,61 @@ func truncate(s string) string {
 		cut--
 	}
 	return s[:cut] + "…"
+}
+
+// RateLimit reports whether err is the CA refusing an order because we
+// asked too much (an ACME rateLimited problem, or HTTP 429), and until
+// when, if the CA said. acmez drops the response's Retry-After header on
+// the way up and certmagic keeps its HTTP client to itself, so the time is
+// read from the problem's detail, where Let's Encrypt writes it ("...,
+// retry after 2025-09-18 09:13:16 UTC: see https://..."). until is zero
+// when the detail names no time.
+func RateLimit(err error) (until time.Time, ok bool) {
+	p, isProblem := problem(err)
+	if !isProblem || (strings.TrimPrefix(p.Type, acme.ProblemTypeNamespace) != "rateLimited" && p.Status != 429) {
+		return time.Time{}, false
+	}
+	return retryAfterInDetail(p.Detail), true
+}
+
+// retryAfterRE finds the time in "retry after <time>": Boulder's
+// "2006-01-02 15:04:05 UTC" or an RFC 3339 time.
+var retryAfterRE = regexp.MustCompile(`(?i)retry after (\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?: ?UTC|Z|[+-]\d{2}:\d{2}))`)
+
+func retryAfterInDetail(detail string) time.Time {
+	m := retryAfterRE.FindStringSubmatch(detail)
+	if m == nil {
+		return time.Time{}
+	}
+	s := strings.Replace(m[1], " ", "T", 1)
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "UTC"), " ")
+	if !strings.HasSuffix(s, "Z") && !strings.ContainsAny(s[len("2006-01-02T15:04:05"):], "+-") {
+		s += "Z"
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// CAUnavailable reports whether err shows the CA itself down or failing:
+// it could not be reached (refused, reset, closed, no route) or answered
+// with a server error (5xx). Such a failure says nothing about the domain
+// being ordered. A timeout is not counted: the time may have gone to a
+// slow validation of the domain. An untrusted CA certificate is a
+// configuration error, not an outage.
+func CAUnavailable(err error) bool {
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	if p, ok := problem(err); ok {
+		return p.Status >= 500 || p.Type == acme.ProblemTypeServerInternal
+	}
+	if untrusted(err) {
+		return false
+	}
+	return unreachable(err) || httpStatusRE.MatchString(err.Error())
 }
 
 // knownProblems are the ACME problem types reported by name in metrics;

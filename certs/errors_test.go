@@ -3,12 +3,16 @@ package certs
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
@@ -99,5 +103,65 @@ func TestZapBridge(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("log %q lacks %q", out, want)
 		}
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 11, 26, 16, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		name  string
+		err   error
+		ok    bool
+		until time.Time
+	}{
+		{"let's encrypt detail", wrapped(acme.Problem{Type: acme.ProblemTypeRateLimited, Status: 429,
+			Detail: "too many new orders (300) from this account in the last 3h0m0s, retry after 2026-11-26 16:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-orders-per-account"}),
+			true, at},
+		{"rfc 3339 in detail", wrapped(acme.Problem{Type: acme.ProblemTypeRateLimited,
+			Detail: "Rate limit exceeded, retry after 2026-11-26T17:00:00+01:00"}), true, at},
+		{"fractional seconds", wrapped(acme.Problem{Type: acme.ProblemTypeRateLimited,
+			Detail: "retry after 2026-11-26T16:00:00.250Z"}), true, at.Add(250 * time.Millisecond)},
+		{"no time", wrapped(acme.Problem{Type: acme.ProblemTypeRateLimited, Detail: "too many certificates"}), true, time.Time{}},
+		{"garbled time", wrapped(acme.Problem{Type: acme.ProblemTypeRateLimited, Detail: "retry after 2026-13-45 99:00:00 UTC"}), true, time.Time{}},
+		{"429 of another type", wrapped(acme.Problem{Type: "about:blank", Status: 429}), true, time.Time{}},
+		{"other problem", wrapped(acme.Problem{Type: acme.ProblemTypeServerInternal, Status: 503,
+			Detail: "retry after 2026-11-26 16:00:00 UTC"}), false, time.Time{}},
+		{"network", wrapped(&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}), false, time.Time{}},
+		{"nil", nil, false, time.Time{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			until, ok := RateLimit(tt.err)
+			if ok != tt.ok || !until.Equal(tt.until) {
+				t.Errorf("RateLimit = %v, %v; want %v, %v", until, ok, tt.until, tt.ok)
+			}
+		})
+	}
+}
+
+func TestCAUnavailable(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"refused", wrapped(&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}), true},
+		{"reset", wrapped(fmt.Errorf("performing request: %w", &url.Error{Op: "Get", URL: "https://ca.example/dir", Err: syscall.ECONNRESET})), true},
+		{"503 problem", wrapped(acme.Problem{Type: acme.ProblemTypeServerInternal, Status: 503, Detail: "down for maintenance"}), true},
+		{"500 problem without status", wrapped(acme.Problem{Type: acme.ProblemTypeServerInternal}), true},
+		{"502 text", wrapped(errors.New("HTTP 502: bad gateway")), true},
+		{"rate limited", wrapped(acme.Problem{Type: acme.ProblemTypeRateLimited, Status: 429}), false},
+		{"validation failed", wrapped(acme.Problem{Type: acme.ProblemTypeUnauthorized, Status: 403}), false},
+		{"caa", wrapped(acme.Problem{Type: acme.ProblemTypeCAA, Status: 403}), false},
+		{"timeout", wrapped(context.DeadlineExceeded), false},
+		{"untrusted", wrapped(&url.Error{Op: "Get", URL: "https://ca.example/dir", Err: x509.UnknownAuthorityError{}}), false},
+		{"nil", nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := CAUnavailable(tt.err); got != tt.want {
+				t.Errorf("CAUnavailable(%v) = %v, want %v", tt.err, got, tt.want)
+			}
+		})
 	}
 }
