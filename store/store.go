@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -27,6 +28,12 @@ var (
 	ErrNewerSchema = errors.New("store: database schema is newer than this program")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store: closed")
+	// ErrUnwritable: the disk refused the write (disk full, quota, file
+	// size limit, read-only file system, I/O error). The transaction was
+	// rolled back: nothing of it is stored, and what was stored before is
+	// intact. The error also wraps the errno (errors.Is(err,
+	// syscall.ENOSPC)) and bbolt's own error. Retrying later can succeed.
+	ErrUnwritable = errors.New("store: the data file cannot be written")
 )
 
 // LimitError says an organization already holds its maximum of records.
@@ -131,6 +138,10 @@ type Store struct {
 	// subsMu guards subs.
 	subsMu sync.Mutex
 	subs   map[*Subscription]struct{}
+
+	// unwritable is set when a write fails with ErrUnwritable and cleared
+	// by the first Writable that proves the file can grow again.
+	unwritable atomic.Bool
 }
 
 // Open opens (creating if needed) the database file at path and brings its
@@ -249,23 +260,16 @@ func (s *Store) Check() error {
 	})
 }
 
-// Writable reports whether a write transaction can commit now. Readiness
-// checks use it: a store that cannot write cannot accept API calls.
-func (s *Store) Writable() error {
-	return s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put([]byte("last_write_probe"), []byte(s.stamp().Format(time.RFC3339Nano)))
-	})
-}
-
 // Now is the store's clock, to the precision the store records.
 func (s *Store) Now() time.Time { return s.stamp() }
 
 // view, update and batch run fn in a read, write or batched write
 // transaction (bolt's View, Update and Batch) and report a closed store as
-// ErrClosed, as the error block promises, rather than as bbolt's own error.
+// ErrClosed and a write the disk refused as ErrUnwritable, as the error
+// block promises, rather than as bbolt's own errors.
 func (s *Store) view(fn func(*bolt.Tx) error) error   { return closedErr(s.db.View(fn)) }
-func (s *Store) update(fn func(*bolt.Tx) error) error { return closedErr(s.db.Update(fn)) }
-func (s *Store) batch(fn func(*bolt.Tx) error) error  { return closedErr(s.db.Batch(fn)) }
+func (s *Store) update(fn func(*bolt.Tx) error) error { return s.writeErr(closedErr(s.db.Update(fn))) }
+func (s *Store) batch(fn func(*bolt.Tx) error) error  { return s.writeErr(closedErr(s.db.Batch(fn))) }
 
 func closedErr(err error) error {
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
