@@ -86,7 +86,16 @@ type Engine struct {
 
 	// mu guards inflight.
 	mu       sync.Mutex
-	inflight map[string]bool
+	inflight map[string]inflightStep
+}
+
+// An inflightStep is a step running for a record: the status it began
+// with, and how to cancel it when an API call moves the record elsewhere
+// (a DELETE must not wait minutes behind an order for a domain nobody
+// wants any more).
+type inflightStep struct {
+	status store.Status
+	cancel context.CancelFunc
 }
 
 // NewEngine returns an engine over st that verifies DNS with dns and gets
@@ -130,7 +139,7 @@ func NewEngine(st *store.Store, dns *dnsverify.Verifier, cm *certs.Manager, cfg 
 		log:      cfg.Logger,
 		acme:     make(chan struct{}, cfg.ACMEWorkers),
 		wake:     make(chan struct{}, 1),
-		inflight: map[string]bool{},
+		inflight: map[string]inflightStep{},
 	}
 	e.metrics = newEngineMetrics(e, cfg.Registerer)
 	return e
@@ -159,7 +168,18 @@ func (e *Engine) Wake() {
 func (e *Engine) isInflight(id string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.inflight[id]
+	_, ok := e.inflight[id]
+	return ok
+}
+
+// cancelStale cancels the step in flight for the record, if any, unless
+// the record is still in the status the step began with.
+func (e *Engine) cancelStale(id string, status store.Status, exists bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if s, ok := e.inflight[id]; ok && (!exists || s.status != status) {
+		s.cancel()
+	}
 }
 
 // Start loads the certificate of every served record from storage (no
@@ -244,14 +264,16 @@ func (e *Engine) Run(ctx context.Context, started bool) error {
 				e.log.Error("engine: reading due records", "err", err)
 			}
 			for _, r := range due {
+				sctx, cancel := context.WithCancel(ctx)
 				e.mu.Lock()
-				e.inflight[r.ID] = true
+				e.inflight[r.ID] = inflightStep{status: r.Status, cancel: cancel}
 				e.mu.Unlock()
 				slots <- struct{}{}
 				wg.Add(1)
 				go func(r store.Record) {
 					defer wg.Done()
-					e.step(ctx, r)
+					e.step(sctx, r)
+					cancel()
 					e.mu.Lock()
 					delete(e.inflight, r.ID)
 					e.mu.Unlock()
@@ -288,8 +310,10 @@ func (e *Engine) applyChanges(ctx context.Context, changes []store.Change) {
 		r, err := e.store.Record(c.ID)
 		switch {
 		case err == nil:
+			e.cancelStale(c.ID, r.Status, true)
 			e.certs.Serve(r.Domain, r.Served())
 		case errors.Is(err, store.ErrNotFound):
+			e.cancelStale(c.ID, "", false)
 			e.certs.Serve(c.Domain, false)
 			if _, err := e.store.RecordByDomain(c.Domain); errors.Is(err, store.ErrNotFound) {
 				dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
@@ -464,7 +488,9 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	cancel()
 	<-e.acme
 	if ctx.Err() != nil {
-		return // shutting down: the step is due again after restart
+		// Shutting down (the step is due again after restart), or an API
+		// call moved the record on: either way this outcome is not wanted.
+		return
 	}
 	now = e.cfg.Now()
 	switch {
