@@ -48,3 +48,9 @@ bench-proxy:
 bench-lifecycle:
 	EDGEPROXY_BENCH_RECORDS=$${EDGEPROXY_BENCH_RECORDS:-1000} $(GO) test -run '^TestProvisionBurst$$' -count 1 -timeout 30m -v ./control/
 	EDGEPROXY_BENCH_RECORDS=10000 $(GO) test -run '^TestStartupWithValidRecords$$' -count 1 -timeout 20m -v ./cmd/edgeproxy/
+
+## chaos: the crash-consistency harness, long form: EDGEPROXY_CHAOS_KILLS (default 60) kill -9s of
+## the real binary under API writes and provisioning, invariants checked after each (make test runs 5)
+.PHONY: chaos
+chaos:
+	EDGEPROXY_CHAOS_KILLS=$${EDGEPROXY_CHAOS_KILLS:-60} $(GO) test -race -run '^TestChaos$$' -count 1 -timeout 40m -v ./cmd/edgeproxy/
