@@ -399,7 +399,9 @@ func ptr(s string) *string { return &s }
 
 func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 	now := e.cfg.Now()
-	if !now.Before(r.WaitingSince.Add(e.cfg.DNSWaitTimeout)) {
+	res := e.checkCNAME(ctx, r)
+	// Only a definite answer times out: our resolver failing says nothing of the customer's DNS.
+	if !now.Before(r.WaitingSince.Add(e.cfg.DNSWaitTimeout)) && res.Outcome != dnsverify.Pointing && res.Outcome != dnsverify.ResolverFailure {
 		e.save(r, func(n *store.Record) {
 			n.Status = store.StatusTimedOut
 			n.Message = ptr(fmt.Sprintf("DNS did not point %s at %s within %s. Add the CNAME record, then retry.",
@@ -409,7 +411,6 @@ func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 		})
 		return
 	}
-	res := e.checkCNAME(ctx, r)
 	if res.Outcome != dnsverify.Pointing {
 		e.save(r, func(n *store.Record) {
 			n.Message = ptr(res.Message)
