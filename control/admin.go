@@ -69,7 +69,15 @@ func notFound(format string, args ...any) error {
 func (a *Admin) reply(w http.ResponseWriter, status int, v any, err error) {
 	if err != nil {
 		var ae *adminError
-		if !errors.As(err, &ae) {
+		switch {
+		case errors.As(err, &ae):
+		case errors.Is(err, store.ErrUnwritable):
+			// The same refusal the API answers with storageUnavailable.
+			a.log.Error("admin request failed", "err", err)
+			ae = &adminError{http.StatusServiceUnavailable, fmt.Sprintf(
+				"the data store cannot write (%s); nothing was changed, retry later", diskCause(err))}
+			w.Header().Set("Retry-After", strconv.Itoa(storageRetryAfter))
+		default:
 			a.log.Error("admin request failed", "err", err)
 			ae = &adminError{http.StatusInternalServerError, "internal error: " + err.Error()}
 		}

@@ -2,8 +2,12 @@ package control
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"syscall"
+
+	"github.com/edgeproxy/edgeproxy/store"
 )
 
 // apiError is an error as the client sees it (CONTRACT §3: type, code,
@@ -80,10 +84,47 @@ func invalidState(status string) *apiError {
 		Detail: fmt.Sprintf("Cannot retry proxy in %s state.", status)}
 }
 
-// internalError hides cause from the client; the log gets it.
+// internalError hides cause from the client; the log gets it. A write the
+// disk refused is no fault of the server's code and passes once space
+// returns, so it is the 503 of storageUnavailable instead.
 func internalError(cause error) *apiError {
+	if errors.Is(cause, store.ErrUnwritable) {
+		return storageUnavailable(cause)
+	}
 	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "error",
 		Detail: "A server error occurred.", cause: cause}
+}
+
+// storageRetryAfter is the Retry-After of a refused write, in seconds: the
+// time an operator or a cleanup job plausibly needs to make room, and long
+// enough that retrying clients do not add load meanwhile.
+const storageRetryAfter = 30
+
+// storageUnavailable is the answer to a request whose write the disk
+// refused (store.ErrUnwritable): the store rolled the write back, so the
+// request changed nothing and can be sent again later.
+func storageUnavailable(cause error) *apiError {
+	return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "storage_unavailable",
+		Detail:     fmt.Sprintf("The data store cannot write (%s); nothing was changed. Retry later.", diskCause(cause)),
+		cause:      cause,
+		retryAfter: storageRetryAfter}
+}
+
+// diskCause names, for a client, why the disk refused a write.
+func diskCause(err error) string {
+	switch {
+	case errors.Is(err, syscall.ENOSPC):
+		return "the disk is full"
+	case errors.Is(err, syscall.EDQUOT):
+		return "the disk quota is exhausted"
+	case errors.Is(err, syscall.EFBIG):
+		return "the file size limit is reached"
+	case errors.Is(err, syscall.EROFS):
+		return "the file system is read-only"
+	case errors.Is(err, syscall.EIO):
+		return "the disk reports I/O errors"
+	}
+	return "the disk refused the write"
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -26,6 +26,11 @@
 // within its limit) are checked inside the write transaction that would
 // break them.
 //
+// A write the disk refuses (full, quota, file size limit, read-only or
+// failing) returns ErrUnwritable and leaves nothing of itself behind; the
+// store keeps serving reads and takes writes again, without reopening,
+// once the disk does (see unwritable.go).
+//
 // Callers never see bbolt: the rest of the program talks to the methods of
 // *Store, so the backend can be replaced (a multi-node backend is planned).
 //
