@@ -54,3 +54,11 @@ bench-lifecycle:
 .PHONY: chaos
 chaos:
 	EDGEPROXY_CHAOS_KILLS=$${EDGEPROXY_CHAOS_KILLS:-60} $(GO) test -race -run '^TestChaos$$' -count 1 -timeout 40m -v ./cmd/edgeproxy/
+
+## soak: the built binary (no -race) for SOAK_DURATION (default 10m) at a fixed request rate
+## (SOAK_RATE, default 400/s) while records are created and deleted; fails on any unprovoked
+## failure or growth of RSS, goroutines or fds; markdown report in bin/soak-report.md
+SOAK_DURATION ?= 10m
+.PHONY: soak
+soak: build
+	$(GO) run ./cmd/soak -bin bin/edgeproxy -duration $(SOAK_DURATION) -out bin/soak-report.md

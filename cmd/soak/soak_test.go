@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// bin is the edgeproxy binary the tests run, built once without -race as
+// `make soak` builds it.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "soak-test-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "edgeproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, "../edgeproxy").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// shortConfig is the short form of `make soak` that `make test` runs.
+func shortConfig() config {
+	return config{
+		Bin:         bin,
+		Duration:    20 * time.Second,
+		Warmup:      5 * time.Second,
+		Period:      5 * time.Second,
+		SampleEvery: time.Second,
+		Rate:        50,
+		Stable:      1,
+		Churners:    2,
+		LiveFor:     3 * time.Second,
+		Provoked:    2,
+	}
+}
+
+// TestSoakShort runs the whole soak for 20 s at 50 req/s with two churn
+// loops and checks that it passes, that the open loop sent exactly
+// rate × duration requests whatever their latency, that records went
+// through the whole cycle with traffic, and that every request to a
+// deleted domain was refused.
+func TestSoakShort(t *testing.T) {
+	c := shortConfig()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	res, err := run(ctx, c, testLog{t})
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	report := res.markdown()
+	t.Logf("report:\n%s", report)
+	if probs := res.problems(); len(probs) > 0 {
+		t.Errorf("soak did not pass: %q", probs)
+	}
+	tot := res.traffic.totals()
+	if want := c.Rate * int(c.Duration/time.Second); tot.sent != want || tot.ok != want {
+		t.Errorf("sent %d, ok %d; want %d of each (rate × duration, open loop)", tot.sent, tot.ok, want)
+	}
+	for i, p := range res.traffic.periods {
+		if want := c.Rate * int(c.Period/time.Second); p.sent != want {
+			t.Errorf("period %d: sent %d, want %d", i, p.sent, want)
+		}
+	}
+	ch := res.churn
+	if ch.served < 1 || ch.requests < 1 {
+		t.Errorf("churn: %d records served with %d requests; want at least one record with traffic", ch.served, ch.requests)
+	}
+	if ch.deleted < ch.served || ch.created < ch.deleted {
+		t.Errorf("churn: created %d, valid %d, served %d, deleted %d: every served record must be deleted", ch.created, ch.valid, ch.served, ch.deleted)
+	}
+	if tot.provoked < c.Provoked*ch.served || tot.provokedFailed != tot.provoked {
+		t.Errorf("provoked requests: %d sent, %d refused; want %d per served record, all refused", tot.provoked, tot.provokedFailed, c.Provoked)
+	}
+	if n := len(res.samples); n < 15 {
+		t.Errorf("%d resource samples over 20 s at 1 s; want at least 15", n)
+	}
+	for _, s := range res.samples {
+		if s.rssKB <= 0 || s.goroutines <= 0 || s.fds <= 0 || s.records < c.Stable {
+			t.Errorf("implausible sample %+v", s)
+		}
+	}
+	for _, want := range []string{"#### Traffic per period of 5s", "#### Record churn", "#### Server resources", "#### Flatness after a 5s warm-up", "Shutdown: exit 0", "**Verdict: PASS**"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}
+
+// TestSoakCountsFailures makes the ingestion upstream answer 500 to every
+// 7th request and checks the soak fails, counting exactly those requests
+// as unprovoked failures: the harness sees failures, and only real ones.
+func TestSoakCountsFailures(t *testing.T) {
+	c := shortConfig()
+	c.Duration, c.Warmup, c.Period, c.Rate, c.Churners = 6*time.Second, 2*time.Second, 2*time.Second, 40, 0
+	c.upstreamFault = func(n int64) bool { return n%7 == 0 }
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	res, err := run(ctx, c, testLog{t})
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	report := res.markdown()
+	t.Logf("report:\n%s", report)
+	if res.passed() {
+		t.Fatal("the soak passed although the upstream answered 500 on purpose")
+	}
+	if res.upstreamFaults == 0 {
+		t.Fatal("no fault was injected")
+	}
+	tot := res.traffic.totals()
+	if int64(tot.failed) != res.upstreamFaults || res.unprovoked() != tot.failed {
+		t.Errorf("%d requests failed, %d unprovoked failures; want both %d, the injected faults", tot.failed, res.unprovoked(), res.upstreamFaults)
+	}
+	if len(res.failures) != 1 || res.failures[0].cause != "status 500 (ingest)" {
+		t.Errorf("failures = %+v; want one cause, status 500 (ingest)", res.failures)
+	}
+	if !strings.Contains(report, "**Verdict: FAIL**") || !strings.Contains(report, "unprovoked failures") {
+		t.Error("report does not say FAIL for the unprovoked failures")
+	}
+}
+
+func TestJudgeFlat(t *testing.T) {
+	mk := func(f func(sec int) (rssMiB, goroutines, fds int)) []sample {
+		var out []sample
+		for s := 0; s <= 60; s += 5 {
+			r, g, fd := f(s)
+			out = append(out, sample{at: time.Duration(s) * time.Second, rssKB: int64(r) << 10, goroutines: g, fds: fd})
+		}
+		return out
+	}
+	judge := func(s []sample) map[string]flatResult {
+		m := map[string]flatResult{}
+		for _, r := range judgeFlat(s, 20*time.Second, 10*time.Second, 60*time.Second) {
+			m[r.rule.name] = r
+		}
+		return m
+	}
+
+	flat := judge(mk(func(s int) (int, int, int) { return 50 + s%3, 40 + s%7, 30 + s%5 }))
+	for name, r := range flat {
+		if !r.ok {
+			t.Errorf("flat series: %s judged %q", name, r.why)
+		}
+	}
+
+	// Before the warm-up anything goes. After it RSS climbs 2 MiB per 5 s
+	// (median 39 in the base window 20–30 s, 52 in the last 50–60 s, over
+	// the limit 39 + max(20 %, 8) = 47), goroutines jump by 30 (over the
+	// +20 allowance) and fds creep by 1 (within it).
+	grow := judge(mk(func(s int) (int, int, int) {
+		if s < 20 {
+			return 10 * s, 500, 500
+		}
+		g := 40
+		if s >= 50 {
+			g = 70
+		}
+		return 30 + 2*(s/5), g, 30 + s/30
+	}))
+	if r := grow["RSS"]; r.ok || r.baseline != 39 || r.last != 52 || r.limit != 47 {
+		t.Errorf("RSS: ok %v, base %.1f, last %.1f, limit %.1f; want not ok, 39, 52, 47", r.ok, r.baseline, r.last, r.limit)
+	}
+	if r := grow["goroutines"]; r.ok || !strings.Contains(r.why, "goroutines grew from 40.0 to 70.0") {
+		t.Errorf("goroutines: ok %v, why %q", r.ok, r.why)
+	}
+	if r := grow["open fds"]; !r.ok || r.last-r.baseline != 1 {
+		t.Errorf("fds: ok %v, %.1f → %.1f; want a growth of 1, within the allowance", r.ok, r.baseline, r.last)
+	}
+
+	// A run too short to have both windows cannot be judged flat.
+	short := judgeFlat(mk(func(int) (int, int, int) { return 1, 1, 1 })[:4], 20*time.Second, 10*time.Second, 60*time.Second)
+	for _, r := range short {
+		if r.ok || !strings.Contains(r.why, "not enough samples") {
+			t.Errorf("%s with no sample after the warm-up: ok %v, why %q", r.rule.name, r.ok, r.why)
+		}
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 200; i++ {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 100 * time.Millisecond}, {0.99, 198 * time.Millisecond}, {1, 200 * time.Millisecond}} {
+		if got := percentile(d, c.q); got != c.want {
+			t.Errorf("percentile(1..200 ms, %v) = %v, want %v", c.q, got, c.want)
+		}
+	}
+	if got := percentile(nil, 0.5); got != 0 {
+		t.Errorf("percentile of nothing = %v", got)
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	text := `# HELP go_goroutines Number of goroutines that currently exist.
+# TYPE go_goroutines gauge
+go_goroutines 42
+edgeproxy_records{status="valid"} 3
+edgeproxy_records{status="waiting"} 2
+edgeproxy_records_scrape_errors_total 0
+`
+	g, r, err := parseMetrics(strings.NewReader(text))
+	if err != nil || g != 42 || r != 5 {
+		t.Errorf("parseMetrics = %d goroutines, %d records, %v; want 42, 5, nil", g, r, err)
+	}
+	if _, _, err := parseMetrics(strings.NewReader("edgeproxy_records{status=\"valid\"} 3\n")); err == nil {
+		t.Error("a scrape without go_goroutines parsed")
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	ticks, err := parseCPUTicks("4242 (edge proxy (x)) S 1 4242 4242 0 -1 4194624 100 0 0 0 1234 567 0 0 20 0 9 0 100 1000 200\n")
+	if err != nil || ticks != 1234+567 {
+		t.Errorf("parseCPUTicks = %d, %v; want %d", ticks, err, 1234+567)
+	}
+	if _, err := parseCPUTicks("garbage"); err == nil {
+		t.Error("garbage parsed")
+	}
+	if v, err := statusField("Name:\tedgeproxy\nVmRSS:\t   12345 kB\n", "VmRSS"); err != nil || v != 12345 {
+		t.Errorf("VmRSS = %d, %v", v, err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	c := defaultConfig()
+	if err := c.validate(); err != nil {
+		t.Errorf("the defaults: %v", err)
+	}
+	c.Duration = 3 * time.Minute // warm-up 2 min + 2 periods of 1 min is 4 min
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "-duration 3m0s") {
+		t.Errorf("3 min with a 2 min warm-up: %v", err)
+	}
+	c = defaultConfig()
+	c.SampleEvery = 2 * time.Minute
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "-sample") {
+		t.Errorf("sampling slower than the period: %v", err)
+	}
+}
+
+// testLog sends the soak's progress lines to the test log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
