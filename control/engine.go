@@ -87,6 +87,8 @@ type Engine struct {
 	// mu guards inflight.
 	mu       sync.Mutex
 	inflight map[string]inflightStep
+
+	gate caGate
 }
 
 // An inflightStep is a step running for a record: the status it began
@@ -96,6 +98,112 @@ type Engine struct {
 type inflightStep struct {
 	status store.Status
 	cancel context.CancelFunc
+}
+
+// caGate is the engine's hold on every order to the CA. A rate limit is
+// about our ACME account, not one record, and an outage is the CA's, so
+// while either lasts no record orders: a record that comes due meanwhile
+// is put off to the end of the pause without asking, and the first orders
+// after it are the probe. An outage pause starts at FirstRecheck and
+// doubles up to RecheckMax while failures continue (a circuit breaker); a
+// rate limit lasts until the time the CA gave, or as an outage pause when
+// it gave none. The gate is in memory: after a restart, the records put
+// off keep their stored next-check time, and the first order that meets
+// the limit sets the pause again.
+type caGate struct {
+	mu       sync.Mutex
+	pause    caPause
+	failures int  // consecutive CA-side failures, sizing the next pause
+	logged   bool // a pause was logged and the CA has not answered since
+}
+
+// caPause is one pause of orders to the CA.
+type caPause struct {
+	until  time.Time
+	cause  string // pauseRateLimited or pauseUnavailable
+	fromCA bool   // until is the CA's own "retry after" time
+	reason string // what the CA said (certs.Reason), for messages
+}
+
+// Causes of a pause, also the label of the pauses metric.
+const (
+	pauseRateLimited = "rate_limited"
+	pauseUnavailable = "ca_unavailable"
+)
+
+// activePause returns the pause in force at now, if any.
+func (e *Engine) activePause(now time.Time) (caPause, bool) {
+	e.gate.mu.Lock()
+	defer e.gate.mu.Unlock()
+	p := e.gate.pause
+	return p, now.Before(p.until)
+}
+
+// noteOrder updates the gate with the outcome of an order that ended at
+// now, and returns the pause in force after it. A rate limit or an outage
+// met while a pause is already in force began before it and does not
+// lengthen it, except a rate limit whose end the CA gives later.
+func (e *Engine) noteOrder(now time.Time, err error) (caPause, bool) {
+	g := &e.gate
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	active := now.Before(g.pause.until)
+	until, limited := certs.RateLimit(err)
+	switch {
+	case err == nil || (!limited && !certs.CAUnavailable(err) &&
+		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)):
+		// The CA answered.
+		g.failures = 0
+		if g.logged && !active {
+			g.logged = false
+			e.log.Info("ACME orders resumed: the certificate authority answers again")
+		}
+	case limited && until.After(now) && until.After(g.pause.until):
+		e.setPause(now, caPause{until: until, cause: pauseRateLimited, fromCA: true, reason: certs.Reason(err)}, active)
+	case active:
+	case limited || certs.CAUnavailable(err):
+		g.failures++
+		cause := pauseUnavailable
+		if limited {
+			cause = pauseRateLimited
+		}
+		e.setPause(now, caPause{until: now.Add(e.backoff(g.failures)), cause: cause, reason: certs.Reason(err)}, false)
+	}
+	return g.pause, now.Before(g.pause.until)
+}
+
+// setPause puts p in force (with gate.mu held). A pause is logged once,
+// not per record: when one begins, or when the CA moves a rate limit's
+// end. An outage pause that only grows while the outage lasts is not
+// logged again.
+func (e *Engine) setPause(now time.Time, p caPause, extending bool) {
+	g := &e.gate
+	g.pause = p
+	if !extending {
+		e.metrics.pauses.WithLabelValues(p.cause).Inc()
+	}
+	if p.cause == pauseUnavailable && g.logged {
+		return
+	}
+	g.logged = true
+	e.log.Warn("ACME orders paused", "cause", p.cause, "until", p.until.UTC().Format(time.RFC3339),
+		"for", p.until.Sub(now).Round(time.Second).String(), "reason", p.reason)
+}
+
+// pauseMessage tells a customer why their record waits for the CA and
+// until when; attempted says whether the record's own order met it.
+func pauseMessage(p caPause, attempted bool) string {
+	at := p.until.UTC().Format(time.RFC3339)
+	switch {
+	case p.cause == pauseRateLimited && p.fromCA:
+		return fmt.Sprintf("The certificate authority is rate limiting us: rate limited until %s; retrying then. The CA said: %s", at, p.reason)
+	case p.cause == pauseRateLimited:
+		return fmt.Sprintf("The certificate authority is rate limiting us without saying until when: rate limited until %s by our estimate; retrying then. The CA said: %s", at, p.reason)
+	case attempted:
+		return fmt.Sprintf("Requesting a certificate failed because the certificate authority is unavailable (%s); nothing is wrong with your domain or DNS. Retrying at %s.", p.reason, at)
+	default:
+		return fmt.Sprintf("Waiting for the certificate authority, which is unavailable (%s); nothing is wrong with your domain or DNS. Next attempt at %s.", p.reason, at)
+	}
 }
 
 // NewEngine returns an engine over st that verifies DNS with dns and gets
@@ -479,6 +587,13 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	case <-ctx.Done():
 		return
 	}
+	// Looked at with the slot held, so records queued for a slot when a
+	// pause begins see it and do not ask.
+	if p, paused := e.activePause(e.cfg.Now()); paused {
+		<-e.acme
+		e.putOff(r, p, false, e.cfg.Now())
+		return
+	}
 	attemptAt := e.cfg.Now()
 	budget := maxObtainTime
 	if r.Checks > 0 {
@@ -487,13 +602,18 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	octx, cancel := context.WithTimeout(ctx, budget)
 	notAfter, err := e.certs.Obtain(octx, r.Domain)
 	cancel()
-	<-e.acme
 	if ctx.Err() != nil {
+		<-e.acme
 		// Shutting down (the step is due again after restart), or an API
 		// call moved the record on: either way this outcome is not wanted.
 		return
 	}
 	now = e.cfg.Now()
+	// Noted before the slot is freed, so the record that takes it next
+	// sees a pause this order began.
+	p, paused := e.noteOrder(now, err)
+	<-e.acme
+	_, limited := certs.RateLimit(err)
 	switch {
 	case err == nil:
 		e.certs.Serve(r.Domain, true)
@@ -511,6 +631,8 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 			n.NextCheckAt = time.Time{}
 			n.Checks = 0
 		})
+	case paused && (limited || certs.CAUnavailable(err)):
+		e.putOff(r, p, true, attemptAt)
 	default:
 		e.save(r, func(n *store.Record) {
 			n.Message = ptr("Requesting a certificate failed, retrying: " + certs.Reason(err))
@@ -521,6 +643,36 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 			n.NextCheckAt = now.Add(e.backoff(n.Checks))
 		})
 	}
+}
+
+// putOff reschedules an issuing record to the end of the CA pause p, no
+// earlier. Time under a rate limit is not held against the record: the
+// CA did not look at its order, so its check count goes back to zero and
+// the issue deadline starts again at its next real attempt. Time in a CA
+// outage counts like a failed attempt (from attemptAt), so a long outage
+// still ends in erroring with the CA's reason.
+func (e *Engine) putOff(r store.Record, p caPause, attempted bool, attemptAt time.Time) {
+	now := e.cfg.Now()
+	e.save(r, func(n *store.Record) {
+		n.Message = ptr(pauseMessage(p, attempted))
+		if p.cause == pauseRateLimited {
+			n.Checks = 0
+			n.NextCheckAt = p.until
+			return
+		}
+		if n.Checks == 0 {
+			n.IssuingSince = attemptAt
+		}
+		n.Checks++
+		n.NextCheckAt = maxTime(p.until, now.Add(e.backoff(n.Checks)))
+	})
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
@@ -564,26 +716,43 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 		problems = append(problems, "DNS no longer points here: "+res.Message)
 	}
 	now := e.cfg.Now()
+	// waitCA is set when the certificate is missing and the CA pause
+	// (its own or met now) keeps a new one from being ordered: a warning
+	// looked at again when the pause ends, not an erroring the customer
+	// must retry.
+	var waitCA *caPause
 	notAfter, ok := e.certs.Info(r.Domain)
 	if !ok {
-		lctx, cancel := context.WithTimeout(ctx, maxObtainTime)
-		var err error
-		notAfter, err = e.certs.Obtain(lctx, r.Domain)
-		cancel()
-		if err != nil {
-			fatal = "The certificate is missing and a new one could not be obtained: " + certs.Reason(err)
+		if p, paused := e.activePause(now); paused {
+			waitCA = &p
 		} else {
-			e.certs.Serve(r.Domain, true)
+			lctx, cancel := context.WithTimeout(ctx, maxObtainTime)
+			var err error
+			notAfter, err = e.certs.Obtain(lctx, r.Domain)
+			cancel()
+			p, paused := e.noteOrder(e.cfg.Now(), err)
+			_, limited := certs.RateLimit(err)
+			switch {
+			case err == nil:
+				e.certs.Serve(r.Domain, true)
+			case paused && (limited || certs.CAUnavailable(err)):
+				waitCA = &p
+			default:
+				fatal = "The certificate is missing and a new one could not be obtained: " + certs.Reason(err)
+			}
 		}
 	}
+	if waitCA != nil {
+		problems = append(problems, "The certificate is missing and a new one cannot be requested yet. "+pauseMessage(*waitCA, false))
+	}
 	switch left := notAfter.Sub(now); {
-	case fatal != "":
+	case fatal != "" || waitCA != nil:
 	case left <= 0:
 		fatal = fmt.Sprintf("The certificate expired at %s and was not renewed.", notAfter.UTC().Format(time.RFC3339))
 	case left < expiryWarning:
 		problems = append(problems, fmt.Sprintf("The certificate expires at %s and has not been renewed yet.", notAfter.UTC().Format(time.RFC3339)))
 	}
-	if fatal == "" && e.cfg.ProbeAddr != "" {
+	if fatal == "" && waitCA == nil && e.cfg.ProbeAddr != "" {
 		if err := probeTLS(ctx, e.cfg.ProbeAddr, r.Domain); err != nil {
 			problems = append(problems, "The edge did not serve the domain: "+err.Error())
 		}
@@ -604,8 +773,11 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 			n.CertNotAfter = notAfter
 		}
 		n.NextCheckAt = now.Add(e.cfg.MonitorInterval)
-		if fatal != "" {
+		switch {
+		case fatal != "":
 			n.NextCheckAt = time.Time{}
+		case waitCA != nil:
+			n.NextCheckAt = waitCA.until
 		}
 	})
 }

@@ -95,6 +95,7 @@ type engineMetrics struct {
 	dnsDuration prometheus.Histogram
 	caaChecks   *prometheus.CounterVec // {result}
 	transitions *prometheus.CounterVec // {from, to}
+	pauses      *prometheus.CounterVec // {cause}
 }
 
 func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
@@ -116,6 +117,22 @@ func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
 			Namespace: namespace, Name: "record_transitions_total",
 			Help: "Status changes of records made by the lifecycle engine (to=gone for a finished deletion).",
 		}, []string{"from", "to"}),
+		pauses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "acme_pauses_total",
+			Help: "Pauses of every ACME order by cause: rate_limited (the CA's rate limit) or ca_unavailable (the CA down or failing).",
+		}, []string{"cause"}),
+	}
+	pausedUntil := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "acme_paused_until_seconds",
+		Help: "End of the pause of every ACME order (Unix seconds); 0 when orders are not paused.",
+	}, func() float64 {
+		if p, ok := e.activePause(e.cfg.Now()); ok {
+			return float64(p.until.Unix())
+		}
+		return 0
+	})
+	for _, c := range []string{pauseRateLimited, pauseUnavailable} {
+		m.pauses.WithLabelValues(c)
 	}
 	for _, o := range []dnsverify.Outcome{dnsverify.Pointing, dnsverify.Missing, dnsverify.WrongTarget,
 		dnsverify.CloudflareProxied, dnsverify.OtherAddresses, dnsverify.ResolverFailure} {
@@ -125,7 +142,7 @@ func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
 		m.caaChecks.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.dnsChecks, m.dnsDuration, m.caaChecks, m.transitions, &recordsCollector{engine: e})
+		reg.MustRegister(m.dnsChecks, m.dnsDuration, m.caaChecks, m.transitions, m.pauses, pausedUntil, &recordsCollector{engine: e})
 	}
 	return m
 }

@@ -1,0 +1,439 @@
+package control_test
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/edgeproxy/edgeproxy/certs"
+	"github.com/edgeproxy/edgeproxy/certs/certstest"
+	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+// faultEnv is the lifecycle test world with a fault-injecting proxy
+// between the certificate manager and Pebble, and the engine's metrics on
+// a registry of its own.
+type faultEnv struct {
+	*lifecycleEnv
+	proxy *certstest.FaultProxy
+	reg   *prometheus.Registry
+	orgID string
+}
+
+// newFaultEnv is newLifecycleEnv with the manager ordering through a
+// certstest.FaultProxy.
+func newFaultEnv(t *testing.T, tweak func(*control.EngineConfig)) *faultEnv {
+	t.Helper()
+	env := &lifecycleEnv{clock: &testClock{}, logs: &syncBuffer{}}
+	fe := &faultEnv{lifecycleEnv: env, reg: prometheus.NewRegistry()}
+	log := slog.New(slog.NewTextHandler(env.logs, nil))
+	st, err := store.Open(filepath.Join(t.TempDir(), "edgeproxy.db"), store.Options{Now: env.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := st.Check(); err != nil {
+			t.Errorf("store consistency check: %v", err)
+		}
+		st.Close()
+	})
+	env.st = st
+	env.dns = dnstest.Start(t)
+
+	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.http, env.https = httpLn.Addr().String(), tlsLn.Addr().String()
+	httpPort, tlsPort := httpLn.Addr().(*net.TCPAddr).Port, tlsLn.Addr().(*net.TCPAddr).Port
+	env.pebble = certstest.StartPebble(t, env.dns.Addr(), httpPort, tlsPort)
+	fe.proxy = certstest.StartFaultProxy(t, env.pebble)
+	cm, err := certs.New(st, certs.Config{
+		CA:       fe.proxy.DirectoryURL(),
+		CARoots:  fe.proxy.ServerRoots(),
+		HTTPPort: httpPort,
+		TLSPort:  tlsPort,
+		Logger:   log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cm.Close() })
+	env.cm = cm
+	httpSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !cm.HandleHTTPChallenge(w, r) {
+			http.NotFound(w, r)
+		}
+	})}
+	go httpSrv.Serve(httpLn)
+	t.Cleanup(func() { httpSrv.Close() })
+	tlsSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), TLSConfig: cm.TLSConfig()}
+	go tlsSrv.ServeTLS(tlsLn, "", "")
+	t.Cleanup(func() { tlsSrv.Close() })
+
+	verifier, err := dnsverify.New([]string{env.dns.Addr()}, 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := control.EngineConfig{
+		DNSWaitTimeout:  time.Hour,
+		IssueTimeout:    time.Hour,
+		FirstRecheck:    50 * time.Millisecond,
+		RecheckMax:      200 * time.Millisecond,
+		MonitorInterval: time.Hour,
+		CAAIdentities:   []string{certstest.CAAIdentity},
+		ProbeAddr:       env.https,
+		Now:             env.clock.Now,
+		Logger:          log,
+		Registerer:      fe.reg,
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	env.engine = control.NewEngine(st, verifier, cm, cfg)
+	env.startEngine(t)
+
+	limit := 100
+	org, err := st.CreateOrg("Faults", &limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe.orgID = org.ID
+	user, _ := st.CreateUser("ops@faults.test")
+	st.SetMembership(org.ID, user.ID, store.LevelOwner)
+	k, value := control.NewKey(user.ID, "test", []string{control.ScopeAll}, nil)
+	if _, err := st.CreateKey(k); err != nil {
+		t.Fatal(err)
+	}
+	env.key = value
+	env.api = httptest.NewServer(control.NewAPI(st, control.Config{
+		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 100, Logger: log}))
+	t.Cleanup(env.api.Close)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", env.logs.String())
+		}
+	})
+	return fe
+}
+
+// createPointed creates a record whose CNAME is in place before the first
+// check, so it goes to issuing at once, whatever the backoff.
+func (fe *faultEnv) createPointed(t *testing.T, domain string) apiRecord {
+	t.Helper()
+	target := control.TargetCNAME(fe.orgID, domain, lifecycleBase)
+	fe.dns.SetA(target, "127.0.0.1")
+	fe.dns.SetCNAME(domain, target)
+	code, rec := fe.call(t, "POST", "", `{"domain":"`+domain+`"}`)
+	if code != 201 {
+		t.Fatalf("create %s: %d", domain, code)
+	}
+	if rec.TargetCNAME != target {
+		t.Fatalf("target_cname %s, computed %s", rec.TargetCNAME, target)
+	}
+	return rec
+}
+
+// caCost is what the CA has received: HTTP requests and refused
+// connections.
+func (fe *faultEnv) caCost() int { return fe.proxy.Requests() + fe.proxy.Refused() }
+
+// settled waits until every record has been worked on since the engine's
+// clock read after: each is issuing, its next step is at least half of
+// minGap away, and its message satisfies ok. It returns the records.
+func (fe *faultEnv) settled(t *testing.T, ids []string, after time.Time, minGap time.Duration, ok func(string) bool) []store.Record {
+	t.Helper()
+	out := make([]store.Record, len(ids))
+	for i, id := range ids {
+		out[i] = fe.waitFor(t, id, "put off", func(r store.Record, err error) bool {
+			return err == nil && r.Status == store.StatusIssuing && ok(msg(r)) &&
+				r.NextCheckAt.After(after.Add(minGap/2)) && r.UpdatedAt.After(after)
+		})
+	}
+	return out
+}
+
+// quiet checks that the CA receives nothing for a while of real time,
+// while the engine is woken repeatedly.
+func (fe *faultEnv) quiet(t *testing.T, why string) {
+	t.Helper()
+	before := fe.caCost()
+	for range 20 {
+		fe.engine.Wake()
+		time.Sleep(75 * time.Millisecond)
+	}
+	if got := fe.caCost(); got != before {
+		t.Errorf("%s: the CA received %d more requests or connections", why, got-before)
+	}
+}
+
+func (fe *faultEnv) counter(t *testing.T, name, label, value string) float64 {
+	t.Helper()
+	m := fe.metric(t, name, label, value)
+	if m == nil || m.Counter == nil {
+		t.Fatalf("no counter %s{%s=%q}", name, label, value)
+	}
+	return m.Counter.GetValue()
+}
+
+func (fe *faultEnv) gauge(t *testing.T, name string) float64 {
+	t.Helper()
+	m := fe.metric(t, name, "", "")
+	if m == nil || m.Gauge == nil {
+		t.Fatalf("no gauge %s", name)
+	}
+	return m.Gauge.GetValue()
+}
+
+func (fe *faultEnv) metric(t *testing.T, name, label, value string) *dto.Metric {
+	t.Helper()
+	families, err := fe.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.Metric {
+			if label == "" {
+				return m
+			}
+			for _, lp := range m.Label {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// TestCAOutageBacksOff: with the CA refusing connections or answering
+// 5xx, records stay issuing with a message that puts the fault on the CA;
+// a circuit breaker lets at most ACMEWorkers orders through per pause, so
+// six waiting records do not become six orders; nothing reaches the CA
+// between pauses however long real time runs; and the records get their
+// certificates by themselves once the CA is back.
+func TestCAOutageBacksOff(t *testing.T) {
+	t.Parallel()
+	const (
+		acmeWorkers = 2
+		first       = time.Minute
+		records     = 6
+	)
+	for _, tt := range []struct {
+		name  string
+		fault certstest.Fault
+		// perOrder bounds what one order costs the CA, acmez's retries
+		// included (measured in certs.TestObtainCAFaults: 3, 3 and 8).
+		perOrder int
+	}{
+		{"refused", certstest.Fault{Mode: certstest.Refuse}, 3},
+		{"server error", certstest.Fault{Mode: certstest.ServerError}, 3},
+		{"server error on new-order", certstest.Fault{Mode: certstest.ServerError, Paths: []string{certstest.NewOrderPath}}, 10},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			fe := newFaultEnv(t, func(c *control.EngineConfig) {
+				c.ACMEWorkers = acmeWorkers
+				c.FirstRecheck = first
+				c.RecheckMax = 4 * first
+			})
+			fe.proxy.Set(tt.fault)
+			start := fe.clock.Now()
+			var ids []string
+			for i := range records {
+				ids = append(ids, fe.createPointed(t, strings.ReplaceAll(tt.name, " ", "-")+string(rune('a'+i))+".shop.example.com").ID)
+			}
+			outage := func(m string) bool {
+				return strings.Contains(m, "certificate authority") && strings.Contains(m, "unavailable") &&
+					strings.Contains(m, "nothing is wrong with your domain or DNS") && !strings.Contains(m, "CNAME")
+			}
+			rs := fe.settled(t, ids, start, first, outage)
+			for _, r := range rs {
+				t.Logf("%s: %s", r.Domain, msg(r))
+			}
+			cost1 := fe.caCost()
+			t.Logf("first pause: %d requests and refused connections for %d records", cost1, records)
+			if max := acmeWorkers * tt.perOrder; cost1 == 0 || cost1 > max {
+				t.Errorf("first pause: the CA got %d requests and connections, want 1..%d (%d orders at most)", cost1, max, acmeWorkers)
+			}
+			fe.quiet(t, "during the first pause")
+
+			// The next pause: again at most ACMEWorkers orders.
+			fe.clock.Advance(2 * first)
+			second := fe.clock.Now()
+			fe.settled(t, ids, second, first, outage)
+			cost2 := fe.caCost() - cost1
+			t.Logf("second pause: %d requests and refused connections", cost2)
+			if max := acmeWorkers * tt.perOrder; cost2 == 0 || cost2 > max {
+				t.Errorf("second pause: the CA got %d requests and connections, want 1..%d", cost2, max)
+			}
+			fe.quiet(t, "during the second pause")
+			if got := fe.counter(t, "edgeproxy_acme_pauses_total", "cause", "ca_unavailable"); got < 2 {
+				t.Errorf("edgeproxy_acme_pauses_total{cause=ca_unavailable} = %v, want at least 2", got)
+			}
+			if until := fe.gauge(t, "edgeproxy_acme_paused_until_seconds"); until < float64(second.Unix()) {
+				t.Errorf("edgeproxy_acme_paused_until_seconds = %v during the pause", until)
+			}
+
+			fe.proxy.Set(certstest.Fault{Mode: certstest.Pass})
+			fe.clock.Advance(10 * first)
+			for _, id := range ids {
+				r := fe.waitStatus(t, id, store.StatusValid)
+				fe.mustServe(t, r.Domain)
+			}
+			logs := fe.logs.String()
+			if n := strings.Count(logs, `msg="ACME orders paused"`); n != 1 {
+				t.Errorf("the pause was logged %d times, want once", n)
+			}
+			if n := strings.Count(logs, `msg="ACME orders resumed`); n != 1 {
+				t.Errorf("the end of the pause was logged %d times, want once", n)
+			}
+			if got := fe.gauge(t, "edgeproxy_acme_paused_until_seconds"); got != 0 {
+				t.Errorf("edgeproxy_acme_paused_until_seconds = %v after recovery, want 0", got)
+			}
+		})
+	}
+}
+
+// TestCARateLimitPausesAllOrders: a 429 rateLimited answer to one order
+// pauses every order until the time the CA gave, whatever each record's
+// own backoff; records that come due meanwhile are told why and when
+// without a request; the time under the limit does not count against the
+// issue deadline; and everything reaches valid by itself afterwards.
+func TestCARateLimitPausesAllOrders(t *testing.T) {
+	t.Parallel()
+	fe := newFaultEnv(t, nil) // backoff 50 ms to 200 ms: only the pause holds orders back
+	until := fe.clock.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
+	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, Until: until, Paths: []string{certstest.NewOrderPath}})
+	want := "The certificate authority is rate limiting us: rate limited until " + until.Format(time.RFC3339) + "; retrying then."
+
+	first := fe.createPointed(t, "first.shop.example.com")
+	limited := func(m string) bool { return strings.HasPrefix(m, want) }
+	r := fe.settled(t, []string{first.ID}, fe.clock.Now().Add(-time.Second), time.Hour, limited)[0]
+	t.Logf("message: %s", msg(r))
+	if !r.NextCheckAt.Equal(until) {
+		t.Errorf("next attempt at %v, want the CA's %v", r.NextCheckAt, until)
+	}
+	if r.Checks != 0 {
+		t.Errorf("checks = %d under a rate limit, want 0 (the time is not the record's)", r.Checks)
+	}
+	if got := fe.proxy.RequestsTo(certstest.NewOrderPath); got != 1 {
+		t.Errorf("%d new-order requests, want 1 (a 429 is not retried)", got)
+	}
+	costAfterFirst := fe.caCost()
+
+	// Records that come due during the pause do not ask.
+	more := []apiRecord{fe.createPointed(t, "second.shop.example.com"), fe.createPointed(t, "third.shop.example.com")}
+	for _, rec := range more {
+		r := fe.settled(t, []string{rec.ID}, fe.clock.Now().Add(-time.Second), time.Hour, limited)[0]
+		if !r.NextCheckAt.Equal(until) {
+			t.Errorf("%s: next attempt at %v, want %v", r.Domain, r.NextCheckAt, until)
+		}
+	}
+	if got := fe.caCost(); got != costAfterFirst {
+		t.Errorf("records coming due during the pause made %d requests to the CA", got-costAfterFirst)
+	}
+	fe.quiet(t, "during the rate limit")
+	if got := fe.gauge(t, "edgeproxy_acme_paused_until_seconds"); got != float64(until.Unix()) {
+		t.Errorf("edgeproxy_acme_paused_until_seconds = %v, want %d", got, until.Unix())
+	}
+	if got := fe.counter(t, "edgeproxy_acme_pauses_total", "cause", "rate_limited"); got != 1 {
+		t.Errorf("edgeproxy_acme_pauses_total{cause=rate_limited} = %v, want 1", got)
+	}
+
+	// The CA would answer now, but its time has not come: nothing is asked.
+	fe.proxy.Set(certstest.Fault{Mode: certstest.Pass})
+	fe.quiet(t, "before the CA's time, the limit lifted early")
+
+	// Past the CA's time, and past the one-hour issue timeout.
+	fe.clock.Advance(2*time.Hour + time.Second)
+	for _, id := range []string{first.ID, more[0].ID, more[1].ID} {
+		r := fe.waitStatus(t, id, store.StatusValid)
+		fe.mustServe(t, r.Domain)
+	}
+	logs := fe.logs.String()
+	if n := strings.Count(logs, `msg="ACME orders paused"`); n != 1 {
+		t.Errorf("the pause was logged %d times, want once", n)
+	}
+	if !strings.Contains(logs, "until="+until.Format(time.RFC3339)) {
+		t.Errorf("the pause log does not give its end %s", until.Format(time.RFC3339))
+	}
+	if got := fe.gauge(t, "edgeproxy_acme_paused_until_seconds"); got != 0 {
+		t.Errorf("edgeproxy_acme_paused_until_seconds = %v after the pause, want 0", got)
+	}
+}
+
+// TestCARateLimitWithoutTime: a rate limit whose detail names no time
+// (the Retry-After header alone is out of reach: acmez drops it) pauses
+// orders for the engine's own backoff, says so, and recovers.
+func TestCARateLimitWithoutTime(t *testing.T) {
+	t.Parallel()
+	const first = time.Minute
+	fe := newFaultEnv(t, func(c *control.EngineConfig) {
+		c.FirstRecheck = first
+		c.RecheckMax = 4 * first
+	})
+	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, NoTimeInDetail: true, Paths: []string{certstest.NewOrderPath}})
+	rec := fe.createPointed(t, "untimed.shop.example.com")
+	start := fe.clock.Now()
+	r := fe.settled(t, []string{rec.ID}, start.Add(-time.Second), first, func(m string) bool {
+		return strings.Contains(m, "rate limiting us without saying until when: rate limited until ")
+	})[0]
+	t.Logf("message: %s", msg(r))
+	// The first pause is FirstRecheck, ±10% jitter.
+	if gap := r.NextCheckAt.Sub(start); gap < first*9/10 || gap > first*11/10+30*time.Second {
+		t.Errorf("next attempt %v after the order, want about %v", gap, first)
+	}
+	fe.quiet(t, "during the estimated pause")
+	fe.proxy.Set(certstest.Fault{Mode: certstest.Pass})
+	fe.clock.Advance(2 * first)
+	fe.waitStatus(t, rec.ID, store.StatusValid)
+}
+
+// TestMonitorMissingCertificateUnderRateLimit: a live record whose
+// certificate went missing meets a CA rate limit when the monitor orders
+// a new one: it becomes a warning due again at the CA's time, not an
+// erroring the customer must retry, and it recovers by itself.
+func TestMonitorMissingCertificateUnderRateLimit(t *testing.T) {
+	t.Parallel()
+	fe := newFaultEnv(t, nil)
+	rec := fe.createPointed(t, "lost.shop.example.com")
+	fe.waitStatus(t, rec.ID, store.StatusValid)
+	ctx := t.Context()
+	if err := fe.cm.Drop(ctx, "lost.shop.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	until := fe.clock.Now().Add(3 * time.Hour).UTC().Truncate(time.Second)
+	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, Until: until, Paths: []string{certstest.NewOrderPath}})
+	fe.clock.Advance(2 * time.Hour) // past the one-hour monitor interval
+	r := fe.waitFor(t, rec.ID, "a warning about the rate limit", func(r store.Record, err error) bool {
+		return err == nil && r.Status == store.StatusWarning && strings.Contains(msg(r), "rate limited until "+until.Format(time.RFC3339))
+	})
+	t.Logf("message: %s", msg(r))
+	if !r.NextCheckAt.Equal(until) {
+		t.Errorf("next check at %v, want the CA's %v", r.NextCheckAt, until)
+	}
+	fe.proxy.Set(certstest.Fault{Mode: certstest.Pass})
+	fe.quiet(t, "before the CA's time")
+	fe.clock.Advance(time.Hour + time.Second)
+	fe.waitStatus(t, rec.ID, store.StatusValid)
+	fe.mustServe(t, "lost.shop.example.com")
+}
