@@ -81,6 +81,9 @@ func TestObtainCAFaults(t *testing.T) {
 			if cost == 0 || cost > tt.maxCost {
 				t.Errorf("one Obtain cost the CA %d requests and connections, want 1..%d", cost, tt.maxCost)
 			}
+			if tt.fault.Mode != certstest.Refuse && proxy.Faulted() == 0 {
+				t.Errorf("no request met the fault")
+			}
 			if IsPermanent(err) {
 				t.Errorf("IsPermanent = true for a CA fault")
 			}
