@@ -229,12 +229,24 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = body
 	}
 	e.metrics.inFlight.Inc()
-	domain := e.serve(x, withExchange(r, x), route)
+	domain, aborted := e.serveOrAbort(x, withExchange(r, x), route)
 
 	e.metrics.inFlight.Dec()
 	status := x.status
 	if status == 0 {
 		status = http.StatusOK
+	}
+	if aborted != nil {
+		// The response broke after its headers went out: counted as the
+		// failure it is, then cut off as ReverseProxy asked.
+		defer panic(aborted)
+		status = http.StatusBadGateway
+		if r.Context().Err() != nil {
+			e.clientGone.Add(1)
+			status = 499
+		} else {
+			e.badGateway.Add(1)
+		}
 	}
 	took := time.Since(start)
 	ri := routeIndex(route)
@@ -246,7 +258,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.metrics.respBytes[ri].Add(float64(x.written))
 	var read int64
 	if body != nil {
-		read = body.n
+		read = body.n.Load()
 		e.metrics.reqBytes[ri].Add(float64(read))
 	}
 	if every := uint64(e.cfg.AccessLogEvery); every > 0 && n%every == 0 {
@@ -254,6 +266,22 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"request_bytes", read, "response_bytes", x.written, "duration", took, "upstream_duration", x.upstream,
 			"client_ip", clientIP(r))
 	}
+}
+
+// serveOrAbort is serve that hands back, rather than lets through, the
+// http.ErrAbortHandler panic with which ReverseProxy cuts off a response
+// whose body it could not copy (the upstream broke it, or the client
+// left), so that ServeHTTP still accounts for the request.
+func (e *Edge) serveOrAbort(w http.ResponseWriter, r *http.Request, route Route) (domain string, aborted any) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				panic(v)
+			}
+			domain, aborted = hostOf(r.Host), v
+		}
+	}()
+	return e.serve(w, r, route), nil
 }
 
 // serve answers the request and returns the served domain it was for, or

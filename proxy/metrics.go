@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -178,12 +179,14 @@ func (x *exchange) Unwrap() http.ResponseWriter { return x.ResponseWriter }
 // countingBody counts the request body bytes read.
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	// n is read by ServeHTTP while the transport may still be reading the
+	// body (an upstream that answered before the end of it).
+	n atomic.Int64
 }
 
 func (c *countingBody) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 
