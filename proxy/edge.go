@@ -26,8 +26,23 @@
 //
 // Every upstream failure goes through one handler: 502 when the upstream
 // cannot be reached or breaks the exchange, 504 when it does not answer in
-// time, each with a JSON body naming the cause. A client that goes away
+// time, each with a JSON body naming the cause. A request body the client
+// breaks off or frames badly (malformed chunks) answers 400: the upstream
+// sees an aborted request, never a complete one. A client that goes away
 // is counted, not logged as an error.
+//
+// # Hostile clients
+//
+// Request framing is net/http's, which refuses what could be read two
+// ways: differing Content-Length headers and malformed lengths (400), any
+// Transfer-Encoding but a single "chunked" (501). A request with both
+// Transfer-Encoding: chunked and Content-Length is read as chunked and its
+// connection closed after the answer, as is every chunked HTTP/1.1
+// request. The upstream gets each request re-framed by the transport, so
+// it reads exactly the requests the edge answered. NewTLSServer and
+// NewPlainServer hold the listeners' bounds: headers within HeaderTimeout
+// (slowloris) and MaxHeaderBytes (431), and an error log that a client
+// cannot flood.
 package proxy
 
 import (
@@ -97,7 +112,7 @@ const (
 
 // Stats counts what the edge has done since New.
 type Stats struct {
-	Requests, Misdirected, NotServed, TooLarge, BadMethod, BadGateway, GatewayTimeout, ClientGone uint64
+	Requests, Misdirected, NotServed, TooLarge, BadMethod, BadRequest, BadGateway, GatewayTimeout, ClientGone uint64
 }
 
 // Edge is the reverse proxy of the TLS edge, an http.Handler.
@@ -110,7 +125,7 @@ type Edge struct {
 
 	metrics *edgeMetrics
 
-	requests, misdirected, notServed, tooLarge, badMethod, badGateway, gatewayTimeout, clientGone atomic.Uint64
+	requests, misdirected, notServed, tooLarge, badMethod, badRequest, badGateway, gatewayTimeout, clientGone atomic.Uint64
 }
 
 // New returns an Edge that serves the names hosts serves.
@@ -196,7 +211,7 @@ func (e *Edge) Stats() Stats {
 	return Stats{
 		Requests: e.requests.Load(), Misdirected: e.misdirected.Load(), NotServed: e.notServed.Load(),
 		TooLarge: e.tooLarge.Load(), BadGateway: e.badGateway.Load(), GatewayTimeout: e.gatewayTimeout.Load(),
-		ClientGone: e.clientGone.Load(), BadMethod: e.badMethod.Load(),
+		ClientGone: e.clientGone.Load(), BadMethod: e.badMethod.Load(), BadRequest: e.badRequest.Load(),
 	}
 }
 
@@ -227,6 +242,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		body = &countingBody{ReadCloser: r.Body}
 		r.Body = body
+		x.body = body
 	}
 	e.metrics.inFlight.Inc()
 	domain, aborted := e.serveOrAbort(x, withExchange(r, x), route)
@@ -288,6 +304,20 @@ func (e *Edge) serveOrAbort(w http.ResponseWriter, r *http.Request, route Route)
 // overflowDomain when the host is not served (so the metrics' domain label
 // holds served domains only).
 func (e *Edge) serve(w http.ResponseWriter, r *http.Request, route Route) string {
+	// net/http reads a request with both Transfer-Encoding: chunked and
+	// Content-Length as chunked and drops the length, as RFC 9112 §6.1
+	// allows, but keeps the connection open, which it forbids: the request
+	// may be a smuggling attempt, and the bytes after it must not be read
+	// as another request. The two cannot be told apart once parsed, so
+	// every chunked HTTP/1.1 request closes its connection after its
+	// answer. Browsers send their bodies with a length.
+	chunked := r.ProtoMajor == 1 && len(r.TransferEncoding) > 0
+	refuse := func(status int, code, detail string) {
+		if chunked {
+			closeAfter(w, r)
+		}
+		writeError(w, status, code, detail)
+	}
 	host := hostOf(r.Host)
 	sni := ""
 	if r.TLS != nil {
@@ -295,24 +325,31 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, route Route) string
 	}
 	if host != sni {
 		e.misdirected.Add(1)
-		writeError(w, http.StatusMisdirectedRequest, "misdirected_request",
+		refuse(http.StatusMisdirectedRequest, "misdirected_request",
 			fmt.Sprintf("The request's host %q is not the name this connection was opened for (%q).", host, sni))
 		return overflowDomain
 	}
 	if !e.hosts.Serving(host) {
 		e.notServed.Add(1)
-		writeError(w, http.StatusNotFound, "not_served", fmt.Sprintf("edgeproxy does not serve %q.", host))
+		refuse(http.StatusNotFound, "not_served", fmt.Sprintf("edgeproxy does not serve %q.", host))
 		return overflowDomain
 	}
 	if r.Method == http.MethodConnect {
 		e.badMethod.Add(1)
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not supported: this is a reverse proxy.")
+		refuse(http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not supported: this is a reverse proxy.")
 		return host
 	}
 	if r.ContentLength > e.cfg.MaxBodyBytes {
 		e.tooLarge.Add(1)
-		writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", e.tooLargeDetail())
+		refuse(http.StatusRequestEntityTooLarge, "request_too_large", e.tooLargeDetail())
 		return host
+	}
+	if chunked {
+		// upstreamError takes this back: when forwarding fails, net/http
+		// closes the connection itself if the body was not read to its
+		// end, after reading some of it so that the client, still
+		// sending, gets the answer rather than a reset.
+		w.Header().Set("Connection", "close")
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, e.cfg.MaxBodyBytes)
@@ -329,8 +366,25 @@ func (e *Edge) tooLargeDetail() string {
 	return fmt.Sprintf("The request body is larger than the limit of %d bytes.", e.cfg.MaxBodyBytes)
 }
 
+// drainBeforeClose is how much of an unread request body closeAfter
+// reads, as net/http does before answering a request whose body the
+// handler left: a client still sending then reads the answer instead of
+// a connection reset.
+const drainBeforeClose = 256 << 10
+
+// closeAfter makes the answer to r the last on its connection, after
+// reading up to drainBeforeClose bytes of r's body. Only for answers given
+// before anything else reads the body.
+func closeAfter(w http.ResponseWriter, r *http.Request) {
+	if r.Body != nil {
+		io.CopyN(io.Discard, r.Body, drainBeforeClose)
+	}
+	w.Header().Set("Connection", "close")
+}
+
 // upstreamError maps every failure of a forwarded request to its answer.
 func (e *Edge) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	w.Header().Del("Connection") // see serve
 	var tooBig *http.MaxBytesError
 	var netErr net.Error
 	upstream := e.cfg.Upstream.Host
@@ -345,6 +399,12 @@ func (e *Edge) upstreamError(w http.ResponseWriter, r *http.Request, err error) 
 		// The client went away; nobody reads this answer.
 		e.clientGone.Add(1)
 		w.WriteHeader(499)
+	case readError(r.Context()) != nil:
+		// The client's body broke off or was malformed (chunked framing);
+		// the upstream saw an aborted request, never a complete one.
+		e.badRequest.Add(1)
+		writeError(w, http.StatusBadRequest, "bad_request",
+			fmt.Sprintf("The request body could not be read: %v.", readError(r.Context())))
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
 		e.gatewayTimeout.Add(1)
 		e.log.Warn("upstream timed out", "upstream", upstream, "path", r.URL.Path, "err", err)

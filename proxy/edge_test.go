@@ -319,21 +319,17 @@ func newHarness(t *testing.T, configure ...func(*proxy.Config)) *harness {
 		t.Fatal(err)
 	}
 	h.addr = ln.Addr().String()
-	srv := &http.Server{
-		Handler: edge,
-		TLSConfig: &tls.Config{
-			MinVersion: tls.VersionTLS12,
-			NextProtos: []string{"h2", "http/1.1"},
-			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-				if h.hosts.Serving(strings.ToLower(hello.ServerName)) {
-					return &cert, nil
-				}
-				return nil, errors.New("not served")
-			},
+	// The server serve runs, with its timeouts and header limit.
+	srv := proxy.NewTLSServer(edge, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"h2", "http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if h.hosts.Serving(strings.ToLower(hello.ServerName)) {
+				return &cert, nil
+			}
+			return nil, errors.New("not served")
 		},
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          log.New(io.Discard, "", 0),
-	}
+	}, slog.New(slog.DiscardHandler))
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	return h

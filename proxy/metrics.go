@@ -110,13 +110,14 @@ func newEdgeMetrics(e *Edge, reg prometheus.Registerer, perDomain bool) *edgeMet
 			Namespace: "edgeproxy", Name: name, Help: help, ConstLabels: prometheus.Labels{label: value},
 		}, func() float64 { return float64(read()) })
 	}
-	const refusedHelp = "Requests the edge answered itself: misdirected (Host is not the SNI, 421), not_served (404), too_large (413), method (CONNECT, 405)."
+	const refusedHelp = "Requests the edge answered itself: misdirected (Host is not the SNI, 421), not_served (404), too_large (413), method (CONNECT, 405), bad_request (a request body that could not be read, 400)."
 	const errorsHelp = "Forwarded requests that failed, by kind: unreachable (502), timeout (504), client_gone (the client left first)."
 	reg.MustRegister(requests, duration, upstream, reqBytes, respBytes, m.inFlight,
 		outcome("proxy_refused_total", refusedHelp, "reason", "misdirected", e.misdirected.Load),
 		outcome("proxy_refused_total", refusedHelp, "reason", "not_served", e.notServed.Load),
 		outcome("proxy_refused_total", refusedHelp, "reason", "too_large", e.tooLarge.Load),
 		outcome("proxy_refused_total", refusedHelp, "reason", "method", e.badMethod.Load),
+		outcome("proxy_refused_total", refusedHelp, "reason", "bad_request", e.badRequest.Load),
 		outcome("proxy_upstream_errors_total", errorsHelp, "kind", "unreachable", e.badGateway.Load),
 		outcome("proxy_upstream_errors_total", errorsHelp, "kind", "timeout", e.gatewayTimeout.Load),
 		outcome("proxy_upstream_errors_total", errorsHelp, "kind", "client_gone", e.clientGone.Load),
@@ -154,6 +155,7 @@ type exchange struct {
 	status   int
 	written  int64
 	upstream time.Duration // to response headers; 0 when not forwarded
+	body     *countingBody // nil when the request has no body
 }
 
 func (x *exchange) WriteHeader(code int) {
@@ -176,18 +178,40 @@ func (x *exchange) Write(b []byte) (int, error) {
 // streamed responses still stream.
 func (x *exchange) Unwrap() http.ResponseWriter { return x.ResponseWriter }
 
-// countingBody counts the request body bytes read.
+// countingBody counts the request body bytes read, and keeps the first
+// error reading it, which is the client's doing: a malformed chunked
+// body, or a connection cut mid-body.
 type countingBody struct {
 	io.ReadCloser
 	// n is read by ServeHTTP while the transport may still be reading the
 	// body (an upstream that answered before the end of it).
 	n atomic.Int64
+	// err is set by whichever goroutine reads the body (the upstream
+	// transport's) and read by the error handler.
+	err atomic.Pointer[bodyError]
 }
+
+type bodyError struct{ error }
 
 func (c *countingBody) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
 	c.n.Add(int64(n))
+	if err != nil && err != io.EOF {
+		c.err.CompareAndSwap(nil, &bodyError{err})
+	}
 	return n, err
+}
+
+// readError is the error reading the body of the request of ctx, or nil.
+func readError(ctx context.Context) error {
+	x, ok := ctx.Value(exchangeKey{}).(*exchange)
+	if !ok || x.body == nil {
+		return nil
+	}
+	if e := x.body.err.Load(); e != nil {
+		return e.error
+	}
+	return nil
 }
 
 type exchangeKey struct{}

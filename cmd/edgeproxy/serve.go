@@ -173,27 +173,15 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		httpLn.Close()
 		return fmt.Errorf("--https-addr: %w", err)
 	}
-	httpSrv := &http.Server{
-		// Diagnose's reachability probes, then ACME HTTP-01, then the
-		// redirect to HTTPS.
-		Handler: proxy.RedirectHandler(cm, func(w http.ResponseWriter, r *http.Request) bool {
-			return probes.Handle(w, r) || cm.HandleHTTPChallenge(w, r)
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	httpsSrv := &http.Server{
-		Handler:           edge,
-		TLSConfig:         cm.TLSConfig(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		// Failed handshakes for names we do not serve are routine; they
-		// are counted, not logged one by one.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	// Diagnose's reachability probes, then ACME HTTP-01, then the
+	// redirect to HTTPS.
+	httpSrv := proxy.NewPlainServer(proxy.RedirectHandler(cm, func(w http.ResponseWriter, r *http.Request) bool {
+		return probes.Handle(w, r) || cm.HandleHTTPChallenge(w, r)
+	}), log)
+	// The edge's timeouts, header limit and rate-limited error log (failed
+	// handshakes for names not served are counted, not logged one by one)
+	// are proxy's, where the hostile-client tests hold them.
+	httpsSrv := proxy.NewTLSServer(edge, cm.TLSConfig(), log)
 
 	// Certificates of served records are loaded from storage before the
 	// edge reports ready: no ACME traffic, and no handshake fails for a
