@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/certs"
@@ -89,7 +90,17 @@ type Engine struct {
 	inflight map[string]inflightStep
 
 	gate caGate
+
+	// unwritable is set when a step could not record its outcome because
+	// the disk refuses writes. Such a record is still due, so without a
+	// hold the engine would redo its step (a DNS query, an order) in a
+	// tight loop; Run holds every step until the store can write again.
+	unwritable atomic.Bool
 }
+
+// unwritableRecheck is how often a held engine asks the store whether it
+// can write again.
+const unwritableRecheck = 5 * time.Second
 
 // An inflightStep is a step running for a record: the status it began
 // with, and how to cancel it when an API call moves the record elsewhere
@@ -365,8 +376,9 @@ func (e *Engine) Run(ctx context.Context, started bool) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
+		held := e.storageHeld()
 		free := cap(slots) - len(slots)
-		if free > 0 {
+		if free > 0 && !held {
 			due, err := e.store.DueRecords(e.cfg.Now(), free, e.isInflight)
 			if err != nil {
 				e.log.Error("engine: reading due records", "err", err)
@@ -396,6 +408,9 @@ func (e *Engine) Run(ctx context.Context, started bool) error {
 		}
 		if len(slots) == cap(slots) {
 			wait = time.Hour // a finishing step wakes us
+		}
+		if held {
+			wait = unwritableRecheck
 		}
 		timer := time.NewTimer(wait)
 		select {
@@ -484,6 +499,7 @@ func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 	if err != nil {
 		if !errors.Is(err, store.ErrNotFound) {
 			e.log.Error("engine: saving record", "record_id", r.ID, "domain", r.Domain, "err", err)
+			e.noteWriteErr(err)
 		}
 		return
 	}
@@ -491,6 +507,28 @@ func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 		logTransition(e.log, before, after)
 		e.metrics.transitions.WithLabelValues(string(before.Status), string(after.Status)).Inc()
 	}
+}
+
+// noteWriteErr holds the engine (see Run) when err is the disk refusing
+// writes, logging that once.
+func (e *Engine) noteWriteErr(err error) {
+	if errors.Is(err, store.ErrUnwritable) && e.unwritable.CompareAndSwap(false, true) {
+		e.log.Error("engine: the data store cannot write; holding every step until it can", "err", err)
+	}
+}
+
+// storageHeld reports whether steps must wait for the disk: a write was
+// refused and the store still cannot write.
+func (e *Engine) storageHeld() bool {
+	if !e.unwritable.Load() {
+		return false
+	}
+	if err := e.store.Writable(); err != nil {
+		return true
+	}
+	e.unwritable.Store(false)
+	e.log.Info("engine: the data store can write again; resuming")
+	return false
 }
 
 // logTransition logs one status change of a record.
@@ -695,6 +733,10 @@ func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 		}
 		return store.OpDelete, nil
 	})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		e.log.Error("engine: deleting record", "record_id", r.ID, "domain", r.Domain, "err", err)
+		e.noteWriteErr(err)
+	}
 	if err == nil && op == store.OpDelete {
 		e.metrics.transitions.WithLabelValues(string(store.StatusDeleting), "gone").Inc()
 		e.log.Info("record deleted", "record_id", r.ID, "org_id", r.OrgID, "domain", r.Domain,
