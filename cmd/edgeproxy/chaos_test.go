@@ -68,7 +68,10 @@ func TestChaos(t *testing.T) {
 	}
 	const workers = 4
 	for i := range workers {
-		c.workers = append(c.workers, &chaosWorker{c: c, n: i, org: i % len(c.orgs), rng: rand.New(rand.NewPCG(seed, uint64(i+1)))})
+		// Half the workers delete a pointing record only once it is valid,
+		// so kills also land while certificates are stored and dropped.
+		c.workers = append(c.workers, &chaosWorker{c: c, n: i, org: i % len(c.orgs), patient: i >= workers/2,
+			rng: rand.New(rand.NewPCG(seed, uint64(i+1)))})
 	}
 
 	dbPath := filepath.Join(dir, "edgeproxy.db")
@@ -149,6 +152,7 @@ type chaos struct {
 	kills   int
 
 	created, refused, deletedOK, retried atomic.Int64
+	deletedValid                         atomic.Int64
 	cutCreates, cutCreatesDone           int
 	cutDeletes, cutDeletesDone           int
 }
@@ -157,6 +161,7 @@ type chaosWorker struct {
 	c       *chaos
 	n       int
 	org     int
+	patient bool
 	rng     *rand.Rand
 	next    int
 	records []*chaosRecord
@@ -236,13 +241,27 @@ func (cw *chaosWorker) create(client *http.Client, api string) (atLimit bool) {
 
 func (cw *chaosWorker) delete(client *http.Client, api string, r *chaosRecord) {
 	c := cw.c
-	code, err := chaosCall(client, api, c.key, "DELETE", "/api/organizations/"+c.orgs[r.org].id+"/proxy_records/"+r.id+"/", "", nil)
+	path := "/api/organizations/" + c.orgs[r.org].id + "/proxy_records/" + r.id + "/"
+	var rec struct{ Status string }
+	if code, err := chaosCall(client, api, c.key, "GET", path, "", &rec); err != nil || code != 200 {
+		if err == nil {
+			c.t.Errorf("get %s: unexpected %d", r.domain, code)
+		}
+		return
+	}
+	if cw.patient && r.pointing && rec.Status != "valid" {
+		return
+	}
+	code, err := chaosCall(client, api, c.key, "DELETE", path, "", nil)
 	switch {
 	case err != nil:
 		r.state = uncertainDelete
 	case code == 204:
 		r.state = deleted
 		c.deletedOK.Add(1)
+		if rec.Status == "valid" {
+			c.deletedValid.Add(1)
+		}
 	default:
 		c.t.Errorf("delete %s: unexpected %d", r.domain, code)
 	}
@@ -484,9 +503,9 @@ func (c *chaos) report() {
 			}
 		}
 	}
-	c.t.Logf("chaos: %d kills survived; %d creates acknowledged, %d refused at the limit, %d deletes acknowledged, %d retries answered; "+
+	c.t.Logf("chaos: %d kills survived; %d creates acknowledged, %d refused at the limit, %d deletes acknowledged (%d of valid records), %d retries answered; "+
 		"%d creates cut by a kill (%d had committed), %d deletes cut (%d had committed); %d domains tried, %d left valid and %d waiting; 0 lost",
-		c.kills, c.created.Load(), c.refused.Load(), c.deletedOK.Load(), c.retried.Load(),
+		c.kills, c.created.Load(), c.refused.Load(), c.deletedOK.Load(), c.deletedValid.Load(), c.retried.Load(),
 		c.cutCreates, c.cutCreatesDone, c.cutDeletes, c.cutDeletesDone, total, valid, waiting)
 }
 
