@@ -218,18 +218,18 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	ready.Store(false)
 	drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
-	if err := apiSrv.Shutdown(drainCtx); err != nil {
-		log.Warn("api drain incomplete", "err", err)
+	// Every listener closes at once, then each server drains: one after
+	// the other, a server would still accept new connections while the
+	// one before it drained.
+	var drained sync.WaitGroup
+	for name, srv := range map[string]*http.Server{"api": apiSrv, "admin": adminSrv, "edge": httpsSrv, "http": httpSrv} {
+		drained.Go(func() {
+			if err := srv.Shutdown(drainCtx); err != nil {
+				log.Warn(name+" drain incomplete", "err", err)
+			}
+		})
 	}
-	if err := adminSrv.Shutdown(drainCtx); err != nil {
-		log.Warn("admin drain incomplete", "err", err)
-	}
-	if err := httpsSrv.Shutdown(drainCtx); err != nil {
-		log.Warn("edge drain incomplete", "err", err)
-	}
-	if err := httpSrv.Shutdown(drainCtx); err != nil {
-		log.Warn("http drain incomplete", "err", err)
-	}
+	drained.Wait()
 	stopEngine()
 	<-engineDone
 	os.Remove(sockPath)
