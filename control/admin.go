@@ -47,8 +47,30 @@ func NewAdmin(st *store.Store, cfg Config) *Admin {
 
 func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, maxAPIBody)
-	a.mux.ServeHTTP(w, r)
+	h, pattern := a.mux.Handler(r)
+	if pattern != "" {
+		a.mux.ServeHTTP(w, r) // which sets the path values
+		return
+	}
+	// No route: the mux would answer 404 or 405 in plain text. Its answer
+	// is only looked at for the Allow header it sets on a 405.
+	probe := &headerOnly{header: http.Header{}}
+	h.ServeHTTP(probe, r)
+	if allow := probe.header.Get("Allow"); allow != "" {
+		w.Header().Set("Allow", allow)
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{
+			"error": fmt.Sprintf("method %s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, allow)})
+		return
+	}
+	writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no admin route %s %s", r.Method, r.URL.Path)})
 }
+
+// headerOnly is a ResponseWriter that keeps the header and drops the rest.
+type headerOnly struct{ header http.Header }
+
+func (h *headerOnly) Header() http.Header         { return h.header }
+func (h *headerOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (h *headerOnly) WriteHeader(int)             {}
 
 // adminError is a refused admin request.
 type adminError struct {
