@@ -747,6 +747,9 @@ func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 // stepMonitor re-checks a live record: DNS still points at us, the
 // certificate is held and not close to expiry, and the edge answers a
 // handshake for the domain.
+// dnsWarning starts the monitor's finding that DNS moved away.
+const dnsWarning = "DNS no longer points here: "
+
 func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 	var problems []string
 	fatal := ""
@@ -755,7 +758,7 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 	case dnsverify.Pointing, dnsverify.ResolverFailure:
 		// A resolver failure says nothing about the customer's DNS.
 	default:
-		problems = append(problems, "DNS no longer points here: "+res.Message)
+		problems = append(problems, dnsWarning+res.Message)
 	}
 	now := e.cfg.Now()
 	// waitCA is set when the certificate is missing and the CA pause
@@ -807,6 +810,9 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 		case len(problems) > 0:
 			n.Status = store.StatusWarning
 			n.Message = ptr(strings.Join(problems, " "))
+		case res.Outcome == dnsverify.ResolverFailure && n.Message != nil && strings.HasPrefix(*n.Message, dnsWarning):
+			// Our resolver failed, so this run learned nothing about the
+			// DNS the warning is about: keep it.
 		default:
 			n.Status = store.StatusValid
 			n.Message = nil
