@@ -215,10 +215,15 @@ func (e *Edge) Stats() Stats {
 	}
 }
 
-// hostOf folds a Host header or SNI to the form the host table uses.
+// hostOf folds a Host header or SNI to the form the host table uses: a
+// port (digits after the last colon, none in the name) stripped, lower
+// case, one trailing dot dropped. Anything else stays as it is and so
+// matches no SNI: "[a.example.com]:443" and "a.example.com:x" are not
+// a.example.com (net.SplitHostPort would say they are).
 func hostOf(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[:i], ":") &&
+		strings.Trim(host[i+1:], "0123456789") == "" {
+		host = host[:i]
 	}
 	return strings.TrimSuffix(strings.ToLower(host), ".")
 }
