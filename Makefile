@@ -14,6 +14,7 @@ test:
 	sh scripts/ensure-prometheus.sh
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(MAKE) fuzz-ci
 
 ## build: the binary in ./bin
 build:
@@ -27,11 +28,14 @@ e2e: build
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./control/
 
-## fuzz: each fuzz target for FUZZTIME
+## fuzz: each fuzz target (every func Fuzz* in the module) for FUZZTIME, printing the inputs tried
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeDomain$$' -fuzztime $(FUZZTIME) ./control/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBody$$' -fuzztime $(FUZZTIME) ./control/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseIssueValue$$' -fuzztime $(FUZZTIME) ./control/dnsverify/
+	GO=$(GO) FUZZTIME=$(FUZZTIME) sh scripts/fuzz-ci.sh
+
+## fuzz-ci: each fuzz target for 5 s (part of make test)
+.PHONY: fuzz-ci
+fuzz-ci:
+	GO=$(GO) FUZZTIME=5s sh scripts/fuzz-ci.sh
 
 clean:
 	rm -rf bin
