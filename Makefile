@@ -61,8 +61,8 @@ chaos:
 
 ## soak: the built binary (no -race) for SOAK_DURATION (default 10m) at a fixed request rate
 ## (SOAK_RATE, default 400/s) while records are created and deleted; fails on any unprovoked
-## failure or growth of RSS, goroutines or fds; markdown report in bin/soak-report.md
+## failure or growth of RSS, goroutines or fds; report in bin/soak-report.md, server log in bin/soak-server.log
 SOAK_DURATION ?= 10m
 .PHONY: soak
 soak: build
-	$(GO) run ./cmd/soak -bin bin/edgeproxy -duration $(SOAK_DURATION) -out bin/soak-report.md
+	$(GO) run ./cmd/soak -bin bin/edgeproxy -duration $(SOAK_DURATION) -out bin/soak-report.md -server-log bin/soak-server.log

@@ -139,6 +139,7 @@ func (g *generator) run(ctx context.Context, t0, end time.Time) {
 		if d := time.Until(due); d > 0 {
 			time.Sleep(d)
 		}
+		g.traffic.sendLag(due, time.Since(due))
 		tg := g.targets.pick(i)
 		if tg == nil {
 			g.traffic.request(due, 0, "not sent: no domain served", "")
@@ -286,6 +287,10 @@ type periodStats struct {
 	sent, ok, failed         int
 	provoked, provokedFailed int
 	latencies                []time.Duration // every sent request's, failed ones included
+	// maxLag is how late the generator sent a request, at worst: large
+	// when the soak itself was starved of CPU, small when a latency spike
+	// was the server's (or the upstream's).
+	maxLag time.Duration
 }
 
 func newTraffic(t0 time.Time, period, duration time.Duration, fails *failures) *trafficStats {
@@ -318,6 +323,14 @@ func (s *trafficStats) request(due time.Time, latency time.Duration, cause, deta
 	if cause != "" {
 		s.fails.add("request", cause, detail)
 	}
+}
+
+// sendLag records how late the request due at due was sent.
+func (s *trafficStats) sendLag(due time.Time, lag time.Duration) {
+	s.mu.Lock()
+	p := s.bucket(due)
+	p.maxLag = max(p.maxLag, lag)
+	s.mu.Unlock()
 }
 
 // provoked records a request to a deleted domain; asExpected says it
@@ -359,6 +372,7 @@ func (s *trafficStats) totals() periodStats {
 		t.provoked += p.provoked
 		t.provokedFailed += p.provokedFailed
 		t.latencies = append(t.latencies, p.latencies...)
+		t.maxLag = max(t.maxLag, p.maxLag)
 	}
 	return t
 }

@@ -24,10 +24,12 @@
 //   - sampling: every few seconds the server's RSS (VmRSS), open file
 //     descriptors (/proc/<pid>/fd), CPU time and go_goroutines (/metrics).
 //
-// At the end the server gets SIGTERM and must exit 0. The soak passes when
-// no request or API call failed unprovoked, every provoked request failed,
-// the server exited cleanly, and RSS, goroutines and fds are flat after the
-// warm-up (the rule is in flat.go). It prints a markdown report, also
+// After the run, with the soak's connections closed, the server's
+// goroutines and fds must come back to within a few of what they were before
+// the first request (rest.go); then it gets SIGTERM and must exit 0. The
+// soak passes when no request or API call failed unprovoked, every provoked
+// request failed, RSS, goroutines and fds are flat after the warm-up (the
+// rule is in flat.go), the server came back to rest and exited cleanly. It prints a markdown report, also
 // written to -out, and exits 1 when it does not pass.
 //
 //	go run ./cmd/soak -bin bin/edgeproxy -duration 10m -out soak-report.md
@@ -58,6 +60,8 @@ type config struct {
 	Churners    int           // concurrent create → valid → traffic → delete loops
 	LiveFor     time.Duration // how long a churned domain gets traffic
 	Provoked    int           // requests sent to each deleted domain, which must fail
+	RestWait    time.Duration // how long the server may take to come back to rest after the run
+	ServerLog   string        // if set, the server's log is copied here at the end
 
 	// upstreamFault, when set, is asked for each request the ingestion
 	// upstream receives (numbered from 1) and makes it answer 500 when it
@@ -78,6 +82,7 @@ func defaultConfig() config {
 		Churners:    3,
 		LiveFor:     20 * time.Second,
 		Provoked:    2,
+		RestWait:    2 * time.Minute,
 	}
 }
 
@@ -113,7 +118,9 @@ func main() {
 	flag.IntVar(&c.Stable, "stable", envInt("SOAK_STABLE", c.Stable), "domains served for the whole run (env SOAK_STABLE)")
 	flag.IntVar(&c.Churners, "churners", envInt("SOAK_CHURNERS", c.Churners), "concurrent create → valid → traffic → delete loops (env SOAK_CHURNERS)")
 	flag.DurationVar(&c.LiveFor, "live-for", envDuration("SOAK_LIVE_FOR", c.LiveFor), "how long a churned domain gets traffic (env SOAK_LIVE_FOR)")
+	flag.DurationVar(&c.RestWait, "rest-wait", envDuration("SOAK_REST_WAIT", c.RestWait), "how long the server may take to come back to rest after the run (env SOAK_REST_WAIT)")
 	out := flag.String("out", envString("SOAK_OUT", "soak-report.md"), "where the markdown report is written, besides stdout (env SOAK_OUT)")
+	flag.StringVar(&c.ServerLog, "server-log", envString("SOAK_SERVER_LOG", ""), "where to keep the server's log; empty drops it with the data directory (env SOAK_SERVER_LOG)")
 	flag.Parse()
 	if err := c.validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "soak: %v\n", err)

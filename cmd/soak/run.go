@@ -59,6 +59,9 @@ func run(ctx context.Context, c config, log io.Writer) (*result, error) {
 	if c.Provoked == 0 {
 		c.Provoked = defaultConfig().Provoked
 	}
+	if c.RestWait == 0 {
+		c.RestWait = defaultConfig().RestWait
+	}
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
@@ -103,7 +106,7 @@ func run(ctx context.Context, c config, log io.Writer) (*result, error) {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	smp := &sampler{pid: e.cmd.Process.Pid, metricsURL: e.api + "/metrics", fails: fails}
+	smp := &sampler{pid: e.cmd.Process.Pid, metricsURL: e.api + "/metrics", healthzURL: e.api + "/healthz", probeURL: e.ingest.URL + "/probe", fails: fails}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -123,6 +126,17 @@ func run(ctx context.Context, c config, log io.Writer) (*result, error) {
 	progress(log, "traffic done; waiting for the churn workers to finish their cycle")
 	wg.Wait()
 
+	// At rest: the soak's connections closed, so only what the server
+	// kept on its own remains.
+	tg.removeAll()
+	fresh.CloseIdleConnections()
+	api.http.CloseIdleConnections()
+	if len(smp.samples) > 0 && smp.samples[0].at == 0 && ctx.Err() == nil {
+		progress(log, "traffic and churn done; waiting up to %v for the server to come back to rest", c.RestWait)
+		res.rest = restCheck(ctx, smp, smp.samples[0], c.Stable, c.RestWait)
+	} else {
+		res.rest.why = "no sample before traffic started, or interrupted"
+	}
 	res.traffic = traffic
 	res.churn = ch.stats()
 	res.samples = smp.samples
@@ -131,6 +145,11 @@ func run(ctx context.Context, c config, log io.Writer) (*result, error) {
 	res.loadEnd = loadavg()
 	res.shutdown, res.shutdownErr = e.stop()
 	res.logIssues = logIssues(e.logPath, 8)
+	if c.ServerLog != "" {
+		if data, err := os.ReadFile(e.logPath); err == nil {
+			os.WriteFile(c.ServerLog, data, 0o644)
+		}
+	}
 	res.failures = fails.snapshot()
 	if ctx.Err() != nil {
 		res.interrupted = true
@@ -151,6 +170,9 @@ func start(ctx context.Context, c config, log io.Writer) (*env, error) {
 		return e, err
 	}
 	e.ingest = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/probe" { // the sampler's direct probe, not proxied traffic
+			return
+		}
 		n, err := io.Copy(io.Discard, r.Body)
 		if err != nil {
 			http.Error(w, "reading body: "+err.Error(), http.StatusBadRequest)

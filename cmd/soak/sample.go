@@ -20,6 +20,15 @@ type sample struct {
 	fds        int           // entries of /proc/<pid>/fd
 	cpuTicks   int64         // utime+stime so far, in clock ticks
 	records    int           // sum of edgeproxy_records over statuses
+
+	// Probes that tell a stall of the server from one of the machine or of
+	// the soak itself: a GET /healthz on the server's API (no disk, no
+	// upstream) and a request straight to the ingestion upstream (in this
+	// process, bypassing the edge), each timed; and the whole machine's
+	// busy CPU ticks so far (/proc/stat).
+	healthz, upstream time.Duration
+	machineBusy       int64
+	machineTotal      int64
 }
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc (100 on
@@ -30,6 +39,8 @@ const clockTicks = 100
 type sampler struct {
 	pid        int
 	metricsURL string
+	healthzURL string
+	probeURL   string // the ingestion upstream, reached directly
 	fails      *failures
 	samples    []sample
 }
@@ -98,7 +109,68 @@ func (s *sampler) take(ctx context.Context, client *http.Client) (sample, error)
 		return smp, fmt.Errorf("scraping /metrics: %w", err)
 	}
 	smp.goroutines, smp.records = g, recs
+	if smp.machineBusy, smp.machineTotal, err = readMachineTicks(); err != nil {
+		return smp, err
+	}
+	if s.healthzURL != "" {
+		if smp.healthz, err = timeGet(ctx, client, s.healthzURL); err != nil {
+			return smp, fmt.Errorf("GET /healthz: %w", err)
+		}
+	}
+	if s.probeURL != "" {
+		if smp.upstream, err = timeGet(ctx, client, s.probeURL); err != nil {
+			return smp, fmt.Errorf("GET the upstream directly: %w", err)
+		}
+	}
 	return smp, nil
+}
+
+// timeGet times a GET of url to the end of its body; a status other than
+// 200 is an error.
+func timeGet(ctx context.Context, client *http.Client, url string) (time.Duration, error) {
+	t := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return time.Since(t), nil
+}
+
+// readMachineTicks returns the busy and total ticks of all CPUs from the
+// first line of /proc/stat (idle and iowait are not busy).
+func readMachineTicks() (busy, total int64, err error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	// user nice system idle iowait irq softirq steal (guest is in user).
+	for i, v := range f[1:min(len(f), 9)] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %q: %w", line, err)
+		}
+		total += n
+		if i != 3 && i != 4 {
+			busy += n
+		}
+	}
+	return busy, total, nil
 }
 
 // parseMetrics reads go_goroutines and the sum of edgeproxy_records from a

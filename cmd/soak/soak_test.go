@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +48,7 @@ func shortConfig() config {
 		Churners:    2,
 		LiveFor:     3 * time.Second,
 		Provoked:    2,
+		RestWait:    2 * time.Minute,
 	}
 }
 
@@ -93,7 +97,10 @@ func TestSoakShort(t *testing.T) {
 			t.Errorf("implausible sample %+v", s)
 		}
 	}
-	for _, want := range []string{"#### Traffic per period of 5s", "#### Record churn", "#### Server resources", "#### Flatness after a 5s warm-up", "Shutdown: exit 0", "**Verdict: PASS**"} {
+	if !res.rest.ok || res.rest.after.records != c.Stable {
+		t.Errorf("not back at rest: %s", res.rest.why)
+	}
+	for _, want := range []string{"#### Traffic per period of 5s", "#### At rest after the run", "#### Record churn", "#### Server resources", "#### Flatness after a 5s warm-up", "Shutdown: exit 0", "**Verdict: PASS**"} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q", want)
 		}
@@ -158,27 +165,31 @@ func TestJudgeFlat(t *testing.T) {
 	}
 
 	// Before the warm-up anything goes. After it RSS climbs 2 MiB per 5 s
-	// (median 39 in the base window 20–30 s, 52 in the last 50–60 s, over
-	// the limit 39 + max(20 %, 8) = 47), goroutines jump by 30 (over the
-	// +20 allowance) and fds creep by 1 (within it).
+	// from 46 (floor 46 in the base period 20–30 s, 82 in the last
+	// 50–60 s, over the limit 46 + max(20 %, 16) = 62); goroutines jump by
+	// 30 (over the +20 allowance); fds creep by 1 and then burst to 900 in
+	// one sample of the last period, which a floor does not see.
 	grow := judge(mk(func(s int) (int, int, int) {
 		if s < 20 {
 			return 10 * s, 500, 500
 		}
-		g := 40
+		g, fd := 40, 30+s/30
 		if s >= 50 {
 			g = 70
 		}
-		return 30 + 2*(s/5), g, 30 + s/30
+		if s == 55 {
+			fd = 900
+		}
+		return 6 + 2*s, g, fd
 	}))
-	if r := grow["RSS"]; r.ok || r.baseline != 39 || r.last != 52 || r.limit != 47 {
-		t.Errorf("RSS: ok %v, base %.1f, last %.1f, limit %.1f; want not ok, 39, 52, 47", r.ok, r.baseline, r.last, r.limit)
+	if r := grow["RSS"]; r.ok || r.baseline != 46 || r.last != 106 || r.limit != 62 {
+		t.Errorf("RSS: ok %v, base %.1f, last %.1f, limit %.1f; want not ok, 46, 106, 62", r.ok, r.baseline, r.last, r.limit)
 	}
-	if r := grow["goroutines"]; r.ok || !strings.Contains(r.why, "goroutines grew from 40.0 to 70.0") {
+	if r := grow["goroutines"]; r.ok || !strings.Contains(r.why, "goroutines floor grew from 40.0 to 70.0") {
 		t.Errorf("goroutines: ok %v, why %q", r.ok, r.why)
 	}
 	if r := grow["open fds"]; !r.ok || r.last-r.baseline != 1 {
-		t.Errorf("fds: ok %v, %.1f → %.1f; want a growth of 1, within the allowance", r.ok, r.baseline, r.last)
+		t.Errorf("fds: ok %v, floor %.1f → %.1f; want a growth of 1 and the burst ignored", r.ok, r.baseline, r.last)
 	}
 
 	// A run too short to have both windows cannot be judged flat.
@@ -260,4 +271,61 @@ type testLog struct{ t *testing.T }
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// TestRestCheck holds 30 idle keep-alive connections to the server's API
+// and checks that the check at rest sees them (30 goroutines and fds over
+// the state before, more than the allowance), then that it passes once
+// they are closed: the check can fail, and fails on what the server holds.
+func TestRestCheck(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e, err := start(ctx, shortConfig(), testLog{t})
+	if e != nil {
+		defer e.close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	smp := &sampler{pid: e.cmd.Process.Pid, metricsURL: e.api + "/metrics", fails: newFailures()}
+	noKeepAlive := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	before, err := smp.take(ctx, noKeepAlive)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const held = restAllowance + 10
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range held {
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.api, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// A whole request, answered, leaves the connection idle and open
+		// (the API's idle timeout is 2 min).
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	r := restCheck(ctx, smp, before, 0, 3*time.Second)
+	if r.ok || r.after.fds <= before.fds+restAllowance || r.after.goroutines <= before.goroutines+restAllowance {
+		t.Errorf("with %d connections held: ok %v, %d → %d fds, %d → %d goroutines; want not ok and both up by more than %d",
+			held, r.ok, before.fds, r.after.fds, before.goroutines, r.after.goroutines, restAllowance)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	if r := restCheck(ctx, smp, before, 0, 30*time.Second); !r.ok {
+		t.Errorf("with the connections closed: %s", r.why)
+	}
 }
