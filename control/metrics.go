@@ -167,10 +167,12 @@ var (
 		"Records the engine is working on now.", nil, nil)
 	descScrapeErr = prometheus.NewDesc(namespace+"_records_scrape_error",
 		"1 when reading the store for these metrics failed.", nil, nil)
+	descRefusing = prometheus.NewDesc(namespace+"_store_refusing_writes",
+		"1 while the data disk refuses writes (full, quota, file size limit, read-only, I/O error): API writes answer 503.", nil, nil)
 )
 
 func (c *recordsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRecords, descExpiring, descSoonest, descQueue, descOverdue, descInflight, descScrapeErr} {
+	for _, d := range []*prometheus.Desc{descRecords, descExpiring, descSoonest, descQueue, descOverdue, descInflight, descScrapeErr, descRefusing} {
 		ch <- d
 	}
 }
@@ -219,4 +221,11 @@ func (c *recordsCollector) Collect(ch chan<- prometheus.Metric) {
 	e.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(inflight))
 	ch <- prometheus.MustNewConstMetric(descScrapeErr, prometheus.GaugeValue, failed)
+	// Only after a refused write does a scrape cost a write: the probe is
+	// what clears the store's flag once space is back.
+	refusing := 0.0
+	if e.store.RefusingWrites() && e.store.Writable() != nil {
+		refusing = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descRefusing, prometheus.GaugeValue, refusing)
 }

@@ -67,6 +67,11 @@ func (s *Store) writeErr(err error) error {
 	return fmt.Errorf("%w (%w): %w", ErrUnwritable, errno, err)
 }
 
+// RefusingWrites reports whether the last write the disk refused has not
+// yet been followed by a successful Writable: cheap, for metrics that then
+// confirm with Writable.
+func (s *Store) RefusingWrites() bool { return s.unwritable.Load() }
+
 // Writable reports whether a write transaction can commit now; readiness
 // checks use it, since a store that cannot write cannot accept API calls.
 // After a write failed with ErrUnwritable it also makes the file grow, as

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -224,6 +225,7 @@ func TestDiskRefusingWrites(t *testing.T) {
 		t.Errorf("org create while every write is refused: %v, stderr %q", err, stderr)
 	}
 	s.waitReady(t, 503)
+	wantMetric(t, s.api, "edgeproxy_store_refusing_writes 1")
 	// The engine cannot record the outcome of its steps, so it holds them
 	// until the disk takes writes again rather than redo them in a loop
 	// (before the hold: about 900 DNS queries and 450 failed saves in 2 s
@@ -251,6 +253,7 @@ func TestDiskRefusingWrites(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	wantMetric(t, s.api, "edgeproxy_store_refusing_writes 0")
 	if a := create(refused); a.status != 201 {
 		t.Fatalf("creating %s again once the limit is lifted: %d %s", refused, a.status, a.body)
 	}
@@ -302,5 +305,22 @@ func TestDiskRefusingWrites(t *testing.T) {
 	}
 	if strings.Contains(s.stderr.String(), "panic") {
 		t.Errorf("the server's log holds a panic:\n%s", s.stderr)
+	}
+}
+
+// wantMetric checks that a scrape of /metrics has the sample line.
+func wantMetric(t *testing.T, api, line string) {
+	t.Helper()
+	resp, err := http.Get(api + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Split(string(data), "\n"), line) {
+		t.Errorf("/metrics lacks the line %q", line)
 	}
 }
