@@ -1,11 +1,7 @@
 package control_test
 
 import (
-	"log/slog"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"path/filepath"
+	"crypto/x509"
 	"strings"
 	"testing"
 	"time"
@@ -13,11 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -28,106 +21,21 @@ type faultEnv struct {
 	*lifecycleEnv
 	proxy *certstest.FaultProxy
 	reg   *prometheus.Registry
-	orgID string
 }
 
 // newFaultEnv is newLifecycleEnv with the manager ordering through a
-// certstest.FaultProxy.
+// certstest.FaultProxy and the engine's metrics on fe.reg.
 func newFaultEnv(t *testing.T, tweak func(*control.EngineConfig)) *faultEnv {
 	t.Helper()
-	env := &lifecycleEnv{clock: &testClock{}, logs: &syncBuffer{}}
-	fe := &faultEnv{lifecycleEnv: env, reg: prometheus.NewRegistry()}
-	log := slog.New(slog.NewTextHandler(env.logs, nil))
-	st, err := store.Open(filepath.Join(t.TempDir(), "edgeproxy.db"), store.Options{Now: env.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := st.Check(); err != nil {
-			t.Errorf("store consistency check: %v", err)
+	fe := &faultEnv{reg: prometheus.NewRegistry()}
+	fe.lifecycleEnv = newLifecycleEnvCA(t, func(cfg *control.EngineConfig) {
+		cfg.Registerer = fe.reg
+		if tweak != nil {
+			tweak(cfg)
 		}
-		st.Close()
-	})
-	env.st = st
-	env.dns = dnstest.Start(t)
-
-	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.http, env.https = httpLn.Addr().String(), tlsLn.Addr().String()
-	httpPort, tlsPort := httpLn.Addr().(*net.TCPAddr).Port, tlsLn.Addr().(*net.TCPAddr).Port
-	env.pebble = certstest.StartPebble(t, env.dns.Addr(), httpPort, tlsPort)
-	fe.proxy = certstest.StartFaultProxy(t, env.pebble)
-	cm, err := certs.New(st, certs.Config{
-		CA:       fe.proxy.DirectoryURL(),
-		CARoots:  fe.proxy.ServerRoots(),
-		HTTPPort: httpPort,
-		TLSPort:  tlsPort,
-		Logger:   log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cm.Close() })
-	env.cm = cm
-	httpSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !cm.HandleHTTPChallenge(w, r) {
-			http.NotFound(w, r)
-		}
-	})}
-	go httpSrv.Serve(httpLn)
-	t.Cleanup(func() { httpSrv.Close() })
-	tlsSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), TLSConfig: cm.TLSConfig()}
-	go tlsSrv.ServeTLS(tlsLn, "", "")
-	t.Cleanup(func() { tlsSrv.Close() })
-
-	verifier, err := dnsverify.New([]string{env.dns.Addr()}, 500*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := control.EngineConfig{
-		DNSWaitTimeout:  time.Hour,
-		IssueTimeout:    time.Hour,
-		FirstRecheck:    50 * time.Millisecond,
-		RecheckMax:      200 * time.Millisecond,
-		MonitorInterval: time.Hour,
-		CAAIdentities:   []string{certstest.CAAIdentity},
-		ProbeAddr:       env.https,
-		Now:             env.clock.Now,
-		Logger:          log,
-		Registerer:      fe.reg,
-	}
-	if tweak != nil {
-		tweak(&cfg)
-	}
-	env.engine = control.NewEngine(st, verifier, cm, cfg)
-	env.startEngine(t)
-
-	limit := 100
-	org, err := st.CreateOrg("Faults", &limit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fe.orgID = org.ID
-	user, _ := st.CreateUser("ops@faults.test")
-	st.SetMembership(org.ID, user.ID, store.LevelOwner)
-	k, value := control.NewKey(user.ID, "test", []string{control.ScopeAll}, nil)
-	if _, err := st.CreateKey(k); err != nil {
-		t.Fatal(err)
-	}
-	env.key = value
-	env.api = httptest.NewServer(control.NewAPI(st, control.Config{
-		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 100, Logger: log}))
-	t.Cleanup(env.api.Close)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", env.logs.String())
-		}
+	}, func(p *certstest.Pebble) (string, *x509.CertPool) {
+		fe.proxy = certstest.StartFaultProxy(t, p)
+		return fe.proxy.DirectoryURL(), fe.proxy.ServerRoots()
 	})
 	return fe
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -58,6 +59,7 @@ type lifecycleEnv struct {
 	engine  *control.Engine
 	api     *httptest.Server
 	key     string
+	orgID   string
 	https   string
 	clock   *testClock
 	logs    *syncBuffer
@@ -89,6 +91,14 @@ func (b *syncBuffer) String() string {
 
 func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycleEnv {
 	t.Helper()
+	return newLifecycleEnvCA(t, tweak, nil)
+}
+
+// newLifecycleEnvCA is newLifecycleEnv with the certificate manager talking
+// to the CA that front returns (its directory URL and roots), given
+// Pebble; with front nil, to Pebble itself.
+func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front func(*certstest.Pebble) (string, *x509.CertPool)) *lifecycleEnv {
+	t.Helper()
 	env := &lifecycleEnv{clock: &testClock{}, logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(env.logs, nil))
 	st, err := store.Open(filepath.Join(t.TempDir(), "edgeproxy.db"), store.Options{Now: env.clock.Now})
@@ -115,9 +125,13 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 	env.http = httpLn.Addr().String()
 	env.https = tlsLn.Addr().String()
 	env.pebble = certstest.StartPebble(t, env.dns.Addr(), httpLn.Addr().(*net.TCPAddr).Port, tlsLn.Addr().(*net.TCPAddr).Port)
+	caURL, caRoots := env.pebble.DirectoryURL(), env.pebble.ServerRoots()
+	if front != nil {
+		caURL, caRoots = front(env.pebble)
+	}
 	cm, err := certs.New(st, certs.Config{
-		CA:       env.pebble.DirectoryURL(),
-		CARoots:  env.pebble.ServerRoots(),
+		CA:       caURL,
+		CARoots:  caRoots,
 		HTTPPort: httpLn.Addr().(*net.TCPAddr).Port,
 		TLSPort:  tlsLn.Addr().(*net.TCPAddr).Port,
 		Logger:   log,
@@ -177,6 +191,7 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 	if err != nil {
 		t.Fatal(err)
 	}
+	env.orgID = org.ID
 	user, _ := st.CreateUser("ops@lifecycle.test")
 	st.SetMembership(org.ID, user.ID, store.LevelOwner)
 	k, value := control.NewKey(user.ID, "test", []string{control.ScopeAll}, nil)
