@@ -213,6 +213,23 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	return env
 }
 
+// waitLog waits a few seconds for each line to appear in the logs: the
+// engine logs a transition just after it commits, so a test can see the
+// new status a moment before the line.
+func (env *lifecycleEnv) waitLog(t *testing.T, wants ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, want := range wants {
+		for !strings.Contains(env.logs.String(), want) {
+			if time.Now().After(deadline) {
+				t.Errorf("logs lack %q", want)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
 func (env *lifecycleEnv) startEngine(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -344,11 +361,7 @@ func TestLifecycleCNAMEToValid(t *testing.T) {
 		t.Error("valid record holds no certificate expiry")
 	}
 	env.mustServe(t, "e.shop.example.com")
-	for _, want := range []string{"from=waiting to=issuing", "from=issuing to=valid"} {
-		if !strings.Contains(env.logs.String(), want) {
-			t.Errorf("logs lack the transition %q", want)
-		}
-	}
+	env.waitLog(t, "from=waiting to=issuing", "from=issuing to=valid")
 }
 
 func TestLifecycleFlatteningAndChain(t *testing.T) {
@@ -452,11 +465,7 @@ func TestLifecycleDeleteValid(t *testing.T) {
 	if slices.Contains(stored, "gone.shop.example.com") {
 		t.Errorf("certificate still in storage after delete: %v", stored)
 	}
-	for _, want := range []string{"from=valid to=deleting", "from=deleting to=gone"} {
-		if !strings.Contains(env.logs.String(), want) {
-			t.Errorf("logs lack the transition %q", want)
-		}
-	}
+	env.waitLog(t, "from=valid to=deleting", "from=deleting to=gone")
 }
 
 func TestLifecycleCAUnreachable(t *testing.T) {
