@@ -339,6 +339,15 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, route Route) string
 		refuse(http.StatusNotFound, "not_served", fmt.Sprintf("edgeproxy does not serve %q.", host))
 		return overflowDomain
 	}
+	if conflictingLengths(r.Header.Values("Content-Length")) {
+		// net/http refuses this on HTTP/1.1; its HTTP/2 server takes the
+		// first value and frames the body by DATA frames. RFC 9110 makes
+		// such a request invalid whatever the protocol, so it is refused
+		// here rather than forwarded with one of the two lengths.
+		e.badRequest.Add(1)
+		refuse(http.StatusBadRequest, "bad_request", "The request has Content-Length headers that disagree.")
+		return host
+	}
 	if r.Method == http.MethodConnect {
 		e.badMethod.Add(1)
 		refuse(http.StatusMethodNotAllowed, "method_not_allowed", "CONNECT is not supported: this is a reverse proxy.")
@@ -471,4 +480,21 @@ func RedirectHandler(hosts Hosts, challenge func(http.ResponseWriter, *http.Requ
 		}
 		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
 	})
+}
+
+// conflictingLengths reports whether Content-Length values (each possibly
+// a comma-separated list) name more than one length.
+func conflictingLengths(values []string) bool {
+	first := ""
+	for _, v := range values {
+		for _, n := range strings.Split(v, ",") {
+			n = strings.TrimSpace(n)
+			if first == "" {
+				first = n
+			} else if n != first {
+				return true
+			}
+		}
+	}
+	return false
 }
