@@ -125,6 +125,12 @@ type Edge struct {
 
 	metrics *edgeMetrics
 
+	// failLog and timeoutLog let through one warning per serverLogEvery
+	// about a failing upstream: during an outage every request fails, and
+	// the log must not grow with the request rate (the failures are
+	// counted in edgeproxy_proxy_upstream_errors_total).
+	failLog, timeoutLog *logLimiter
+
 	requests, misdirected, notServed, tooLarge, badMethod, badRequest, badGateway, gatewayTimeout, clientGone atomic.Uint64
 }
 
@@ -145,7 +151,9 @@ func New(hosts Hosts, cfg Config) (*Edge, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	e := &Edge{hosts: hosts, cfg: cfg, log: cfg.Logger}
+	e := &Edge{hosts: hosts, cfg: cfg, log: cfg.Logger,
+		failLog:    &logLimiter{every: serverLogEvery, now: time.Now},
+		timeoutLog: &logLimiter{every: serverLogEvery, now: time.Now}}
 	e.metrics = newEdgeMetrics(e, cfg.Registerer, cfg.PerDomainMetrics)
 	var transport http.RoundTripper = timedTransport{next: cfg.Transport}
 	if cfg.Transport == nil {
@@ -421,12 +429,12 @@ func (e *Edge) upstreamError(w http.ResponseWriter, r *http.Request, err error) 
 			fmt.Sprintf("The request body could not be read: %v.", readError(r.Context())))
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
 		e.gatewayTimeout.Add(1)
-		e.log.Warn("upstream timed out", "upstream", upstream, "path", r.URL.Path, "err", err)
+		e.warnLimited(e.timeoutLog, "upstream timed out", "upstream", upstream, "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusGatewayTimeout, "upstream_timeout",
 			fmt.Sprintf("The upstream %s did not answer in time.", upstream))
 	default:
 		e.badGateway.Add(1)
-		e.log.Warn("upstream failed", "upstream", upstream, "path", r.URL.Path, "err", err)
+		e.warnLimited(e.failLog, "upstream failed", "upstream", upstream, "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusBadGateway, "upstream_unreachable",
 			fmt.Sprintf("The upstream %s could not be reached or broke the connection: %s.", upstream, causeOf(err)))
 	}
@@ -497,4 +505,17 @@ func conflictingLengths(values []string) bool {
 		}
 	}
 	return false
+}
+
+// warnLimited logs a warning if l lets it through, with the number of
+// lines l dropped before it.
+func (e *Edge) warnLimited(l *logLimiter, msg string, args ...any) {
+	ok, suppressed := l.allow()
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	e.log.Warn(msg, args...)
 }
