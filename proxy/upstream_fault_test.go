@@ -309,14 +309,7 @@ func TestUpstreamSlowThenBack(t *testing.T) {
 func TestUpstreamResetMidResponse(t *testing.T) {
 	const rounds = 10
 	h := newFaultHarness(t)
-	clients := map[string]*http.Client{"h1": h.client("h1", ""), "h2": h.client("h2", "")}
-	for _, c := range clients {
-		resp, body := do(t, c, newRequest(t, "POST", "https://"+served+"/i/v0/e/", strings.NewReader("{}")))
-		if resp.StatusCode != 200 {
-			t.Fatalf("before the faults: %d %q", resp.StatusCode, body)
-		}
-	}
-	baseline := runtime.NumGoroutine()
+	clients, baseline := h.warmClients(t)
 
 	for _, framing := range []string{"Content-Length: 1048576", "Transfer-Encoding: chunked"} {
 		for _, proto := range []string{"h1", "h2"} {
@@ -376,14 +369,7 @@ func TestUpstreamResetMidResponse(t *testing.T) {
 func TestUpstreamResetDuringUpload(t *testing.T) {
 	const rounds = 5
 	h := newFaultHarness(t)
-	clients := map[string]*http.Client{"h1": h.client("h1", ""), "h2": h.client("h2", "")}
-	for _, c := range clients {
-		resp, body := do(t, c, newRequest(t, "POST", "https://"+served+"/i/v0/e/", strings.NewReader("{}")))
-		if resp.StatusCode != 200 {
-			t.Fatalf("before the faults: %d %q", resp.StatusCode, body)
-		}
-	}
-	baseline := runtime.NumGoroutine()
+	clients, baseline := h.warmClients(t)
 	h.up.handle(func(conn *net.TCPConn, _ *bufio.Reader, req *http.Request) bool {
 		io.CopyN(io.Discard, req.Body, 64<<10)
 		resetConn(conn)
@@ -423,4 +409,19 @@ func TestUpstreamResetDuringUpload(t *testing.T) {
 	h.up.handle(rawAnswerOK)
 	h.wantOK(t, "h1")
 	h.wantOK(t, "h2")
+}
+
+// warmClients returns an h1 and an h2 client that have each been answered
+// once, so their connections and the edge's upstream pool exist, and the
+// goroutine count then: the baseline wantSettled compares with.
+func (h *faultHarness) warmClients(t *testing.T) (map[string]*http.Client, int) {
+	t.Helper()
+	clients := map[string]*http.Client{"h1": h.client("h1", ""), "h2": h.client("h2", "")}
+	for _, c := range clients {
+		resp, body := do(t, c, newRequest(t, "POST", "https://"+served+"/i/v0/e/", strings.NewReader("{}")))
+		if resp.StatusCode != 200 {
+			t.Fatalf("before the faults: %d %q", resp.StatusCode, body)
+		}
+	}
+	return clients, runtime.NumGoroutine()
 }

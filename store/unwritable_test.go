@@ -83,23 +83,8 @@ func fileSizeLimitScenario(t *testing.T, dir string) {
 	// Growth refused: the limit is the file's size, so writes go on in
 	// the room the file has until one needs it to grow.
 	setFileSizeLimit(t, uint64(fi.Size()))
-	created, refused := len(kept), ""
-	for i := 0; i < 5000 && refused == ""; i++ {
-		domain := fmt.Sprintf("r%04d.example.com", i)
-		_, err := s.CreateRecord(store.Record{OrgID: org.ID, Domain: domain, Status: store.StatusWaiting}, noLimit)
-		switch {
-		case err == nil:
-			created++
-		case errors.Is(err, store.ErrUnwritable):
-			wantUnwritable(t, "CreateRecord beyond the file size limit", err, syscall.EFBIG)
-			refused = domain
-		default:
-			t.Fatalf("CreateRecord(%s): %v", domain, err)
-		}
-	}
-	if refused == "" {
-		t.Fatalf("5000 creates within a file size limit of %d bytes all succeeded", fi.Size())
-	}
+	n, refused := createUntilRefused(t, s, org.ID, "CreateRecord beyond the file size limit", syscall.EFBIG)
+	created := len(kept) + n
 	t.Logf("%d records stored before a create was refused at %d bytes", created, fi.Size())
 	if _, err := s.RecordByDomain(refused); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("the refused create of %s: RecordByDomain = %v, want ErrNotFound", refused, err)
@@ -175,23 +160,7 @@ func TestUnwritableDiskFull(t *testing.T) {
 	})
 	s := openAt(t, filepath.Join(mnt, "edgeproxy.db"), store.Options{Now: newClock().Now})
 	org := mustOrg(t, s, "acme", nil)
-	created, refused := 0, ""
-	for i := 0; i < 5000 && refused == ""; i++ {
-		domain := fmt.Sprintf("r%04d.example.com", i)
-		_, err := s.CreateRecord(store.Record{OrgID: org.ID, Domain: domain, Status: store.StatusWaiting}, noLimit)
-		switch {
-		case err == nil:
-			created++
-		case errors.Is(err, store.ErrUnwritable):
-			wantUnwritable(t, "CreateRecord on a full disk", err, syscall.ENOSPC)
-			refused = domain
-		default:
-			t.Fatalf("CreateRecord(%s): %v", domain, err)
-		}
-	}
-	if refused == "" {
-		t.Fatal("5000 creates on a 256 KiB file system all succeeded")
-	}
+	created, refused := createUntilRefused(t, s, org.ID, "CreateRecord on a full disk", syscall.ENOSPC)
 	t.Logf("%d records stored before the disk was full", created)
 	if _, err := s.RecordByDomain(refused); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("the refused create of %s: RecordByDomain = %v, want ErrNotFound", refused, err)
@@ -217,4 +186,26 @@ func TestUnwritableDiskFull(t *testing.T) {
 	if len(records) != created+1 {
 		t.Errorf("the organization lists %d records, want %d", len(records), created+1)
 	}
+}
+
+// createUntilRefused creates records in the organization until the disk
+// refuses one, which must be for errno; it returns how many were stored
+// and the domain refused. At most 5000 are tried.
+func createUntilRefused(t *testing.T, s *store.Store, orgID, what string, errno syscall.Errno) (created int, refused string) {
+	t.Helper()
+	for i := range 5000 {
+		domain := fmt.Sprintf("r%04d.example.com", i)
+		_, err := s.CreateRecord(store.Record{OrgID: orgID, Domain: domain, Status: store.StatusWaiting}, noLimit)
+		switch {
+		case err == nil:
+			created++
+		case errors.Is(err, store.ErrUnwritable):
+			wantUnwritable(t, what, err, errno)
+			return created, domain
+		default:
+			t.Fatalf("CreateRecord(%s): %v", domain, err)
+		}
+	}
+	t.Fatalf("%s: 5000 creates all succeeded", what)
+	return created, ""
 }

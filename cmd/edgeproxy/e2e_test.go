@@ -83,13 +83,12 @@ type server struct {
 	done    chan error
 }
 
-func startServer(t *testing.T, dataDir string, args ...string) *server {
+// launch starts the binary with args and returns at once. When the test
+// ends the process is killed, and its log must not hold a key value.
+func launch(t *testing.T, bin string, args []string) *server {
 	t.Helper()
-	s := &server{api: "http://" + freeAddr(t), dataDir: dataDir, stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	all := append([]string{"serve", "--dev", "--data-dir", dataDir,
-		"--api-addr", strings.TrimPrefix(s.api, "http://"),
-		"--http-addr", freeAddr(t), "--https-addr", freeAddr(t)}, args...)
-	s.cmd = exec.Command(binary(t), all...)
+	s := &server{stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stderr = s.stderr
 	s.cmd.Stdout = io.Discard
 	s.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
@@ -105,6 +104,17 @@ func startServer(t *testing.T, dataDir string, args ...string) *server {
 			t.Errorf("the server's log contains an API key value (phx_):\n%s", s.stderr)
 		}
 	})
+	return s
+}
+
+// startServer runs `serve --dev` on dataDir with fresh loopback addresses
+// (args come last, so they may override them) and waits for /readyz.
+func startServer(t *testing.T, dataDir string, args ...string) *server {
+	t.Helper()
+	api := freeAddr(t)
+	s := launch(t, binary(t), append([]string{"serve", "--dev", "--data-dir", dataDir,
+		"--api-addr", api, "--http-addr", freeAddr(t), "--https-addr", freeAddr(t)}, args...))
+	s.api, s.dataDir = "http://"+api, dataDir
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get(s.api + "/readyz")

@@ -347,25 +347,6 @@ func (l *loadTally) failedAfter(sigterm int64) bool {
 	return sigterm != 0 && len(l.failed) > 0 && l.failed[len(l.failed)-1].at.UnixNano() >= sigterm
 }
 
-// launch starts the binary with args and returns at once.
-func launch(t *testing.T, bin string, args []string) *server {
-	t.Helper()
-	s := &server{stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	s.cmd = exec.Command(bin, args...)
-	s.cmd.Stderr = s.stderr
-	s.cmd.Stdout = io.Discard
-	s.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.done <- s.cmd.Wait() }()
-	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		<-s.done
-	})
-	return s
-}
-
 // waitServing polls the edge for domain until a proxied request is
 // answered 200 and returns the time since the process was started.
 func (s *server) waitServing(t *testing.T, c *http.Client, domain string) time.Duration {
