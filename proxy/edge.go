@@ -35,14 +35,17 @@
 //
 // Request framing is net/http's, which refuses what could be read two
 // ways: differing Content-Length headers and malformed lengths (400), any
-// Transfer-Encoding but a single "chunked" (501). A request with both
+// Transfer-Encoding but a single "chunked" (501). Over HTTP/2, where
+// net/http keeps the first of several Content-Length values, the edge
+// refuses values that disagree itself (400). A request with both
 // Transfer-Encoding: chunked and Content-Length is read as chunked and its
 // connection closed after the answer, as is every chunked HTTP/1.1
 // request. The upstream gets each request re-framed by the transport, so
 // it reads exactly the requests the edge answered. NewTLSServer and
 // NewPlainServer hold the listeners' bounds: headers within HeaderTimeout
 // (slowloris) and MaxHeaderBytes (431), and an error log that a client
-// cannot flood.
+// cannot flood. Warnings about a failing upstream are limited the same
+// way, since during an outage every request fails.
 package proxy
 
 import (
