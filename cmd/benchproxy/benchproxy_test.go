@@ -6,40 +6,6 @@ import (
 	"testing"
 )
 
-func TestParseProcStat(t *testing.T) {
-	// The command name may hold spaces and parentheses.
-	s, err := parseProcStat("4242 (nginx: worker (x)) S 4241 4241 4241 0 -1 4194624 100 0 0 0 1234 567 0 0 20 0 1 0 100 1000 200 18446744073709551615\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.ppid != 4241 || s.utime != 1234 || s.stime != 567 {
-		t.Errorf("got %+v, want ppid 4241 utime 1234 stime 567", s)
-	}
-	if _, err := parseProcStat("garbage"); err == nil {
-		t.Error("garbage parsed")
-	}
-}
-
-func TestParseCPUTimes(t *testing.T) {
-	cpus, err := parseCPUTimes("cpu  10 0 10 100 5 0 0 0 0 0\ncpu0 1 2 3 40 5 6 7 8 0 0\ncpu1 10 0 0 90 0 0 0 0 0 0\nintr 1\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := cpus[0]; got.busy != 1+2+3+6+7+8 || got.total != 1+2+3+40+5+6+7+8 {
-		t.Errorf("cpu0 = %+v", got)
-	}
-	if got := cpus[1]; got.busy != 10 || got.total != 100 {
-		t.Errorf("cpu1 = %+v", got)
-	}
-}
-
-func TestStatusField(t *testing.T) {
-	v, err := statusField("Name:\tx\nVmRSS:\t   12345 kB\n", "VmRSS")
-	if err != nil || v != 12345 {
-		t.Errorf("VmRSS = %d, %v", v, err)
-	}
-}
-
 func TestParseWrkOutput(t *testing.T) {
 	s, err := parseWrkOutput("Running 10s test\nBENCHJSON {\"duration_us\":10000000,\"requests\":5,\"bytes\":10,\"connect\":0,\"read\":1,\"write\":0,\"status\":2,\"timeout\":0,\"p50_us\":100,\"p90_us\":200,\"p99_us\":300,\"max_us\":400,\"mean_us\":120.5}\n")
 	if err != nil {

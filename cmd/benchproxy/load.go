@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/procfs"
 )
 
 // wrkSummary is what the wrk scripts print in done().
@@ -144,7 +146,7 @@ func (b *bench) handshakes(p *peer, d time.Duration) (ok, failed int64) {
 type snapshot struct {
 	at            time.Time
 	proxy, up     int64 // clock ticks
-	cpus          map[int]cpuTimes
+	cpus          map[int]procfs.CPUTimes
 	self          time.Duration
 	proxyRSS      int64
 	proxyPIDCount int
@@ -163,7 +165,7 @@ func (b *bench) snapshot(p *peer) (snapshot, error) {
 	if s.up, err = cpuTicks(b.upstream.pids()); err != nil {
 		return s, fmt.Errorf("upstream: %w", err)
 	}
-	if s.cpus, err = readCPUTimes(); err != nil {
+	if _, s.cpus, err = procfs.ReadCPUTimes(); err != nil {
 		return s, err
 	}
 	var ru syscall.Rusage
@@ -262,19 +264,19 @@ func (b *bench) measureQuiet(p *peer, test string, rep int) (result, error) {
 func (b *bench) waitQuiet() {
 	deadline := time.Now().Add(b.o.quietWait)
 	for {
-		a, err := readCPUTimes()
+		_, a, err := procfs.ReadCPUTimes()
 		if err != nil {
 			return
 		}
 		time.Sleep(500 * time.Millisecond)
-		z, err := readCPUTimes()
+		_, z, err := procfs.ReadCPUTimes()
 		if err != nil {
 			return
 		}
 		var busy float64
 		for cpu, t := range z {
-			if d := t.total - a[cpu].total; d > 0 {
-				busy += float64(t.busy-a[cpu].busy) / float64(d)
+			if d := t.Total - a[cpu].Total; d > 0 {
+				busy += float64(t.Busy-a[cpu].Busy) / float64(d)
 			}
 		}
 		if busy <= b.o.maxOthers || time.Now().After(deadline) || b.ctx.Err() != nil {
@@ -320,7 +322,7 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 	if test == testHandshake {
 		r.PerSec = float64(r.Count) / r.Seconds
 	}
-	tick := float64(time.Second / clockTicks)
+	tick := float64(time.Second / procfs.ClockTicks)
 	if p.proc != nil && r.Count > 0 {
 		proxy := float64(after.proxy-before.proxy) * tick
 		r.ProxyUS = proxy / 1e3 / float64(r.Count)
@@ -329,10 +331,10 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 	load, prox := cpuListFirst(b.o.loadCPU), cpuListFirst(b.o.proxyCPU)
 	busy := func(cpu int) float64 {
 		a, z := before.cpus[cpu], after.cpus[cpu]
-		if z.total == a.total {
+		if z.Total == a.Total {
 			return 0
 		}
-		return float64(z.busy-a.busy) / float64(z.total-a.total)
+		return float64(z.Busy-a.Busy) / float64(z.Total-a.Total)
 	}
 	r.LoadBusy, r.ProxyCPUBusy = busy(load), busy(prox)
 	ours := float64(after.up-before.up)*tick + float64(wrkCPU) + float64(after.self-before.self)

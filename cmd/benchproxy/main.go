@@ -43,6 +43,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/procfs"
 )
 
 // benchDomain is the customer domain every peer serves.
@@ -306,7 +308,7 @@ func (b *bench) machine() map[string]string {
 // onlineCPUs counts the machine's CPUs (runtime.NumCPU counts only those
 // this process may run on).
 func onlineCPUs() int {
-	cpus, err := readCPUTimes()
+	_, cpus, err := procfs.ReadCPUTimes()
 	if err != nil {
 		return runtime.NumCPU()
 	}

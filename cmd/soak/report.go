@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/procfs"
 )
 
 // result is everything one soak found.
@@ -144,7 +146,7 @@ func (r *result) markdown() string {
 		if i > 0 {
 			prev := r.samples[i-1]
 			if dt := (s.at - prev.at).Seconds(); dt > 0 {
-				cpu = fmt.Sprintf("%.0f", 100*float64(s.cpuTicks-prev.cpuTicks)/clockTicks/dt)
+				cpu = fmt.Sprintf("%.0f", 100*float64(s.cpuTicks-prev.cpuTicks)/procfs.ClockTicks/dt)
 			}
 			if dt := s.machineTotal - prev.machineTotal; dt > 0 {
 				mcpu = fmt.Sprintf("%.0f", 100*float64(s.machineBusy-prev.machineBusy)/float64(dt))
@@ -156,7 +158,7 @@ func (r *result) markdown() string {
 	if n := len(r.samples); n > 1 {
 		first, last := r.samples[0], r.samples[n-1]
 		if dt := (last.at - first.at).Seconds(); dt > 0 {
-			p("\nServer CPU over the run: %.0f %% of one core on average.\n", 100*float64(last.cpuTicks-first.cpuTicks)/clockTicks/dt)
+			p("\nServer CPU over the run: %.0f %% of one core on average.\n", 100*float64(last.cpuTicks-first.cpuTicks)/procfs.ClockTicks/dt)
 		}
 	}
 	p("\n")

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/procfs"
 )
 
 // sample is the server's resources at one moment of the run.
@@ -30,10 +32,6 @@ type sample struct {
 	machineBusy       int64
 	machineTotal      int64
 }
-
-// clockTicks is USER_HZ, the unit of utime and stime in /proc (100 on
-// every Linux architecture Go runs on).
-const clockTicks = 100
 
 // sampler reads the server's resources every interval.
 type sampler struct {
@@ -77,7 +75,7 @@ func (s *sampler) take(ctx context.Context, client *http.Client) (sample, error)
 	if err != nil {
 		return smp, err
 	}
-	if smp.rssKB, err = statusField(string(status), "VmRSS"); err != nil {
+	if smp.rssKB, err = procfs.StatusField(string(status), "VmRSS"); err != nil {
 		return smp, err
 	}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", s.pid))
@@ -85,13 +83,11 @@ func (s *sampler) take(ctx context.Context, client *http.Client) (sample, error)
 		return smp, err
 	}
 	smp.fds = len(fds)
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.pid))
+	st, err := procfs.ReadStat(s.pid)
 	if err != nil {
 		return smp, err
 	}
-	if smp.cpuTicks, err = parseCPUTicks(string(stat)); err != nil {
-		return smp, err
-	}
+	smp.cpuTicks = st.UTime + st.STime
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.metricsURL, nil)
 	if err != nil {
 		return smp, err
@@ -109,9 +105,11 @@ func (s *sampler) take(ctx context.Context, client *http.Client) (sample, error)
 		return smp, fmt.Errorf("scraping /metrics: %w", err)
 	}
 	smp.goroutines, smp.records = g, recs
-	if smp.machineBusy, smp.machineTotal, err = readMachineTicks(); err != nil {
+	machine, _, err := procfs.ReadCPUTimes()
+	if err != nil {
 		return smp, err
 	}
+	smp.machineBusy, smp.machineTotal = machine.Busy, machine.Total
 	if s.healthzURL != "" {
 		if smp.healthz, err = timeGet(ctx, client, s.healthzURL); err != nil {
 			return smp, fmt.Errorf("GET /healthz: %w", err)
@@ -145,32 +143,6 @@ func timeGet(ctx context.Context, client *http.Client, url string) (time.Duratio
 		return 0, fmt.Errorf("status %d", resp.StatusCode)
 	}
 	return time.Since(t), nil
-}
-
-// readMachineTicks returns the busy and total ticks of all CPUs from the
-// first line of /proc/stat (idle and iowait are not busy).
-func readMachineTicks() (busy, total int64, err error) {
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0, err
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	f := strings.Fields(line)
-	if len(f) < 5 || f[0] != "cpu" {
-		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
-	}
-	// user nice system idle iowait irq softirq steal (guest is in user).
-	for i, v := range f[1:min(len(f), 9)] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/stat: %q: %w", line, err)
-		}
-		total += n
-		if i != 3 && i != 4 {
-			busy += n
-		}
-	}
-	return busy, total, nil
 }
 
 // parseMetrics reads go_goroutines and the sum of edgeproxy_records from a
@@ -207,44 +179,4 @@ func parseMetrics(r io.Reader) (goroutines, records int, err error) {
 		return 0, 0, fmt.Errorf("no go_goroutines")
 	}
 	return goroutines, records, nil
-}
-
-// statusField returns a "Name:   123 kB" field of /proc/<pid>/status.
-func statusField(status, name string) (int64, error) {
-	for _, line := range strings.Split(status, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok || k != name {
-			continue
-		}
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			break
-		}
-		return strconv.ParseInt(f[0], 10, 64)
-	}
-	return 0, fmt.Errorf("no %s in /proc status", name)
-}
-
-// parseCPUTicks returns utime+stime from the contents of /proc/<pid>/stat.
-// The command name, in parentheses, may hold spaces and parentheses, so
-// fields are counted from the last ')'.
-func parseCPUTicks(stat string) (int64, error) {
-	i := strings.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc stat %q", stat)
-	}
-	f := strings.Fields(stat[i+1:])
-	// f[0] is field 3 (state); utime is field 14, stime 15.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("malformed /proc stat %q", stat)
-	}
-	u, err := strconv.ParseInt(f[11], 10, 64)
-	if err != nil {
-		return 0, err
-	}
-	s, err := strconv.ParseInt(f[12], 10, 64)
-	if err != nil {
-		return 0, err
-	}
-	return u + s, nil
 }

@@ -250,19 +250,6 @@ edgeproxy_records_scrape_errors_total 0
 	}
 }
 
-func TestParseProc(t *testing.T) {
-	ticks, err := parseCPUTicks("4242 (edge proxy (x)) S 1 4242 4242 0 -1 4194624 100 0 0 0 1234 567 0 0 20 0 9 0 100 1000 200\n")
-	if err != nil || ticks != 1234+567 {
-		t.Errorf("parseCPUTicks = %d, %v; want %d", ticks, err, 1234+567)
-	}
-	if _, err := parseCPUTicks("garbage"); err == nil {
-		t.Error("garbage parsed")
-	}
-	if v, err := statusField("Name:\tedgeproxy\nVmRSS:\t   12345 kB\n", "VmRSS"); err != nil || v != 12345 {
-		t.Errorf("VmRSS = %d, %v", v, err)
-	}
-}
-
 func TestValidate(t *testing.T) {
 	c := defaultConfig()
 	if err := c.validate(); err != nil {
