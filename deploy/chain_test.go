@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -43,8 +44,8 @@ type world struct {
 
 func startWorld(t *testing.T) *world {
 	t.Helper()
-	w := &world{dns: dnstest.Start(t), api: freeAddr(t), httpsAddr: freeAddr(t), dataDir: t.TempDir()}
-	httpAddr := freeAddr(t)
+	w := &world{dns: dnstest.Start(t), api: testbin.FreeAddr(t), httpsAddr: testbin.FreeAddr(t), dataDir: t.TempDir()}
+	httpAddr := testbin.FreeAddr(t)
 	w.pebble = certstest.StartPebble(t, w.dns.Addr(), portOf(t, httpAddr), portOf(t, w.httpsAddr))
 	root := filepath.Join(t.TempDir(), "pebble.pem")
 	if err := os.WriteFile(root, w.pebble.ServerCertPEM(), 0o600); err != nil {
@@ -56,7 +57,7 @@ func startWorld(t *testing.T) *world {
 		io.WriteString(rw, `{"status":1}`)
 	}))
 	t.Cleanup(w.upstream.Close)
-	w.server = startProcess(t, []string{"PATH=" + os.Getenv("PATH")}, binary(t), "serve", "--dev",
+	w.server = startProcess(t, []string{"PATH=" + os.Getenv("PATH")}, testbin.Build(t, true), "serve", "--dev",
 		"--data-dir", w.dataDir, "--api-addr", w.api, "--http-addr", httpAddr, "--https-addr", w.httpsAddr,
 		"--acme-ca", w.pebble.DirectoryURL(), "--acme-ca-root", root,
 		"--acme-caa-identities", certstest.CAAIdentity, "--dns-resolvers", w.dns.Addr(),

@@ -13,9 +13,7 @@ package deploy_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"maps"
 	"net"
@@ -28,12 +26,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
 
 // The shipped files, relative to this package's directory.
@@ -50,40 +49,7 @@ const (
 // one series for each.
 var statuses = []string{"waiting", "issuing", "valid", "warning", "erroring", "deleting", "timed_out"}
 
-var (
-	binOnce sync.Once
-	binDir  string
-	binPath string
-	binErr  error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
-
-// binary builds the edgeproxy binary (with the race detector) once per run.
-func binary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "edgeproxy-deploy-bin")
-		if binErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "edgeproxy")
-		out, err := exec.Command("go", "build", "-race", "-o", binPath, "github.com/edgeproxy/edgeproxy/cmd/edgeproxy").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // tool finds a Prometheus tool on PATH. A missing one fails the test:
 // these checks are part of the suite, not optional.
@@ -105,16 +71,6 @@ func readFile(t *testing.T, path string) string {
 	return string(data)
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func portOf(t *testing.T, addr string) int {
 	t.Helper()
 	_, p, err := net.SplitHostPort(addr)
@@ -128,37 +84,18 @@ func portOf(t *testing.T, addr string) int {
 	return n
 }
 
-// lockedBuffer collects a child process's output; the test reads it while
-// the process still writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // process is a child process that is stopped when the test ends: SIGTERM,
 // then SIGKILL after a bound.
 type process struct {
 	cmd    *exec.Cmd
-	output *lockedBuffer
+	output *testbin.LockedBuffer
 	done   chan struct{}
 	err    error
 }
 
 func startProcess(t *testing.T, env []string, name string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(name, args...), output: &lockedBuffer{}, done: make(chan struct{})}
+	p := &process{cmd: exec.Command(name, args...), output: &testbin.LockedBuffer{}, done: make(chan struct{})}
 	p.cmd.Env = env
 	p.cmd.Stdout = io.Discard
 	p.cmd.Stderr = p.output
@@ -264,7 +201,7 @@ func TestUnitVerifies(t *testing.T) {
 		t.Skip("systemd-analyze is not on PATH (systemd not installed here); the unit's syntax is not verified by systemd")
 	}
 	unit := readFile(t, unitFile)
-	bin := binary(t)
+	bin := testbin.Build(t, true)
 	if !strings.Contains(unit, "ExecStart=/usr/local/bin/edgeproxy ") {
 		t.Fatal("ExecStart does not run /usr/local/bin/edgeproxy")
 	}
@@ -293,7 +230,7 @@ var envLine = regexp.MustCompile(`^#?(EDGEPROXY_[A-Z_]+)=(.*)$`)
 // the flags of `edgeproxy serve`, and that the server starts with every
 // value it shows (set and commented defaults alike).
 func TestEnvExample(t *testing.T) {
-	bin := binary(t)
+	bin := testbin.Build(t, true)
 	help, _ := exec.Command(bin, "serve", "--help").CombinedOutput()
 	flags := map[string]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^  -([a-z-]+)`).FindAllStringSubmatch(string(help), -1) {
@@ -344,9 +281,9 @@ func TestEnvExample(t *testing.T) {
 			env = append(env, k+"="+vars[k])
 		}
 	}
-	api := freeAddr(t)
+	api := testbin.FreeAddr(t)
 	p := startProcess(t, env, bin, "serve", "--data-dir", t.TempDir(),
-		"--api-addr", api, "--http-addr", freeAddr(t), "--https-addr", freeAddr(t))
+		"--api-addr", api, "--http-addr", testbin.FreeAddr(t), "--https-addr", testbin.FreeAddr(t))
 	p.waitHTTP(t, "http://"+api+"/readyz", 30*time.Second)
 	if !strings.Contains(p.output.String(), `"target_cname_base":"`+set["EDGEPROXY_TARGET_CNAME_BASE"]+`"`) {
 		t.Errorf("the server did not take its settings from the environment (json log, target base):\n%s", p.output)

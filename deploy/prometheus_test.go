@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
 
 // promServer is a real Prometheus on loopback.
@@ -41,7 +43,7 @@ func startPrometheus(t *testing.T, bin, target string) *promServer {
 	if err := os.WriteFile(filepath.Join(dir, "alerts.yml"), []byte(readFile(t, alertsFile)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testbin.FreeAddr(t)
 	p := &promServer{url: "http://" + addr}
 	p.process = startProcess(t, []string{"PATH=" + os.Getenv("PATH")}, bin,
 		"--config.file", filepath.Join(dir, "prometheus.yml"),

@@ -3,20 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
+
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // TestRun runs the tool as `make e2e` does, against a freshly built
 // binary, and checks that it shows the whole path.
 func TestRun(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "edgeproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, "../edgeproxy").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testbin.Build(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer

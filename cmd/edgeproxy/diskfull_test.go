@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -109,7 +110,7 @@ func (s *server) waitReady(t *testing.T, want int) string {
 // stderr and exit error.
 func (s *server) adminCommand(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(binary(t), append(args, "--data-dir", s.dataDir)...)
+	cmd := exec.Command(testbin.Build(t, true), append(args, "--data-dir", s.dataDir)...)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
 	err := cmd.Run()

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,70 +15,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// binary builds the edgeproxy binary once per test run.
-func binary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "edgeproxy-bin")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "edgeproxy")
-		out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// lockedBuffer collects a process's output while tests read it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // server is a running edgeproxy binary.
 type server struct {
 	cmd     *exec.Cmd
 	api     string
 	dataDir string
-	stderr  *lockedBuffer
+	stderr  *testbin.LockedBuffer
 	done    chan error
 }
 
@@ -87,7 +34,7 @@ type server struct {
 // ends the process is killed, and its log must not hold a key value.
 func launch(t *testing.T, bin string, args []string) *server {
 	t.Helper()
-	s := &server{stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	s := &server{stderr: &testbin.LockedBuffer{}, done: make(chan error, 1)}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stderr = s.stderr
 	s.cmd.Stdout = io.Discard
@@ -111,9 +58,9 @@ func launch(t *testing.T, bin string, args []string) *server {
 // (args come last, so they may override them) and waits for /readyz.
 func startServer(t *testing.T, dataDir string, args ...string) *server {
 	t.Helper()
-	api := freeAddr(t)
-	s := launch(t, binary(t), append([]string{"serve", "--dev", "--data-dir", dataDir,
-		"--api-addr", api, "--http-addr", freeAddr(t), "--https-addr", freeAddr(t)}, args...))
+	api := testbin.FreeAddr(t)
+	s := launch(t, testbin.Build(t, true), append([]string{"serve", "--dev", "--data-dir", dataDir,
+		"--api-addr", api, "--http-addr", testbin.FreeAddr(t), "--https-addr", testbin.FreeAddr(t)}, args...))
 	s.api, s.dataDir = "http://"+api, dataDir
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
@@ -170,7 +117,7 @@ func (s *server) request(t *testing.T, key, method, path, body string, out any) 
 // admin runs an admin command against the server and decodes its JSON.
 func (s *server) admin(t *testing.T, out any, args ...string) {
 	t.Helper()
-	cmd := exec.Command(binary(t), append(args, "--data-dir", s.dataDir)...)
+	cmd := exec.Command(testbin.Build(t, true), append(args, "--data-dir", s.dataDir)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	data, err := cmd.Output()

@@ -13,6 +13,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -28,7 +29,7 @@ type acmeWorld struct {
 
 func newACMEWorld(t *testing.T) *acmeWorld {
 	t.Helper()
-	w := &acmeWorld{dns: dnstest.Start(t), httpAddr: freeAddr(t), httpsAddr: freeAddr(t)}
+	w := &acmeWorld{dns: dnstest.Start(t), httpAddr: testbin.FreeAddr(t), httpsAddr: testbin.FreeAddr(t)}
 	_, httpPort, _ := net.SplitHostPort(w.httpAddr)
 	_, httpsPort, _ := net.SplitHostPort(w.httpsAddr)
 	w.pebble = certstest.StartPebble(t, w.dns.Addr(), atoi(httpPort), atoi(httpsPort))

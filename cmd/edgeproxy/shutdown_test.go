@@ -11,8 +11,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
 
 // TestShutdownUnderLoad runs the binary on a data dir of valid records
@@ -46,12 +46,9 @@ func TestShutdownUnderLoad(t *testing.T) {
 			t.Fatalf("EDGEPROXY_SHUTDOWN_RECORDS=%q", v)
 		}
 		restarts = 3
-		bin = filepath.Join(t.TempDir(), "edgeproxy")
-		if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-			t.Fatalf("go build: %v\n%s", err, out)
-		}
+		bin = testbin.Build(t, false)
 	} else {
-		bin = binary(t)
+		bin = testbin.Build(t, true)
 	}
 
 	w := newACMEWorld(t)
@@ -61,7 +58,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	domains := buildStartupDataDir(t, dir, w.pebble.DirectoryURL(), n, ca)
 	t.Logf("data dir: %d valid records with certificates, built in %s", n, time.Since(began).Round(time.Millisecond))
 	up := newHoldingUpstream(t)
-	api := freeAddr(t)
+	api := testbin.FreeAddr(t)
 	args := append([]string{"serve", "--data-dir", dir, "--api-addr", api, "--target-cname-base", startupBase,
 		"--upstream", up.URL, "--assets-upstream", up.URL}, w.args...)
 

@@ -38,6 +38,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control"
 	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -82,10 +83,7 @@ func TestStartupWithValidRecords(t *testing.T) {
 	t.Logf("data dir: %d valid records with certificates, edgeproxy.db %.1f MiB, built in %s",
 		n, float64(fi.Size())/(1<<20), time.Since(began).Round(time.Millisecond))
 
-	bin := filepath.Join(t.TempDir(), "edgeproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testbin.Build(t, false)
 	check := []string{domains[0], domains[n/2], domains[n-1]}
 	for i := range runs {
 		ready, rss := startupRun(t, bin, dir, w, ca, check)
@@ -296,7 +294,7 @@ const startupBase = "proxy.example.net"
 // stops it with SIGTERM.
 func startupRun(t *testing.T, bin, dir string, w *acmeWorld, ca *startupCA, check []string) (ready time.Duration, rss string) {
 	t.Helper()
-	api := freeAddr(t)
+	api := testbin.FreeAddr(t)
 	args := append([]string{"serve", "--data-dir", dir, "--api-addr", api, "--target-cname-base", startupBase}, w.args...)
 	cmd := exec.Command(bin, args...)
 	var stderr bytes.Buffer

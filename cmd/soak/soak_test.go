@@ -6,39 +6,20 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
 
-// bin is the edgeproxy binary the tests run, built once without -race as
-// `make soak` builds it.
-var bin string
+func TestMain(m *testing.M) { testbin.Main(m) }
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "soak-test-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = filepath.Join(dir, "edgeproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, "../edgeproxy").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// shortConfig is the short form of `make soak` that `make test` runs.
-func shortConfig() config {
+// shortConfig is the short form of `make soak` that `make test` runs, on
+// the binary built without -race, as `make soak` builds it.
+func shortConfig(t *testing.T) config {
 	return config{
-		Bin:         bin,
+		Bin:         testbin.Build(t, false),
 		Duration:    20 * time.Second,
 		Warmup:      5 * time.Second,
 		Period:      5 * time.Second,
@@ -59,7 +40,7 @@ func shortConfig() config {
 // through the whole cycle with traffic, and that every request to a
 // deleted domain was refused.
 func TestSoakShort(t *testing.T) {
-	c := shortConfig()
+	c := shortConfig(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	res, err := run(ctx, c, testLog{t})
@@ -125,7 +106,7 @@ func TestSoakShort(t *testing.T) {
 // 7th request and checks the soak fails, counting exactly those requests
 // as unprovoked failures: the harness sees failures, and only real ones.
 func TestSoakCountsFailures(t *testing.T) {
-	c := shortConfig()
+	c := shortConfig(t)
 	c.Duration, c.Warmup, c.Period, c.Rate, c.Churners = 6*time.Second, 2*time.Second, 2*time.Second, 40, 0
 	c.upstreamFault = func(n int64) bool { return n%7 == 0 }
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -281,7 +262,7 @@ func (l testLog) Write(p []byte) (int, error) {
 func TestRestCheck(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	e, err := start(ctx, shortConfig(), testLog{t})
+	e, err := start(ctx, shortConfig(t), testLog{t})
 	if e != nil {
 		defer e.close()
 	}

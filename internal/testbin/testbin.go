@@ -1,0 +1,109 @@
+// Package testbin serves the tests that run the edgeproxy binary as a
+// separate process (cmd/edgeproxy, deploy, cmd/e2e, cmd/soak): it builds
+// the binary once per test process and flavour, and holds the two small
+// helpers every such test needs. Only tests import it.
+package testbin
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// builds are the binaries built in this process, by flavour (race or
+// not), all under dir.
+var (
+	mu     sync.Mutex
+	dir    string
+	builds = map[bool]*build{}
+)
+
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Build returns the path of the edgeproxy binary (./cmd/edgeproxy of this
+// module), built with the race detector when race is set. Each flavour is
+// built once per test process; Main removes them.
+func Build(tb testing.TB, race bool) string {
+	tb.Helper()
+	mu.Lock()
+	b := builds[race]
+	if b == nil {
+		b = &build{}
+		builds[race] = b
+	}
+	mu.Unlock()
+	b.once.Do(func() {
+		mu.Lock()
+		if dir == "" {
+			dir, b.err = os.MkdirTemp("", "edgeproxy-testbin")
+		}
+		d := dir
+		mu.Unlock()
+		if b.err != nil {
+			return
+		}
+		name, args := "edgeproxy", []string{"build"}
+		if race {
+			name, args = "edgeproxy-race", append(args, "-race")
+		}
+		b.path = filepath.Join(d, name)
+		args = append(args, "-o", b.path, "github.com/edgeproxy/edgeproxy/cmd/edgeproxy")
+		if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go %v: %v\n%s", args, err, out)
+		}
+	})
+	if b.err != nil {
+		tb.Fatal(b.err)
+	}
+	return b.path
+}
+
+// Main runs the package's tests, then removes the binaries Build made.
+// Call it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	mu.Lock()
+	if dir != "" {
+		os.RemoveAll(dir)
+	}
+	mu.Unlock()
+	os.Exit(code)
+}
+
+// FreeAddr returns a loopback address whose port is free right now.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// LockedBuffer collects a child process's output while the test reads it.
+type LockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *LockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *LockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
