@@ -43,7 +43,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if v := os.Getenv("EDGEPROXY_SHUTDOWN_RECORDS"); v != "" {
 		var err error
 		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
-			t.Fatalf("EDGEPROXY_SHUTDOWN_RECORDS=%q", v)
+			t.Fatalf("EDGEPROXY_SHUTDOWN_RECORDS=%q: want a whole number of records above 0", v)
 		}
 		restarts = 3
 		bin = testbin.Build(t, false)

@@ -68,7 +68,7 @@ func TestStartupWithValidRecords(t *testing.T) {
 	runs := 3
 	if v := os.Getenv("EDGEPROXY_BENCH_RUNS"); v != "" {
 		if runs, err = strconv.Atoi(v); err != nil || runs <= 0 {
-			t.Fatalf("EDGEPROXY_BENCH_RUNS=%q", v)
+			t.Fatalf("EDGEPROXY_BENCH_RUNS=%q: want a whole number of runs above 0", v)
 		}
 	}
 	w := newACMEWorld(t)
