@@ -391,19 +391,29 @@ func (b *bench) newPeerOf(spec, kind, kindBin, envSpec string) (*peer, error) {
 	return nil, fmt.Errorf("unknown peer %q (upstream, upstream-tls, edgeproxy[@BINARY][+ENV=VALUE...], nginx, caddy)", spec)
 }
 
-func (b *bench) nginxPeer() (*peer, error) {
+// configuredPeer is a TLS peer of the given kind on a free port, with its
+// own directory and a configuration file rendered there from tmpl.
+func (b *bench) configuredPeer(kind, confName, tmpl string) (p *peer, dir, conf string, err error) {
 	ports, err := freePorts(1)
 	if err != nil {
-		return nil, err
+		return nil, "", "", err
 	}
-	p := &peer{name: "nginx", kind: "nginx", port: ports[0], tls: true}
-	dir := b.path("nginx")
+	p = &peer{name: kind, kind: kind, port: ports[0], tls: true}
+	dir = b.path(kind)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return nil, "", "", err
 	}
-	conf := filepath.Join(dir, "nginx.conf")
-	if err := render(conf, nginxProxyConf, confData{Dir: dir, Cert: b.certFile, Key: b.keyFile, Domain: benchDomain,
+	conf = filepath.Join(dir, confName)
+	if err := render(conf, tmpl, confData{Dir: dir, Cert: b.certFile, Key: b.keyFile, Domain: benchDomain,
 		Port: p.port, Upstream: b.upstreamPort}); err != nil {
+		return nil, "", "", err
+	}
+	return p, dir, conf, nil
+}
+
+func (b *bench) nginxPeer() (*peer, error) {
+	p, dir, conf, err := b.configuredPeer("nginx", "nginx.conf", nginxProxyConf)
+	if err != nil {
 		return nil, err
 	}
 	p.start = func() error {
@@ -419,18 +429,8 @@ func (b *bench) nginxPeer() (*peer, error) {
 }
 
 func (b *bench) caddyPeer() (*peer, error) {
-	ports, err := freePorts(1)
+	p, dir, conf, err := b.configuredPeer("caddy", "Caddyfile", caddyfile)
 	if err != nil {
-		return nil, err
-	}
-	p := &peer{name: "caddy", kind: "caddy", port: ports[0], tls: true}
-	dir := b.path("caddy")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	conf := filepath.Join(dir, "Caddyfile")
-	if err := render(conf, caddyfile, confData{Dir: dir, Cert: b.certFile, Key: b.keyFile, Domain: benchDomain,
-		Port: p.port, Upstream: b.upstreamPort}); err != nil {
 		return nil, err
 	}
 	p.start = func() error {
