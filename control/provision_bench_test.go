@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -25,11 +24,13 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/prometheus/procfs"
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control/dnsverify"
 	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/cpustat"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -164,7 +165,7 @@ func TestProvisionBurst(t *testing.T) {
 	}()
 
 	cpuBefore := provisionCPU()
-	hwmBefore := provisionProcStatus(t, "VmHWM")
+	hwmBefore := provisionHWM(t)
 	queriesBefore := dns.Queries()
 	start := time.Now()
 	tracker.setStart(start)
@@ -251,7 +252,7 @@ func TestProvisionBurst(t *testing.T) {
 	t.Logf("peak goroutines: %d (before the burst: %d); peak records in flight: %d (of %d workers); peak ACME slots busy: %d (of %d)",
 		s.goroutines, s.goroutinesBefore, s.inflight, engine.cfg.Workers, s.acme, engine.cfg.ACMEWorkers)
 	t.Logf("peak Go heap in use: %.1f MiB; VmHWM: %s before the burst, %s after (the whole process: Pebble and the DNS server included)",
-		float64(s.heap)/(1<<20), hwmBefore, provisionProcStatus(t, "VmHWM"))
+		float64(s.heap)/(1<<20), hwmBefore, provisionHWM(t))
 	// The engine's share: the checks of one record, alone.
 	q0 := dns.Queries()
 	verifier.CheckCNAME(context.Background(), domains[0], TargetCNAME(org.ID, domains[0], "proxy.example.net"))
@@ -274,8 +275,9 @@ func TestProvisionBurst(t *testing.T) {
 	}
 }
 
-// provisionCPUTimes is the CPU time used by the whole machine (from
-// /proc/stat) and by this process (getrusage).
+// provisionCPUTimes is the busy CPU time of the whole machine (from
+// /proc/stat, busy as package cpustat defines it) and the CPU time of this
+// process (getrusage).
 type provisionCPUTimes struct{ machine, self time.Duration }
 
 func provisionCPU() provisionCPUTimes {
@@ -284,19 +286,15 @@ func provisionCPU() provisionCPUTimes {
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	data, err := os.ReadFile("/proc/stat")
+	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return c
 	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	// cpu user nice system idle iowait irq softirq steal guest guest_nice
-	fields := strings.Fields(line)
-	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system irq softirq
-		if i < len(fields) {
-			ticks, _ := strconv.ParseInt(fields[i], 10, 64)
-			c.machine += time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100
-		}
+	stat, err := fs.Stat()
+	if err != nil {
+		return c
 	}
+	c.machine = time.Duration(cpustat.Busy(stat.CPUTotal) * float64(time.Second))
 	return c
 }
 
@@ -471,20 +469,17 @@ func (s *provisionSampler) result() *provisionSampler {
 	return s
 }
 
-// provisionProcStatus returns a field of /proc/self/status ("VmHWM"), as
-// written there ("123456 kB").
-func provisionProcStatus(t *testing.T, field string) string {
+// provisionHWM returns the peak resident set size of this process
+// (VmHWM), in MiB.
+func provisionHWM(t *testing.T) string {
 	t.Helper()
-	f, err := os.Open("/proc/self/status")
+	self, err := procfs.Self()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			return strings.TrimSpace(v)
-		}
+	status, err := self.NewStatus()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return "?"
+	return fmt.Sprintf("%.1f MiB", float64(status.VmHWM)/(1<<20))
 }

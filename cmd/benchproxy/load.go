@@ -19,7 +19,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edgeproxy/edgeproxy/internal/procfs"
+	"github.com/prometheus/procfs"
+
+	"github.com/edgeproxy/edgeproxy/internal/cpustat"
 )
 
 // wrkSummary is what the wrk scripts print in done().
@@ -145,8 +147,8 @@ func (b *bench) handshakes(p *peer, d time.Duration) (ok, failed int64) {
 // snapshot is the CPU accounting at one instant.
 type snapshot struct {
 	at            time.Time
-	proxy, up     int64 // clock ticks
-	cpus          map[int]procfs.CPUTimes
+	proxy, up     float64 // CPU seconds
+	cpus          map[int64]procfs.CPUStat
 	self          time.Duration
 	proxyRSS      int64
 	proxyPIDCount int
@@ -158,14 +160,14 @@ func (b *bench) snapshot(p *peer) (snapshot, error) {
 	if p.proc != nil {
 		pids := p.proc.pids()
 		s.proxyPIDCount = len(pids)
-		if s.proxy, err = cpuTicks(pids); err != nil {
+		if s.proxy, err = cpuSeconds(pids); err != nil {
 			return s, fmt.Errorf("%s: %w", p.name, err)
 		}
 	}
-	if s.up, err = cpuTicks(b.upstream.pids()); err != nil {
+	if s.up, err = cpuSeconds(b.upstream.pids()); err != nil {
 		return s, fmt.Errorf("upstream: %w", err)
 	}
-	if _, s.cpus, err = procfs.ReadCPUTimes(); err != nil {
+	if s.cpus, err = perCPU(); err != nil {
 		return s, err
 	}
 	var ru syscall.Rusage
@@ -195,9 +197,10 @@ type result struct {
 	// ProxyBusy is the proxy's CPU time over the wall time (1 = one core).
 	ProxyBusy float64
 	// LoadBusy and ProxyCPUBusy are how busy the load CPU and the proxy CPU
-	// were (/proc/stat), OursLoad what of LoadBusy was wrk, the upstream and
-	// benchproxy, Others the busy time on both CPUs that was none of ours
-	// (other processes on the machine), all as fractions of one core.
+	// were (/proc/stat, busy as package cpustat defines it), OursLoad what
+	// of LoadBusy was wrk, the upstream and benchproxy, Others the busy time
+	// on both CPUs that was none of ours (other processes on the machine),
+	// all as fractions of one core.
 	LoadBusy, ProxyCPUBusy, OursLoad, Others float64
 	// Attempts is 1, or more when the run was disturbed and run again.
 	Attempts int
@@ -264,19 +267,19 @@ func (b *bench) measureQuiet(p *peer, test string, rep int) (result, error) {
 func (b *bench) waitQuiet() {
 	deadline := time.Now().Add(b.o.quietWait)
 	for {
-		_, a, err := procfs.ReadCPUTimes()
+		a, err := perCPU()
 		if err != nil {
 			return
 		}
 		time.Sleep(500 * time.Millisecond)
-		_, z, err := procfs.ReadCPUTimes()
+		z, err := perCPU()
 		if err != nil {
 			return
 		}
 		var busy float64
 		for cpu, t := range z {
-			if d := t.Total - a[cpu].Total; d > 0 {
-				busy += float64(t.Busy-a[cpu].Busy) / float64(d)
+			if d := cpustat.Total(t) - cpustat.Total(a[cpu]); d > 0 {
+				busy += (cpustat.Busy(t) - cpustat.Busy(a[cpu])) / d
 			}
 		}
 		if busy <= b.o.maxOthers || time.Now().After(deadline) || b.ctx.Err() != nil {
@@ -322,23 +325,23 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 	if test == testHandshake {
 		r.PerSec = float64(r.Count) / r.Seconds
 	}
-	tick := float64(time.Second / procfs.ClockTicks)
 	if p.proc != nil && r.Count > 0 {
-		proxy := float64(after.proxy-before.proxy) * tick
-		r.ProxyUS = proxy / 1e3 / float64(r.Count)
-		r.ProxyBusy = proxy / float64(wall)
+		proxy := after.proxy - before.proxy
+		r.ProxyUS = proxy * 1e6 / float64(r.Count)
+		r.ProxyBusy = proxy / wall.Seconds()
 	}
 	load, prox := cpuListFirst(b.o.loadCPU), cpuListFirst(b.o.proxyCPU)
 	busy := func(cpu int) float64 {
-		a, z := before.cpus[cpu], after.cpus[cpu]
-		if z.Total == a.Total {
+		a, z := before.cpus[int64(cpu)], after.cpus[int64(cpu)]
+		d := cpustat.Total(z) - cpustat.Total(a)
+		if d <= 0 {
 			return 0
 		}
-		return float64(z.Busy-a.Busy) / float64(z.Total-a.Total)
+		return (cpustat.Busy(z) - cpustat.Busy(a)) / d
 	}
 	r.LoadBusy, r.ProxyCPUBusy = busy(load), busy(prox)
-	ours := float64(after.up-before.up)*tick + float64(wrkCPU) + float64(after.self-before.self)
-	r.OursLoad = ours / float64(wall)
+	ours := (after.up - before.up) + wrkCPU.Seconds() + (after.self - before.self).Seconds()
+	r.OursLoad = ours / wall.Seconds()
 	r.Others = max(r.LoadBusy-r.OursLoad, 0) + max(r.ProxyCPUBusy-r.ProxyBusy, 0)
 	return r, nil
 }

@@ -43,8 +43,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/edgeproxy/edgeproxy/internal/procfs"
 )
 
 // benchDomain is the customer domain every peer serves.
@@ -308,7 +306,7 @@ func (b *bench) machine() map[string]string {
 // onlineCPUs counts the machine's CPUs (runtime.NumCPU counts only those
 // this process may run on).
 func onlineCPUs() int {
-	_, cpus, err := procfs.ReadCPUTimes()
+	cpus, err := perCPU()
 	if err != nil {
 		return runtime.NumCPU()
 	}

@@ -2,40 +2,38 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
-	"github.com/edgeproxy/edgeproxy/internal/procfs"
+	"github.com/prometheus/procfs"
 )
 
 // childrenOf lists the live processes whose parent is pid (nginx's
 // workers).
 func childrenOf(pid int) []int {
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	all, _ := procfs.AllProcs()
 	var out []int
-	for _, d := range dirs {
-		child, err := strconv.Atoi(filepath.Base(d))
-		if err != nil {
-			continue
-		}
-		if s, err := procfs.ReadStat(child); err == nil && s.PPID == pid {
-			out = append(out, child)
+	for _, p := range all {
+		if s, err := p.Stat(); err == nil && s.PPID == pid {
+			out = append(out, p.PID)
 		}
 	}
 	return out
 }
 
-// cpuTicks sums utime+stime of pids.
-func cpuTicks(pids []int) (int64, error) {
-	var total int64
+// cpuSeconds sums the CPU time (utime+stime) of pids, in seconds.
+func cpuSeconds(pids []int) (float64, error) {
+	var total float64
 	for _, pid := range pids {
-		s, err := procfs.ReadStat(pid)
+		p, err := procfs.NewProc(pid)
 		if err != nil {
 			return 0, err
 		}
-		total += s.UTime + s.STime
+		s, err := p.Stat()
+		if err != nil {
+			return 0, err
+		}
+		total += s.CPUTime()
 	}
 	return total, nil
 }
@@ -44,17 +42,30 @@ func cpuTicks(pids []int) (int64, error) {
 func rssKB(pids []int) (int64, error) {
 	var total int64
 	for _, pid := range pids {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		p, err := procfs.NewProc(pid)
 		if err != nil {
 			return 0, err
 		}
-		v, err := procfs.StatusField(string(data), "VmRSS")
+		s, err := p.NewStatus()
 		if err != nil {
 			return 0, fmt.Errorf("pid %d: %w", pid, err)
 		}
-		total += v
+		total += int64(s.VmRSS / 1024)
 	}
 	return total, nil
+}
+
+// perCPU reads each CPU's times from /proc/stat, by CPU number.
+func perCPU() (map[int64]procfs.CPUStat, error) {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return nil, err
+	}
+	stat, err := fs.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return stat.CPU, nil
 }
 
 // cpuListFirst is the first CPU of a taskset list such as "1" or "2-3".

@@ -7,8 +7,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/edgeproxy/edgeproxy/internal/procfs"
 )
 
 // result is everything one soak found.
@@ -146,10 +144,10 @@ func (r *result) markdown() string {
 		if i > 0 {
 			prev := r.samples[i-1]
 			if dt := (s.at - prev.at).Seconds(); dt > 0 {
-				cpu = fmt.Sprintf("%.0f", 100*float64(s.cpuTicks-prev.cpuTicks)/procfs.ClockTicks/dt)
+				cpu = fmt.Sprintf("%.0f", 100*(s.cpuSeconds-prev.cpuSeconds)/dt)
 			}
 			if dt := s.machineTotal - prev.machineTotal; dt > 0 {
-				mcpu = fmt.Sprintf("%.0f", 100*float64(s.machineBusy-prev.machineBusy)/float64(dt))
+				mcpu = fmt.Sprintf("%.0f", 100*(s.machineBusy-prev.machineBusy)/dt)
 			}
 		}
 		p("| %s | %.1f | %d | %d | %d | %s | %s | %s | %s |\n", clock(s.at), float64(s.rssKB)/1024, s.goroutines, s.fds, s.records, cpu, mcpu, ms(s.healthz), ms(s.upstream))
@@ -158,7 +156,7 @@ func (r *result) markdown() string {
 	if n := len(r.samples); n > 1 {
 		first, last := r.samples[0], r.samples[n-1]
 		if dt := (last.at - first.at).Seconds(); dt > 0 {
-			p("\nServer CPU over the run: %.0f %% of one core on average.\n", 100*float64(last.cpuTicks-first.cpuTicks)/procfs.ClockTicks/dt)
+			p("\nServer CPU over the run: %.0f %% of one core on average.\n", 100*(last.cpuSeconds-first.cpuSeconds)/dt)
 		}
 	}
 	p("\n")

@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/edgeproxy/edgeproxy/internal/procfs"
+	"github.com/prometheus/procfs"
+
+	"github.com/edgeproxy/edgeproxy/internal/cpustat"
 )
 
 // sample is the server's resources at one moment of the run.
@@ -20,17 +21,18 @@ type sample struct {
 	rssKB      int64         // VmRSS
 	goroutines int           // go_goroutines from /metrics
 	fds        int           // entries of /proc/<pid>/fd
-	cpuTicks   int64         // utime+stime so far, in clock ticks
+	cpuSeconds float64       // utime+stime so far
 	records    int           // sum of edgeproxy_records over statuses
 
 	// Probes that tell a stall of the server from one of the machine or of
 	// the soak itself: a GET /healthz on the server's API (no disk, no
 	// upstream) and a request straight to the ingestion upstream (in this
 	// process, bypassing the edge), each timed; and the whole machine's
-	// busy CPU ticks so far (/proc/stat).
+	// busy and total CPU seconds so far (/proc/stat; busy as package
+	// cpustat defines it).
 	healthz, upstream time.Duration
-	machineBusy       int64
-	machineTotal      int64
+	machineBusy       float64
+	machineTotal      float64
 }
 
 // sampler reads the server's resources every interval.
@@ -71,23 +73,27 @@ func (s *sampler) run(ctx context.Context, t0, end time.Time, every time.Duratio
 
 func (s *sampler) take(ctx context.Context, client *http.Client) (sample, error) {
 	var smp sample
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.pid))
+	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return smp, err
 	}
-	if smp.rssKB, err = procfs.StatusField(string(status), "VmRSS"); err != nil {
-		return smp, err
-	}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", s.pid))
+	proc, err := fs.Proc(s.pid)
 	if err != nil {
 		return smp, err
 	}
-	smp.fds = len(fds)
-	st, err := procfs.ReadStat(s.pid)
+	status, err := proc.NewStatus()
 	if err != nil {
 		return smp, err
 	}
-	smp.cpuTicks = st.UTime + st.STime
+	smp.rssKB = int64(status.VmRSS / 1024)
+	if smp.fds, err = proc.FileDescriptorsLen(); err != nil {
+		return smp, err
+	}
+	st, err := proc.Stat()
+	if err != nil {
+		return smp, err
+	}
+	smp.cpuSeconds = st.CPUTime()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.metricsURL, nil)
 	if err != nil {
 		return smp, err
@@ -105,11 +111,11 @@ func (s *sampler) take(ctx context.Context, client *http.Client) (sample, error)
 		return smp, fmt.Errorf("scraping /metrics: %w", err)
 	}
 	smp.goroutines, smp.records = g, recs
-	machine, _, err := procfs.ReadCPUTimes()
+	machine, err := fs.Stat()
 	if err != nil {
 		return smp, err
 	}
-	smp.machineBusy, smp.machineTotal = machine.Busy, machine.Total
+	smp.machineBusy, smp.machineTotal = cpustat.Busy(machine.CPUTotal), cpustat.Total(machine.CPUTotal)
 	if s.healthzURL != "" {
 		if smp.healthz, err = timeGet(ctx, client, s.healthzURL); err != nil {
 			return smp, fmt.Errorf("GET /healthz: %w", err)
