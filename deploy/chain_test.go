@@ -194,9 +194,6 @@ func value(fams map[string]*dto.MetricFamily, name string, labels map[string]str
 // exist, and a real Prometheus scraping it with the shipped configuration
 // and rules.
 func TestOperatorChain(t *testing.T) {
-	promtool := tool(t, "promtool")
-	prometheus := tool(t, "prometheus")
-
 	w := startWorld(t)
 	rec := w.serve(t, "e.metrics.example.com")
 	_, before := w.scrape(t)
@@ -238,7 +235,7 @@ func TestOperatorChain(t *testing.T) {
 	raw, fams := w.scrape(t)
 
 	t.Run("promtool check metrics", func(t *testing.T) {
-		cmd := exec.Command(promtool, "check", "metrics")
+		cmd := exec.Command(tool(t, "promtool"), "check", "metrics")
 		cmd.Stdin = strings.NewReader(raw)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -395,7 +392,7 @@ func TestOperatorChain(t *testing.T) {
 	})
 
 	t.Run("prometheus scrapes", func(t *testing.T) {
-		p := startPrometheus(t, prometheus, w.api)
+		p := startPrometheus(t, tool(t, "prometheus"), w.api)
 		// The records gauge, every status, as an operator queries it.
 		var result []sample
 		deadline := time.Now().Add(30 * time.Second)

@@ -192,9 +192,13 @@ func (h *faultHarness) wantOK(t *testing.T, proto string) {
 }
 
 // inFlight is the edge's edgeproxy_proxy_requests_in_flight.
-func (h *faultHarness) inFlight(t *testing.T) float64 {
+func (h *faultHarness) inFlight(t *testing.T) float64 { return inFlight(t, h.reg) }
+
+// inFlight is edgeproxy_proxy_requests_in_flight of the edge registered
+// with reg.
+func inFlight(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Helper()
-	families, err := h.reg.Gather()
+	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

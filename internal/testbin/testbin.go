@@ -1,7 +1,8 @@
-// Package testbin serves the tests that run the edgeproxy binary as a
-// separate process (cmd/edgeproxy, deploy, cmd/e2e, cmd/soak): it builds
-// the binary once per test process and flavour, and holds the two small
-// helpers every such test needs. Only tests import it.
+// Package testbin serves the tests that run the edgeproxy binary or another
+// program as a separate process (cmd/edgeproxy, deploy, cmd/e2e,
+// cmd/soak): it builds the binary once per test process and flavour,
+// finds the external programs some tests run (Tool), and holds the two
+// small helpers every such test needs. Only tests import it.
 package testbin
 
 import (
@@ -77,6 +78,28 @@ func Main(m *testing.M) {
 	}
 	mu.Unlock()
 	os.Exit(code)
+}
+
+// RequireToolsEnv is the environment variable that turns a missing
+// external program from a skip into a failure. `make test` sets it to 1
+// after installing the programs, so that there a test cannot silently stop
+// checking anything; a plain `go test ./...` leaves it unset.
+const RequireToolsEnv = "EDGEPROXY_REQUIRE_TOOLS"
+
+// Tool returns the path of the program name, looked up on PATH. When it is
+// missing the test is skipped, with the reason naming the program and the
+// make target that installs it, or fails when RequireToolsEnv is 1.
+func Tool(tb testing.TB, name, makeTarget string) string {
+	tb.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv(RequireToolsEnv) == "1" {
+		tb.Fatalf("%s is not on PATH and %s=1: `make %s` installs it", name, RequireToolsEnv, makeTarget)
+	}
+	tb.Skipf("%s is not on PATH: `make %s` installs it (with %s=1 this is a failure, not a skip)", name, makeTarget, RequireToolsEnv)
+	return ""
 }
 
 // FreeAddr returns a loopback address whose port is free right now.
