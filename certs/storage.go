@@ -50,6 +50,9 @@ type Storage struct {
 	owner string
 	ttl   time.Duration
 	log   *slog.Logger
+	// afterRefresh, if set (by tests), is called after each refresh of a
+	// lock, from the refreshing goroutine.
+	afterRefresh func(name string)
 
 	// mu guards held: the refresher of every lock this Storage holds.
 	mu   sync.Mutex
@@ -258,6 +261,9 @@ func (s *Storage) refresh(ctx context.Context, name string) {
 			return
 		case err != nil:
 			s.log.Warn("refreshing certificate lock", "lock", name, "err", err)
+		}
+		if s.afterRefresh != nil {
+			s.afterRefresh(name)
 		}
 	}
 }

@@ -222,7 +222,7 @@ func TestStorageLockExpires(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("Lock did not take the expired lock")
 	}
 	if err := s.Close(); err != nil {
@@ -234,20 +234,48 @@ func TestStorageLockExpires(t *testing.T) {
 }
 
 // TestStorageLockRefreshed: a held lock outlives its TTL because its
-// holder refreshes it, and is free once released.
+// holder refreshes it, and is free once released. The store's clock moves
+// only when told, so the lock expires only when the test says; the
+// refresher's own ticker runs on real time and the test waits for it.
 func TestStorageLockRefreshed(t *testing.T) {
 	t.Parallel()
-	st := openStore(t, store.Options{})
-	const ttl = 300 * time.Millisecond
+	clk := &manualClock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	st := openStore(t, store.Options{Now: clk.Now})
+	// Short, so that the refresher ticks often (every ttl/3 of real time).
+	const ttl = 30 * time.Millisecond
 	a := NewStorage(st, StorageOptions{LockTTL: ttl})
 	b := NewStorage(st, StorageOptions{LockTTL: ttl})
+	// Unbuffered: a refresh is reported only once the test takes the
+	// report, so the refresh after a report began after the test took it.
+	refreshed, stop := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	a.afterRefresh = func(string) {
+		select {
+		case refreshed <- struct{}{}:
+		case <-stop:
+		}
+	}
+	waitRefresh := func() {
+		t.Helper()
+		select {
+		case <-refreshed:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the holder did not refresh its lock")
+		}
+	}
 	ctx := context.Background()
 	if err := a.Lock(ctx, "l"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(4 * ttl)
+	// Two thirds of the TTL on, a refresh that read the clock after that
+	// moves the expiry to then + ttl.
+	clk.Advance(2 * ttl / 3)
+	waitRefresh()
+	waitRefresh()
+	// Past the expiry the lock was taken with, before the refreshed one.
+	clk.Advance(2 * ttl / 3)
 	if ok, err := b.TryLock(ctx, "l"); ok || err != nil {
-		t.Fatalf("TryLock of a refreshed lock after 4 TTLs = %v, %v; want false", ok, err)
+		t.Fatalf("TryLock of a refreshed lock past its first TTL = %v, %v; want false", ok, err)
 	}
 	if err := a.Unlock(ctx, "l"); err != nil {
 		t.Fatal(err)
