@@ -856,8 +856,8 @@ func TestStreamingResponse(t *testing.T) {
 				w.(http.Flusher).Flush()
 				select {
 				case <-gotFirst:
-				case <-time.After(5 * time.Second):
-					t.Error("the first chunk had not reached the client 5s after the upstream flushed it")
+				case <-time.After(30 * time.Second):
+					t.Error("the first chunk had not reached the client 30s after the upstream flushed it")
 				case <-h.release:
 				}
 				io.WriteString(w, "second\n")
@@ -905,8 +905,8 @@ func TestStreamingRequest(t *testing.T) {
 				case <-gotFirst:
 					io.WriteString(pw, "second\n")
 					pw.Close()
-				case <-time.After(5 * time.Second):
-					pw.CloseWithError(errors.New("the upstream had not read the first part 5s after it was sent"))
+				case <-time.After(30 * time.Second):
+					pw.CloseWithError(errors.New("the upstream had not read the first part 30s after it was sent"))
 				}
 			}()
 			req := newRequest(t, "POST", "https://"+served+"/i/v0/e/", pr)
@@ -1015,22 +1015,31 @@ func TestBadGateway(t *testing.T) {
 		wantError(t, resp, body, 502, unreachable, detail(h.ingest.hostport(), "connection closed before a complete response"))
 	})
 	// Once the upstream's headers have gone to the client, a reset can
-	// only break the client's response: it must not look complete.
+	// only break the client's response: it must not look complete. The
+	// upstream resets once the client has the headers (a reset that came
+	// first could discard them unread at the edge, which then answers a
+	// whole 502); it sends more than the edge and its server buffer, so
+	// the headers reach the client before the body ends.
 	for _, proto := range []string{"h1", "h2"} {
 		t.Run("reset mid-body "+proto, func(t *testing.T) {
 			h := newHarness(t)
+			gotHeaders := make(chan struct{})
 			h.ingest.handle(func(w http.ResponseWriter, r *http.Request) {
 				conn, rw := hijack(t, w)
-				rw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-				rw.WriteString(strings.Repeat("x", 100))
+				rw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+				rw.WriteString(strings.Repeat("x", 32<<10))
 				rw.Flush()
-				time.Sleep(50 * time.Millisecond)
+				select {
+				case <-gotHeaders:
+				case <-h.release:
+				}
 				conn.SetLinger(0)
 				conn.Close()
 			})
 			resp, err := h.client(proto, "").Post("https://"+served+"/i/v0/e/", "application/json", strings.NewReader("{}"))
+			close(gotHeaders)
 			if err != nil {
-				return // broken before the headers: fine
+				t.Fatalf("no response headers although the upstream sent them: %v", err)
 			}
 			defer resp.Body.Close()
 			body, err := io.ReadAll(resp.Body)
