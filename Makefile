@@ -1,24 +1,33 @@
 # edgeproxy: `make run` starts a local trial server, `make test` runs the whole suite.
+# `make help` lists every target: each has one `## target: what it does` line above it.
 GO ?= go
 DATA_DIR ?= ./data
 FUZZTIME ?= 30s
+SOAK_DURATION ?= 10m
 
-.PHONY: run test build bench fuzz e2e clean
+.PHONY: help run build test tools e2e bench bench-proxy bench-lifecycle fuzz fuzz-ci chaos soak clean
+
+## help: list the targets, each with what it does
+help:
+	@sed -n 's/^## \([a-z-]*\): \(.*\)/\1\t\2/p' $(MAKEFILE_LIST) | awk -F '\t' '{ printf "  %-16s %s\n", $$1, $$2 }'
 
 ## run: the server on the embedded bbolt default, in --dev mode (API on 127.0.0.1:8080)
 run:
 	$(GO) run ./cmd/edgeproxy serve --dev --data-dir $(DATA_DIR)
 
-## test: the whole suite, with the race detector
-test:
-	sh scripts/ensure-prometheus.sh
-	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 15m ./...
-	$(MAKE) fuzz-ci
-
 ## build: the binary in ./bin
 build:
 	$(GO) build -o bin/edgeproxy ./cmd/edgeproxy
+
+## test: make tools, go vet, every test with -race (a missing external tool fails the tests that need it), then each fuzz target for 5 s
+test: tools
+	$(GO) vet ./...
+	EDGEPROXY_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 15m ./...
+	$(MAKE) fuzz-ci
+
+## tools: install the programs the deploy tests run when missing (promtool, prometheus: Debian's prometheus package; needs root)
+tools:
+	sh scripts/ensure-prometheus.sh
 
 ## e2e: the built binary against Pebble, a loopback DNS server and upstream; prints each status of one record
 e2e: build
@@ -28,41 +37,31 @@ e2e: build
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./control/
 
-## fuzz: each fuzz target (every func Fuzz* in the module) for FUZZTIME, printing the inputs tried
-fuzz:
-	GO=$(GO) FUZZTIME=$(FUZZTIME) sh scripts/fuzz-ci.sh
-
-## fuzz-ci: each fuzz target for 5 s (part of make test)
-.PHONY: fuzz-ci
-fuzz-ci:
-	GO=$(GO) FUZZTIME=5s sh scripts/fuzz-ci.sh
-
-clean:
-	rm -rf bin
-
 ## bench-proxy: the TLS edge against nginx and Caddy under wrk, a few minutes (installs wrk, nginx, caddy when missing; args in BENCH_PROXY_ARGS)
-.PHONY: bench-proxy
 bench-proxy:
 	./scripts/bench-proxy.sh $(BENCH_PROXY_ARGS)
 
-## bench-lifecycle: issue 3's lifecycle measurements (docs/PERFORMANCE.md): a burst of
-## EDGEPROXY_BENCH_RECORDS (default 1000) records to valid against Pebble, then startup of the
-## binary on 10,000 valid records
-.PHONY: bench-lifecycle
+## bench-lifecycle: EDGEPROXY_BENCH_RECORDS (default 1000) records provisioned to valid against Pebble, then startup of the binary on 10,000 valid records (docs/PERFORMANCE.md)
 bench-lifecycle:
 	EDGEPROXY_BENCH_RECORDS=$${EDGEPROXY_BENCH_RECORDS:-1000} $(GO) test -run '^TestProvisionBurst$$' -count 1 -timeout 30m -v ./control/
 	EDGEPROXY_BENCH_RECORDS=10000 $(GO) test -run '^TestStartupWithValidRecords$$' -count 1 -timeout 20m -v ./cmd/edgeproxy/
 
-## chaos: the crash-consistency harness, long form: EDGEPROXY_CHAOS_KILLS (default 60) kill -9s of
-## the real binary under API writes and provisioning, invariants checked after each (make test runs 5)
-.PHONY: chaos
+## fuzz: each fuzz target (every func Fuzz* in the module) for FUZZTIME (default 30s), printing the inputs tried
+fuzz:
+	GO=$(GO) FUZZTIME=$(FUZZTIME) sh scripts/fuzz-ci.sh
+
+## fuzz-ci: each fuzz target for 5 s (part of make test)
+fuzz-ci:
+	GO=$(GO) FUZZTIME=5s sh scripts/fuzz-ci.sh
+
+## chaos: EDGEPROXY_CHAOS_KILLS (default 60) kill -9s of the real binary under API writes and provisioning, invariants checked after each (make test runs 5)
 chaos:
 	EDGEPROXY_CHAOS_KILLS=$${EDGEPROXY_CHAOS_KILLS:-60} $(GO) test -race -run '^TestChaos$$' -count 1 -timeout 40m -v ./cmd/edgeproxy/
 
-## soak: the built binary (no -race) for SOAK_DURATION (default 10m) at a fixed request rate
-## (SOAK_RATE, default 400/s) while records are created and deleted; fails on any unprovoked
-## failure or growth of RSS, goroutines or fds; report in bin/soak-report.md, server log in bin/soak-server.log
-SOAK_DURATION ?= 10m
-.PHONY: soak
+## soak: the built binary (no -race) for SOAK_DURATION (default 10m) at SOAK_RATE (default 400/s) while records are created and deleted; fails on any unprovoked failure or growth of RSS, goroutines or fds (report in bin/soak-report.md, server log in bin/soak-server.log)
 soak: build
 	$(GO) run ./cmd/soak -bin bin/edgeproxy -duration $(SOAK_DURATION) -out bin/soak-report.md -server-log bin/soak-server.log
+
+## clean: remove ./bin
+clean:
+	rm -rf bin

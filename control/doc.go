@@ -4,8 +4,8 @@
 //
 // # Requests
 //
-// Every API request goes through the same checks, in the order of CONTRACT
-// §3: the personal API key (Authorization header, then body, then query
+// Every API request goes through the same checks, in this order: the
+// personal API key (Authorization header, then body, then query
 // string; the first place holding a key is the only one tried), the method,
 // the organization in the path (a UUID or @current), the organizations the
 // key is limited to, the key's scopes (write implies read, "*" implies

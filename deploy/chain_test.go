@@ -366,7 +366,9 @@ func TestOperatorChain(t *testing.T) {
 		if missing := missingMetrics(fams, append(exprs, variables...)); len(missing) > 0 {
 			t.Errorf("%s names metrics the server does not expose: %v", dashboardFile, missing)
 		}
-		// The dashboard covers what CONTRACT §6 names.
+		// The dashboard has a panel for each family the README promises
+		// under Monitoring, and for the engine's backlog, the upstream
+		// errors and the refusals.
 		all := strings.Join(exprs, "\n")
 		for _, name := range []string{"edgeproxy_proxy_requests_total", "edgeproxy_proxy_request_duration_seconds_bucket",
 			"edgeproxy_records", "edgeproxy_api_requests_total", "edgeproxy_dns_checks_total",

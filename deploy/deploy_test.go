@@ -47,8 +47,9 @@ const (
 	dashboardFile = "grafana/edgeproxy.json"
 )
 
-// statuses are the record statuses of CONTRACT §4; edgeproxy_records has
-// one series for each.
+// statuses are the statuses a proxy record can have (docs/API.md,
+// "Statuses and lifecycle"); edgeproxy_records has one series for each,
+// zeros included.
 var statuses = []string{"waiting", "issuing", "valid", "warning", "erroring", "deleting", "timed_out"}
 
 func TestMain(m *testing.M) { testbin.Main(m) }

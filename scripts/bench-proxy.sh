@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make bench-proxy: edgeproxy's TLS edge measured against nginx and Caddy
-# (issue 4; results in docs/PERFORMANCE.md, section "Edge (issue 4)").
+# (results in docs/PERFORMANCE.md, section "Edge: the TLS proxy against
+# nginx and Caddy").
 #
 # Installs wrk, nginx and Caddy from the distribution's packages when they
 # are missing (apt-get; needs root or sudo), builds bin/edgeproxy and

@@ -1,7 +1,7 @@
 #!/bin/sh
 # ensure-prometheus.sh: make sure promtool and prometheus are on PATH, for
 # the tests in ./deploy (rules, metrics format, a real Prometheus scraping
-# edgeproxy). `make test` runs it first.
+# edgeproxy). `make tools` runs it, and `make test` runs `make tools` first.
 #
 # When promtool is missing it installs Debian's `prometheus` package
 # (which ships both binaries) without recommends, non-interactively, as

@@ -1,6 +1,6 @@
 // Command benchproxy measures edgeproxy's TLS edge against nginx and Caddy
-// on one machine, the same way for every peer (issue 4, `make
-// bench-proxy`).
+// on one machine, the same way for every peer (`make bench-proxy`; the
+// results are in docs/PERFORMANCE.md, "Edge").
 //
 // Layout: the load generator (wrk, and this tool's own TLS clients) and
 // the upstream (an nginx serving a fixed JSON answer and a ~60 KB file)

@@ -137,9 +137,9 @@ func (c *churn) delete(ctx context.Context, rec record, provoke bool) {
 	if !provoke {
 		return
 	}
-	// The record is gone, so the edge must refuse the handshake: CONTRACT
-	// §5 serves TLS only for domains whose certificate is held and that
-	// are not deleting.
+	// The record is gone, so the edge must refuse the handshake: it serves
+	// TLS only for domains whose certificate is held and that are not
+	// deleting.
 	url := fmt.Sprintf("https://%s:%d/i/v0/e/", rec.Domain, c.httpsPort)
 	for range c.cfg.Provoked {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

@@ -1,5 +1,6 @@
 // Command soak runs the edgeproxy binary for a long while under steady
-// load and checks that it neither fails nor grows (issue 6, `make soak`).
+// load and checks that it neither fails nor grows (`make soak`; the
+// results are in docs/RELIABILITY.md, "Sustained load").
 //
 // Everything runs on loopback, in this process except the binary: Pebble as
 // the ACME CA (certs/certstest), a DNS server (control/dnsverify/dnstest)

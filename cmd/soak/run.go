@@ -28,8 +28,8 @@ import (
 // staticSize is the size of every /static/ answer.
 const staticSize = 8 << 10
 
-// shutdownWait bounds the server's exit after SIGTERM: the contract's 30 s
-// drain plus margin.
+// shutdownWait bounds the server's exit after SIGTERM: its drain of
+// in-flight requests (up to 30 s) plus margin.
 const shutdownWait = 40 * time.Second
 
 // env is what one run sets up: the CA, the DNS, the upstreams and the
