@@ -112,7 +112,8 @@ func remedy(typ, summary string, records ...DNSRecord) *Remediation {
 // Diagnoser runs the checks of a diagnostic report against the world as it
 // is now: DNS through the same resolvers as the engine, a real HTTP request
 // and a real TLS handshake to this server. It only reads; a diagnosis never
-// changes a record. It is safe for concurrent use.
+// changes a record. It is safe for concurrent use. The API limits how often
+// it runs (diagnoseLimiter), on the Diagnoser's clock.
 type Diagnoser struct {
 	// DNS runs the DNS checks. Required.
 	DNS *dnsverify.Verifier
@@ -122,8 +123,10 @@ type Diagnoser struct {
 	// empty, letsencrypt.org.
 	CAAIdentities []string
 	// HTTPAddr is the plain HTTP listener's address (--http-addr); the
-	// HTTP check sends its request to the domain's addresses on its port.
-	// If empty, or if Probes is nil, that check is skipped.
+	// HTTP check sends its request to the domain's addresses on its port,
+	// to those that are this listener's, the target's or public only
+	// (see dialPolicy). If empty, or if Probes is nil, that check is
+	// skipped.
 	HTTPAddr string
 	// HTTPSAddr is the TLS edge's address (--https-addr); the live check
 	// makes a handshake there (0.0.0.0, :: or no host mean 127.0.0.1). If
@@ -132,7 +135,8 @@ type Diagnoser struct {
 	// Probes is the registry of the HTTP check's tokens. The plain HTTP
 	// listener must call its Handle before anything else.
 	Probes *Probes
-	// Now is the clock. If nil, time.Now.
+	// Now is the clock, of the reports and of the API's limits on
+	// diagnoses. If nil, time.Now.
 	Now func() time.Time
 }
 
