@@ -397,6 +397,8 @@ func TestDiagnoseRebindingRefusedAtDial(t *testing.T) {
 	if n := env.dns.ScriptAsked(rec.Domain, dns.TypeA); n < 3 {
 		t.Fatalf("the A script answered %d queries: the rebinding answer was never given", n)
 	}
+	t.Logf("A queries answered by the script: %d; connections accepted: internal service %d, this server %d",
+		env.dns.ScriptAsked(rec.Domain, dns.TypeA), env.internal.accepted.Load(), env.ownAccepts())
 	if n := env.internal.accepted.Load(); n != 0 {
 		t.Errorf("the internal service accepted %d connections, want 0", n)
 	}
