@@ -41,6 +41,9 @@ type API struct {
 	log     *slog.Logger
 	metrics *apiMetrics
 	fails   *failLimiter
+	// diagnoses limits POST …/diagnose/, on the Diagnoser's clock; nil
+	// without a Diagnoser.
+	diagnoses *diagnoseLimiter
 }
 
 // NewAPI returns the management API over st.
@@ -48,6 +51,9 @@ func NewAPI(st *store.Store, cfg Config) *API {
 	a := &API{store: st, cfg: cfg, log: cfg.Logger, metrics: newAPIMetrics(cfg.Registerer), fails: newFailLimiter(time.Now)}
 	if a.log == nil {
 		a.log = slog.Default()
+	}
+	if cfg.Diagnoser != nil {
+		a.diagnoses = newDiagnoseLimiter(cfg.Diagnoser.now)
 	}
 	return a
 }

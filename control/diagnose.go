@@ -9,7 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -112,7 +112,8 @@ func remedy(typ, summary string, records ...DNSRecord) *Remediation {
 // Diagnoser runs the checks of a diagnostic report against the world as it
 // is now: DNS through the same resolvers as the engine, a real HTTP request
 // and a real TLS handshake to this server. It only reads; a diagnosis never
-// changes a record. It is safe for concurrent use.
+// changes a record. It is safe for concurrent use. The API limits how often
+// it runs (diagnoseLimiter), on the Diagnoser's clock.
 type Diagnoser struct {
 	// DNS runs the DNS checks. Required.
 	DNS *dnsverify.Verifier
@@ -122,8 +123,10 @@ type Diagnoser struct {
 	// empty, letsencrypt.org.
 	CAAIdentities []string
 	// HTTPAddr is the plain HTTP listener's address (--http-addr); the
-	// HTTP check sends its request to the domain's addresses on its port.
-	// If empty, or if Probes is nil, that check is skipped.
+	// HTTP check sends its request to the domain's addresses on its port,
+	// to those that are this listener's, the target's or public only
+	// (see dialPolicy). If empty, or if Probes is nil, that check is
+	// skipped.
 	HTTPAddr string
 	// HTTPSAddr is the TLS edge's address (--https-addr); the live check
 	// makes a handshake there (0.0.0.0, :: or no host mean 127.0.0.1). If
@@ -132,7 +135,8 @@ type Diagnoser struct {
 	// Probes is the registry of the HTTP check's tokens. The plain HTTP
 	// listener must call its Handle before anything else.
 	Probes *Probes
-	// Now is the clock. If nil, time.Now.
+	// Now is the clock, of the reports and of the API's limits on
+	// diagnoses. If nil, time.Now.
 	Now func() time.Time
 }
 
@@ -263,8 +267,11 @@ func (d *Diagnoser) checkCAA(ctx context.Context, rec store.Record) Check {
 
 // checkHTTP: does an HTTP request for the domain, sent where DNS says the
 // domain is, reach this server? It is the path of the ACME HTTP-01
-// challenge. The address lookup runs while the CNAME check does; the
-// request is sent only if that check passed.
+// challenge. The address lookups run while the CNAME check does: the
+// domain's, and the target's, whose addresses are this deployment's own.
+// The requests are sent only if that check passed, and only to addresses
+// the dial policy allows: own or public, never an internal address a
+// customer's DNS names.
 func (d *Diagnoser) checkHTTP(ctx context.Context, rec store.Record, pointing <-chan bool) Check {
 	c := Check{ID: "http_challenge", Name: "HTTP requests reach this server"}
 	domain := rec.Domain
@@ -275,7 +282,16 @@ func (d *Diagnoser) checkHTTP(ctx context.Context, rec store.Record, pointing <-
 		return c
 	}
 	lctx, cancel := context.WithTimeout(ctx, diagnoseDNSTimeout)
+	var own []netip.Addr
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		// A failed lookup leaves the target out: its addresses are then
+		// allowed only if public.
+		own, _ = d.DNS.LookupAddrs(lctx, rec.TargetCNAME)
+		own = append(own, listenerAddrs(lctx, d.HTTPAddr)...)
+	})
 	addrs, lookupErr := d.DNS.LookupAddrs(lctx, domain)
+	wg.Wait()
 	cancel()
 	ok := false
 	select {
@@ -302,20 +318,25 @@ func (d *Diagnoser) checkHTTP(ctx context.Context, rec store.Record, pointing <-
 	}
 	addrs = addrs[:min(len(addrs), maxProbeAddrs)]
 
+	policy := newDialPolicy(own...)
 	token, release := d.Probes.Register(probeTTL)
 	defer release()
-	errs := make([]error, len(addrs))
-	var wg sync.WaitGroup
+	results := make([]probeResult, len(addrs))
 	for i, addr := range addrs {
-		wg.Go(func() { errs[i] = probeHTTP(ctx, addr, port, domain, token) })
+		wg.Go(func() { results[i] = probeHTTP(ctx, policy, addr, port, domain, token) })
 	}
 	wg.Wait()
 	var reached, failed []string
+	refused := false
 	for i, addr := range addrs {
-		if errs[i] == nil {
+		switch results[i] {
+		case probeReached:
 			reached = append(reached, addr.String())
-		} else {
-			failed = append(failed, fmt.Sprintf("%s: %v", addr, errs[i]))
+		case probeRefused:
+			refused = true
+			fallthrough
+		default:
+			failed = append(failed, fmt.Sprintf("%s: %s", addr, results[i]))
 		}
 	}
 	all := make([]string, len(addrs))
@@ -327,6 +348,7 @@ func (d *Diagnoser) checkHTTP(ctx context.Context, rec store.Record, pointing <-
 		c.Status = checkPass
 		c.Detail = fmt.Sprintf("An HTTP request for %s to port %s reached this server (at %s).",
 			domain, port, strings.Join(reached, ", "))
+		return c
 	case len(reached) > 0:
 		c.Status = checkWarn
 		c.Detail = fmt.Sprintf("HTTP requests for %s to port %s reach this server at %s, but not at %s.",
@@ -340,54 +362,96 @@ func (d *Diagnoser) checkHTTP(ctx context.Context, rec store.Record, pointing <-
 		c.Remediation = remedy(remedyConfig, fmt.Sprintf("Port %s at %s must reach this edgeproxy server, with no firewall, "+
 			"load balancer or other web server in between: the certificate authority validates there.", port, strings.Join(all, ", ")))
 	}
+	if refused {
+		// The domain's DNS gives addresses that are not the target's: the
+		// customer's records are at fault, not the operator's setup.
+		c.Remediation = remedy(remedyDNS, fmt.Sprintf("Every A and AAAA answer for %s must come from its CNAME to %s: "+
+			"remove the other address records of %s, whatever the query type.", domain, rec.TargetCNAME, domain),
+			DNSRecord{Name: domain, Type: "CNAME", Value: rec.TargetCNAME})
+	}
 	return c
 }
 
-// probeClient sends the HTTP check's requests: straight to the address
-// (never through an HTTP proxy from the environment), one connection each,
-// no redirect followed.
-var probeClient = &http.Client{
-	Transport: &http.Transport{
-		Proxy:                  nil,
-		DialContext:            (&net.Dialer{Timeout: diagnoseHTTPTimeout}).DialContext,
-		DisableKeepAlives:      true,
-		ResponseHeaderTimeout:  diagnoseHTTPTimeout,
-		MaxResponseHeaderBytes: 16 << 10,
-	},
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+// probeResult is what became of the HTTP check's request to one address,
+// in our own words: a report never quotes what a host answered (status
+// line, headers, body), since the host may not be ours.
+type probeResult int
+
+const (
+	// probeReached: this server answered with the probe's token.
+	probeReached probeResult = iota
+	// probeRefused: the dial policy refused the address; nothing was sent.
+	probeRefused
+	// probeNoConnection: the connection could not be made.
+	probeNoConnection
+	// probeNoAnswer: nothing came back within diagnoseHTTPTimeout.
+	probeNoAnswer
+	// probeOtherAnswer: something answered, but not with the token.
+	probeOtherAnswer
+)
+
+func (r probeResult) String() string {
+	switch r {
+	case probeReached:
+		return "reached this server"
+	case probeRefused:
+		return "not contacted, as it is neither an address of this server nor a public one"
+	case probeNoConnection:
+		return "no connection could be made"
+	case probeNoAnswer:
+		return fmt.Sprintf("no answer within %s", diagnoseHTTPTimeout)
+	default:
+		return "something other than this server answered"
+	}
 }
 
-// probeHTTP asks addr:port for the probe token with Host domain and checks
-// that the answer is the token.
-func probeHTTP(ctx context.Context, addr netip.Addr, port, domain, token string) error {
+// probeClient returns the client of the HTTP check's requests: it
+// connects only where policy allows, straight to the address (never
+// through an HTTP proxy from the environment), one connection each, and
+// follows no redirect.
+func probeClient(policy dialPolicy) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy:                  nil,
+			DialContext:            policy.dialer(diagnoseHTTPTimeout).DialContext,
+			DisableKeepAlives:      true,
+			ResponseHeaderTimeout:  diagnoseHTTPTimeout,
+			MaxResponseHeaderBytes: 16 << 10,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// probeHTTP asks addr:port for the probe token with Host domain and says
+// whether the answer is the token.
+func probeHTTP(ctx context.Context, policy dialPolicy, addr netip.Addr, port, domain, token string) probeResult {
 	ctx, cancel := context.WithTimeout(ctx, diagnoseHTTPTimeout)
 	defer cancel()
 	u := "http://" + net.JoinHostPort(addr.String(), port) + probePathPrefix + token
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return err
+		return probeNoConnection
 	}
 	req.Host = domain
-	resp, err := probeClient.Do(req)
-	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("no answer within %s", diagnoseHTTPTimeout)
-		}
-		return err
+	resp, err := probeClient(policy).Do(req)
+	var nerr net.Error
+	var operr *net.OpError
+	switch {
+	case errors.Is(err, errAddrRefused):
+		return probeRefused
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():
+		return probeNoAnswer
+	case errors.As(err, &operr) && operr.Op == "dial":
+		return probeNoConnection
+	case err != nil:
+		return probeOtherAnswer
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	if resp.StatusCode == http.StatusOK && strings.TrimSpace(string(body)) == token {
-		return nil
+		return probeReached
 	}
-	if loc := resp.Header.Get("Location"); loc != "" && resp.StatusCode/100 == 3 {
-		return fmt.Errorf("answered %s with a redirect to %s instead of this server's probe", resp.Status, loc)
-	}
-	return fmt.Errorf("answered %s, not with this server's probe", resp.Status)
+	return probeOtherAnswer
 }
 
 // checkCertificate: is a certificate held, and how long until it expires?
@@ -566,6 +630,73 @@ func (a *API) diagnoseRecord(c *call) *apiError {
 	if a.cfg.Diagnoser == nil {
 		return errDiagnoseUnavailable
 	}
+	done, wait := a.diagnoses.admit(rec.OrgID, rec.ID)
+	if done == nil {
+		return throttled(wait)
+	}
+	defer done()
 	writeJSON(c.w, http.StatusOK, a.cfg.Diagnoser.Diagnose(c.r.Context(), rec))
 	return nil
+}
+
+// A diagnosis makes the server send DNS queries and HTTP requests on a
+// customer's behalf, so nobody may run them at will: one at a time per
+// record, and at most diagnosesPerOrg per diagnoseWindow per
+// organization (a sliding window over the start times of its last
+// diagnoses). Beyond that the API answers 429 throttled.
+const (
+	diagnosesPerOrg = 10
+	diagnoseWindow  = time.Minute
+)
+
+// diagnoseLimiter keeps the diagnoses running and recently started. It is
+// safe for concurrent use.
+type diagnoseLimiter struct {
+	now func() time.Time
+
+	// mu guards running and started.
+	mu sync.Mutex
+	// running maps each record being diagnosed to when its diagnosis
+	// began.
+	running map[string]time.Time
+	// started maps an organization to the start times of its diagnoses
+	// within the last diagnoseWindow, oldest first: at most
+	// diagnosesPerOrg times for each organization that has diagnosed.
+	started map[string][]time.Time
+}
+
+func newDiagnoseLimiter(now func() time.Time) *diagnoseLimiter {
+	return &diagnoseLimiter{now: now, running: map[string]time.Time{}, started: map[string][]time.Time{}}
+}
+
+// admit starts a diagnosis of record, of organization org. It returns the
+// func to call once the diagnosis is over; or, when record is being
+// diagnosed already or org has started diagnosesPerOrg diagnoses within
+// diagnoseWindow, nil and how long until another may start. A refused
+// diagnosis does not count.
+func (l *diagnoseLimiter) admit(org, record string) (done func(), wait time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if began, busy := l.running[record]; busy {
+		// The running one ends within diagnoseTimeout.
+		return nil, max(began.Add(diagnoseTimeout).Sub(now), time.Second)
+	}
+	recent := l.started[org]
+	expired := 0
+	for expired < len(recent) && !now.Before(recent[expired].Add(diagnoseWindow)) {
+		expired++
+	}
+	recent = slices.Delete(recent, 0, expired)
+	if len(recent) >= diagnosesPerOrg {
+		l.started[org] = recent
+		return nil, max(recent[0].Add(diagnoseWindow).Sub(now), time.Second)
+	}
+	l.started[org] = append(recent, now)
+	l.running[record] = now
+	return func() {
+		l.mu.Lock()
+		delete(l.running, record)
+		l.mu.Unlock()
+	}, 0
 }

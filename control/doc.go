@@ -14,6 +14,17 @@
 // exactly like a missing one, so no caller learns what other organizations
 // hold.
 //
+// # Probes on a customer's behalf
+//
+// A diagnosis sends HTTP requests where the customer's DNS points, so its
+// dialer admits only this deployment's own addresses (the HTTP listener's,
+// what the record's target_cname resolves to) and public unicast ones,
+// checked in the dialer's Control hook on the address actually dialled;
+// its reports describe failures in our own words and never quote what a
+// host answered. Diagnoses run one at a time per record and ten a minute
+// per organization. The other probes (the live checks' TLS handshakes)
+// dial only the configured edge address.
+//
 // # Statuses
 //
 //   - waiting: registered; DNS does not yet point at target_cname.

@@ -108,6 +108,6 @@ func clientAddr(r *http.Request) string {
 func throttled(wait time.Duration) *apiError {
 	secs := int(math.Ceil(wait.Seconds()))
 	return &apiError{Status: http.StatusTooManyRequests, Type: "throttled_error", Code: "throttled",
-		Detail:     fmt.Sprintf("Too many failed authentications from this address. Expected available in %d seconds.", secs),
+		Detail:     fmt.Sprintf("Request was throttled. Expected available in %d seconds.", secs),
 		retryAfter: secs}
 }

@@ -11,6 +11,10 @@
 // name with no records of the type answers NOERROR with just the CNAMEs. Unknown query types get
 // the same clean negative answers, so the server can stand in as Pebble's DNS server.
 //
+// A script ([Server.SetScript]) overrides the model for one name and query type, for the
+// answers a hostile DNS host gives: different records for A than for AAAA (split answers), or
+// records that change from one query to the next (rebinding).
+//
 // Names are case-insensitive and may be given with or without the trailing dot. All methods
 // are safe for concurrent use, including while queries are being answered.
 package dnstest
@@ -46,7 +50,7 @@ type Server struct {
 	stopOnce sync.Once
 	stopped  chan struct{} // closed by Stop: delayed answers give up
 
-	// mu guards records, below, rcodes, delay and truncateUDP.
+	// mu guards records, below, rcodes, scripts, delay and truncateUDP.
 	mu sync.RWMutex
 	// records holds every name's records, keyed by lower-case fully-qualified name.
 	records map[string][]dns.RR
@@ -54,6 +58,7 @@ type Server struct {
 	// empty non-terminal answers NODATA rather than NXDOMAIN.
 	below       map[string]int
 	rcodes      map[string]int
+	scripts     map[scriptKey]*script
 	delay       time.Duration
 	truncateUDP bool
 }
@@ -79,6 +84,7 @@ func New() (*Server, error) {
 		records: make(map[string][]dns.RR),
 		below:   make(map[string]int),
 		rcodes:  make(map[string]int),
+		scripts: make(map[scriptKey]*script),
 	}
 	pc, l, err := listenPair()
 	if err != nil {
@@ -235,6 +241,69 @@ func (s *Server) SetRcode(name string, rcode int) {
 	s.rcodes[name] = rcode
 }
 
+// scriptKey is the name and query type a script answers.
+type scriptKey struct {
+	name  string
+	qtype uint16
+}
+
+// script is a sequence of answers for one name and query type.
+type script struct {
+	answers [][]dns.RR
+	asked   int // queries answered so far
+}
+
+// SetScript makes queries of type qtype that reach name (directly or through a CNAME) answer
+// from answers instead of name's records: the first such query gets answers[0], the second
+// answers[1], and every query after the last answer gets the last one again. Each answer is
+// a list of records in zone-file form with their owner ("e.example.com. CNAME
+// t.example.net.", "e.example.com. A 127.0.0.2"), sent with TTL 0 as a rebinding server's
+// are; an empty list answers NOERROR with no records. When an answer ends with a CNAME, the
+// server goes on resolving its target from its own data, as a recursive resolver would.
+// Calling SetScript again starts the sequence over; with no answers it removes the script. A
+// record that does not parse fails the test.
+func (s *Server) SetScript(name string, qtype uint16, answers ...[]string) {
+	if s.tb != nil {
+		s.tb.Helper()
+	}
+	key := scriptKey{canonical(name), qtype}
+	sc := &script{}
+	for _, answer := range answers {
+		rrs := []dns.RR{}
+		for _, text := range answer {
+			rr, err := dns.NewRR(text)
+			if err != nil || rr == nil {
+				if s.tb == nil {
+					panic(fmt.Sprintf("dnstest: SetScript %s: %q: %v", key.name, text, err))
+				}
+				s.tb.Errorf("dnstest: SetScript %s: %q: %v", key.name, text, err)
+				continue
+			}
+			rr.Header().Ttl = 0
+			rrs = append(rrs, rr)
+		}
+		sc.answers = append(sc.answers, rrs)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(sc.answers) == 0 {
+		delete(s.scripts, key)
+		return
+	}
+	s.scripts[key] = sc
+}
+
+// ScriptAsked returns how many queries the script of (name, qtype) has answered since it was
+// set; 0 when there is none.
+func (s *Server) ScriptAsked(name string, qtype uint16) int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if sc, ok := s.scripts[scriptKey{canonical(name), qtype}]; ok {
+		return sc.asked
+	}
+	return 0
+}
+
 // SetDelay delays every answer by d, as a slow resolver would; 0 answers at once.
 func (s *Server) SetDelay(d time.Duration) {
 	s.mu.Lock()
@@ -304,9 +373,10 @@ func (s *Server) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 		resp.Truncated = true
 	default:
 		q := req.Question[0]
-		s.mu.RLock()
+		// A write lock: answering a script advances it.
+		s.mu.Lock()
 		s.resolveLocked(resp, canonical(q.Name), q.Qtype)
-		s.mu.RUnlock()
+		s.mu.Unlock()
 	}
 	if isUDP {
 		resp.Truncate(size)
@@ -315,13 +385,30 @@ func (s *Server) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 	_ = w.WriteMsg(resp)
 }
 
-// resolveLocked fills resp with the answer for (name, qtype). s.mu must be held.
+// resolveLocked fills resp with the answer for (name, qtype). s.mu must be held for writing.
 func (s *Server) resolveLocked(resp *dns.Msg, name string, qtype uint16) {
 	for hop := 0; ; hop++ {
 		if rcode, ok := s.rcodes[name]; ok {
 			resp.Rcode = rcode
 			resp.Answer = nil
 			return
+		}
+		if sc, ok := s.scripts[scriptKey{name, qtype}]; ok {
+			answer := sc.answers[min(sc.asked, len(sc.answers)-1)]
+			sc.asked++
+			for _, rr := range answer {
+				resp.Answer = append(resp.Answer, dns.Copy(rr))
+			}
+			last, isCNAME := dns.RR(nil), false
+			if len(answer) > 0 {
+				last = answer[len(answer)-1]
+				_, isCNAME = last.(*dns.CNAME)
+			}
+			if !isCNAME || qtype == dns.TypeCNAME || hop+1 >= maxHops {
+				return
+			}
+			name = canonical(last.(*dns.CNAME).Target)
+			continue
 		}
 		rrs := s.records[name]
 		if cname := firstOfType(rrs, dns.TypeCNAME); cname != nil && qtype != dns.TypeCNAME {

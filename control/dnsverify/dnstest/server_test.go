@@ -202,6 +202,54 @@ func TestEdits(t *testing.T) {
 	}
 }
 
+// TestScript plays a hostile DNS host: AAAA answered by a CNAME to a target while A answers
+// an address of its own, and an A answer that changes after the first query.
+func TestScript(t *testing.T) {
+	s := Start(t)
+	s.SetA("t.example.net", "192.0.2.1", "2001:db8::1")
+	s.SetA("e.example.com", "192.0.2.99")
+
+	s.SetScript("E.example.com.", dns.TypeAAAA, []string{"e.example.com. CNAME t.example.net."})
+	s.SetScript("e.example.com", dns.TypeA,
+		[]string{"e.example.com. A 192.0.2.5"},
+		[]string{"e.example.com. A 127.0.0.2"})
+
+	if got, want := rrs(ask(t, s, "udp", "e.example.com", dns.TypeAAAA).Answer), []string{
+		"e.example.com. CNAME t.example.net.",
+		"t.example.net. AAAA 2001:db8::1",
+	}; !slices.Equal(got, want) {
+		t.Errorf("scripted AAAA: answer = %q, want the CNAME chased into the zone %q", got, want)
+	}
+	for i, want := range []string{"192.0.2.5", "127.0.0.2", "127.0.0.2"} {
+		r := ask(t, s, "tcp", "e.example.com", dns.TypeA)
+		if got := rrs(r.Answer); !slices.Equal(got, []string{"e.example.com. A " + want}) {
+			t.Errorf("scripted A, query %d: answer = %q, want A %s", i+1, got, want)
+		}
+		if len(r.Answer) == 1 && r.Answer[0].Header().Ttl != 0 {
+			t.Errorf("scripted A, query %d: TTL %d, want 0", i+1, r.Answer[0].Header().Ttl)
+		}
+	}
+	if got := s.ScriptAsked("e.example.com", dns.TypeA); got != 3 {
+		t.Errorf("ScriptAsked(A) = %d, want 3", got)
+	}
+	if got := s.ScriptAsked("e.example.com", dns.TypeAAAA); got != 1 {
+		t.Errorf("ScriptAsked(AAAA) = %d, want 1", got)
+	}
+	// Other types still come from the zone.
+	if got := ask(t, s, "udp", "e.example.com", dns.TypeTXT); got.Rcode != dns.RcodeSuccess || len(got.Answer) != 0 {
+		t.Errorf("unscripted TXT: rcode %s, %d records; want NODATA", dns.RcodeToString[got.Rcode], len(got.Answer))
+	}
+
+	// No answers removes the script: the zone answers again.
+	s.SetScript("e.example.com", dns.TypeA)
+	if got, want := rrs(ask(t, s, "udp", "e.example.com", dns.TypeA).Answer), []string{"e.example.com. A 192.0.2.99"}; !slices.Equal(got, want) {
+		t.Errorf("after removing the script: answer = %q, want %q", got, want)
+	}
+	if got := s.ScriptAsked("e.example.com", dns.TypeA); got != 0 {
+		t.Errorf("ScriptAsked after removal = %d, want 0", got)
+	}
+}
+
 func TestRcode(t *testing.T) {
 	s := Start(t)
 	s.SetA("t.example.net", "192.0.2.1")
