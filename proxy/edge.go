@@ -210,11 +210,11 @@ func (e *Edge) reverseProxy(target *url.URL, transport http.RoundTripper) *httpu
 			pr.Out.Header.Del("Forwarded")
 		},
 		ModifyResponse: refuseProtocolSwitch,
-		Transport:     transport,
-		BufferPool:    copyBuffers,
-		ErrorHandler:  e.upstreamError,
-		ErrorLog:      slogLogger(e.log),
-		FlushInterval: 0, // responses of unknown length are flushed at once
+		Transport:      transport,
+		BufferPool:     copyBuffers,
+		ErrorHandler:   e.upstreamError,
+		ErrorLog:       slogLogger(e.log),
+		FlushInterval:  0, // responses of unknown length are flushed at once
 	}
 }
 
