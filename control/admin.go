@@ -37,6 +37,7 @@ func NewAdmin(st *store.Store, cfg Config) *Admin {
 	a.mux.HandleFunc("PATCH /orgs/{id}", a.updateOrg)
 	a.mux.HandleFunc("POST /users", a.createUser)
 	a.mux.HandleFunc("POST /members", a.addMember)
+	a.mux.HandleFunc("DELETE /orgs/{org}/members/{user}", a.removeMember)
 	a.mux.HandleFunc("POST /keys", a.createKey)
 	a.mux.HandleFunc("GET /keys", a.listKeys)
 	a.mux.HandleFunc("POST /keys/{id}/revoke", a.revokeKey)
@@ -260,6 +261,36 @@ func (a *Admin) addMember(w http.ResponseWriter, r *http.Request) {
 	}
 	a.reply(w, http.StatusOK, map[string]any{
 		"org_id": m.OrgID, "user_id": m.UserID, "level": m.Level.String(), "created_at": m.CreatedAt.UTC().Format(timeFormat),
+	}, err)
+}
+
+// removeMember ends a membership. The user's keys stop reaching the
+// organization with the commit: the API looks membership up on every
+// request. An organization's last owner cannot be removed (409), so no
+// organization is left that nobody can manage.
+func (a *Admin) removeMember(w http.ResponseWriter, r *http.Request) {
+	orgID := r.PathValue("org")
+	userID, err := strconv.ParseInt(r.PathValue("user"), 10, 64)
+	if err != nil || userID <= 0 {
+		err = badRequest("--user: %q is not a user id", r.PathValue("user"))
+	}
+	var m store.Membership
+	if err == nil {
+		m, err = a.store.RemoveMembership(orgID, userID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			err = notFound("--org, --user: %v", err)
+		case errors.Is(err, store.ErrLastOwner):
+			err = &adminError{http.StatusConflict, fmt.Sprintf(
+				"--user: %v; make another user an owner first (edgeproxy member add --level owner)", err)}
+		}
+	}
+	if err == nil {
+		a.log.Info("membership removed", "org_id", m.OrgID, "user_id", m.UserID, "level", m.Level.String())
+	}
+	a.reply(w, http.StatusOK, map[string]any{
+		"org_id": m.OrgID, "user_id": m.UserID, "level": m.Level.String(), "created_at": m.CreatedAt.UTC().Format(timeFormat),
+		"removed": true,
 	}, err)
 }
 

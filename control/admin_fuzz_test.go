@@ -41,6 +41,8 @@ func FuzzAdmin(f *testing.F) {
 	f.Add("PATCH", "/orgs/"+org, []byte(`{"name":"Renamed"}`))
 	f.Add("POST", "/users", []byte(`{"email":"ops@acme.example"}`))
 	f.Add("POST", "/members", []byte(`{"org":"`+org+`","user":1,"level":"admin"}`))
+	f.Add("DELETE", "/orgs/"+org+"/members/1", []byte(nil))
+	f.Add("DELETE", "/orgs/"+org+"/members/x", []byte(nil))
 	f.Add("POST", "/keys", []byte(`{"user":1,"scopes":["organization:read"],"orgs":["`+org+`"],"label":"ci"}`))
 	f.Add("GET", "/keys?user=1", []byte(nil))
 	f.Add("POST", "/keys/"+key.ID+"/revoke", []byte(nil))

@@ -43,7 +43,8 @@ func invalidDomain(format string, args ...any) *domainError {
 // stores, or says which rule it breaks (CONTRACT §3, Domains): trimmed,
 // lower-cased, one trailing dot dropped, Unicode turned into punycode;
 // refused when empty, when it carries a scheme, path, port, user info,
-// space or '*', when it is an IP address, a single label, a public suffix
+// space or '*', when it is an IP address, a single label, a name whose
+// top-level label the public suffix list does not know, a public suffix
 // or a registrable domain (a CNAME cannot sit at a zone apex), when a label
 // is longer than 63 bytes or the name longer than 253, when it holds
 // anything but letters, digits, '-' and dots, when a label starts or ends
@@ -102,6 +103,9 @@ func NormalizeDomain(raw, targetBase string) (string, error) {
 	if targetBase != "" && (d == targetBase || strings.HasSuffix(d, "."+targetBase)) {
 		return "", invalidDomain("%q is at or under %s, which edgeproxy itself serves; enter your own domain.", d, targetBase)
 	}
+	if tld := labels[len(labels)-1]; !knownTLD(tld) {
+		return "", invalidDomain("%q ends in .%s, a top-level domain that is not in the public suffix list; enter a name under a public top-level domain such as .com.", d, tld)
+	}
 	apex, err := publicsuffix.EffectiveTLDPlusOne(d)
 	if err != nil {
 		return "", invalidDomain("%q is a public suffix; enter a subdomain of a domain you own, such as e.example.com.", d)
@@ -110,6 +114,22 @@ func NormalizeDomain(raw, targetBase string) (string, error) {
 		return "", invalidDomain("%q is a registrable domain (a zone apex), where a CNAME cannot be added; use a subdomain such as e.%s.", d, d)
 	}
 	return d, nil
+}
+
+// knownTLD reports whether tld is a top-level domain of the public suffix
+// list's ICANN section. publicsuffix.PublicSuffix answers every name: an
+// unknown top-level label comes back as its own suffix with icann false (the
+// list's default rule "*"), and so does a private suffix such as github.io,
+// so icann alone cannot say whether the top-level label is known. Asking
+// about the label by itself is not enough either: a country listed only by
+// a wildcard ("*.ck", "*.jm") answers icann false for the bare label but
+// true for a name one level below it.
+func knownTLD(tld string) bool {
+	if _, icann := publicsuffix.PublicSuffix(tld); icann {
+		return true
+	}
+	_, icann := publicsuffix.PublicSuffix("x." + tld)
+	return icann
 }
 
 // checkLabel applies the hostname rules (RFC 1123) to one label.

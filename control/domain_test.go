@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"golang.org/x/net/publicsuffix"
 )
 
 // domainTestBase is the --target-cname-base of the domain tests.
@@ -36,7 +38,17 @@ func TestNormalizeDomain(t *testing.T) {
 		{strings.Repeat("a", 63) + ".example.com", strings.Repeat("a", 63) + ".example.com"},
 		{"proxy.example.net.example.com", "proxy.example.net.example.com"},
 		{"xproxy.example.net", "xproxy.example.net"}, // a sibling of the base, not under it
-		{"e.example.unknowntld", "e.example.unknowntld"},
+		// Top-level domains the public suffix list knows, including the
+		// shapes publicsuffix answers icann=false for: a private suffix
+		// under a known TLD, and countries listed only by a wildcard.
+		{"e.foo.github.io", "e.foo.github.io"},
+		{"e.shop.example.com", "e.shop.example.com"},
+		{"e.shop.co.ck", "e.shop.co.ck"},
+		{"e.shop.com.jm", "e.shop.com.jm"},
+		{"e.shop.com.np", "e.shop.com.np"},
+		{"e.shop.zone", "e.shop.zone"},
+		{"e.shop.xn--p1ai", "e.shop.xn--p1ai"}, // .рф
+		{"e.shop.рф", "e.shop.xn--p1ai"},
 	}
 	// A name of exactly 253 bytes is allowed.
 	long := strings.Repeat(strings.Repeat("a", 62)+".", 3) + strings.Repeat("b", 52) + ".example.com"
@@ -93,6 +105,17 @@ func TestNormalizeDomainRefuses(t *testing.T) {
 		{"registrable domain under a private suffix", "foo.github.io", "invalid_input", "registrable domain"},
 		{"registrable Unicode domain", "bücher.de", "invalid_input", "registrable domain"},
 		{"public suffix", "co.uk", "invalid_input", "public suffix"},
+		{"numeric top-level label", "e.example.123", "invalid_input", "public suffix list"},
+		{"cluster-local name", "a.svc.cluster.local", "invalid_input", "public suffix list"},
+		{".internal", "x.internal", "invalid_input", "public suffix list"},
+		{".test", "x.test", "invalid_input", "public suffix list"},
+		{".invalid", "x.invalid", "invalid_input", "public suffix list"},
+		{".localhost", "x.localhost", "invalid_input", "public suffix list"},
+		{".example", "e.shop.example", "invalid_input", "public suffix list"},
+		{".local, upper case", "PRINTER.LOCAL.", "invalid_input", "public suffix list"},
+		{".lan", "nas.home.lan", "invalid_input", "public suffix list"},
+		{"made-up top-level label", "e.example.unknowntld", "invalid_input", "public suffix list"},
+		{"unknown top-level label in Unicode", "e.example.тест", "invalid_input", "public suffix list"},
 		{"64-byte label", strings.Repeat("a", 64) + ".example.com", "invalid_input", "at most 63"},
 		{"254-byte name", strings.Repeat(strings.Repeat("a", 62)+".", 3) + strings.Repeat("b", 53) + ".example.com", "invalid_input", "at most 253"},
 		{"long Unicode label", strings.Repeat("ü", 60) + ".example.com", "invalid_input", "at most 63"},
@@ -200,10 +223,13 @@ func TestTargetCNAME(t *testing.T) {
 // never panics; a refusal is a *domainError with a contract code and a
 // detail; an accepted name holds only [a-z0-9.-], is at most 253 bytes, has
 // at least two labels of 1 to 63 bytes that neither start nor end with '-',
-// is not at or under the base, and normalizes to itself again, also when
-// sent upper case with a trailing dot.
+// is not at or under the base, ends in a top-level domain of the public
+// suffix list, and normalizes to itself again, also when sent upper case
+// with a trailing dot.
 func FuzzNormalizeDomain(f *testing.F) {
 	f.Add("e.example.com")
+	f.Add("e.shop.co.ck")
+	f.Add("a.svc.cluster.local")
 	f.Fuzz(func(t *testing.T, raw string) {
 		out, err := NormalizeDomain(raw, domainTestBase)
 		if err != nil {
@@ -242,6 +268,11 @@ func FuzzNormalizeDomain(f *testing.F) {
 		}
 		if out == domainTestBase || strings.HasSuffix(out, "."+domainTestBase) {
 			t.Fatalf("NormalizeDomain(%q) = %q: at or under the base", raw, out)
+		}
+		// Only the list's default rule "*" answers a one-label suffix that
+		// is not ICANN's: the top-level label is unknown.
+		if suffix, icann := publicsuffix.PublicSuffix(out); !icann && !strings.Contains(suffix, ".") {
+			t.Fatalf("NormalizeDomain(%q) = %q: top-level label %q is not in the public suffix list", raw, out, suffix)
 		}
 		for _, again := range []string{out, strings.ToUpper(out) + "."} {
 			if got, err := NormalizeDomain(again, domainTestBase); err != nil || got != out {

@@ -18,7 +18,11 @@
 // Host is the upstream's own host. X-Forwarded-For carries the client
 // chain with the client's address appended, X-Forwarded-Proto is https,
 // X-Forwarded-Host is the customer domain. Hop-by-hop headers are removed
-// both ways; everything else, Cookie included, passes unchanged. Bodies
+// both ways, and so are the client's X-Real-IP and Forwarded; everything
+// else, Cookie included, passes unchanged. No protocol switch passes:
+// Upgrade is never forwarded, so a websocket handshake reaches the upstream
+// as a plain request, and an upstream that answers 101 anyway gets its
+// connection closed and the client a 502. Bodies
 // stream both ways; a request body longer than the limit is cut off and
 // answered 413, whether or not its length was announced.
 //
@@ -197,12 +201,20 @@ func (e *Edge) reverseProxy(target *url.URL, transport http.RoundTripper) *httpu
 			}
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Forwarded-Host", hostOf(pr.In.Host))
+			// The client-address headers other than X-Forwarded-For are
+			// the client's word alone, and an upstream that trusts them
+			// would take a spoofed address for the client's. ReverseProxy
+			// already drops Forwarded when Rewrite is set; it is named
+			// here so the rule does not hang on that.
+			pr.Out.Header.Del("X-Real-Ip")
+			pr.Out.Header.Del("Forwarded")
 		},
-		Transport:     transport,
-		BufferPool:    copyBuffers,
-		ErrorHandler:  e.upstreamError,
-		ErrorLog:      slogLogger(e.log),
-		FlushInterval: 0, // responses of unknown length are flushed at once
+		ModifyResponse: refuseProtocolSwitch,
+		Transport:      transport,
+		BufferPool:     copyBuffers,
+		ErrorHandler:   e.upstreamError,
+		ErrorLog:       slogLogger(e.log),
+		FlushInterval:  0, // responses of unknown length are flushed at once
 	}
 }
 
@@ -379,6 +391,12 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, route Route) string
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, e.cfg.MaxBodyBytes)
 	}
+	// No protocol switch passes: a tunnel would carry bytes past the body
+	// limit and the request rules, straight to the upstream. ReverseProxy
+	// forwards Upgrade whenever Connection names it; without Upgrade it
+	// drops Connection with the other hop-by-hop headers, and the request
+	// goes on as a plain one.
+	r.Header.Del("Upgrade")
 	if route == RouteStatic {
 		e.static.ServeHTTP(w, r)
 	} else {
@@ -407,6 +425,21 @@ func closeAfter(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Connection", "close")
 }
 
+// errProtocolSwitch is an upstream's 101 Switching Protocols, which the
+// edge never passes on (it forwards no Upgrade, so the upstream answered
+// one that nobody asked for).
+var errProtocolSwitch = errors.New("proxy: upstream answered 101 Switching Protocols")
+
+// refuseProtocolSwitch turns an upstream's 101 into an error, so that
+// ReverseProxy closes the upstream connection instead of joining it to the
+// client's as a tunnel, and upstreamError answers 502.
+func refuseProtocolSwitch(res *http.Response) error {
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		return errProtocolSwitch
+	}
+	return nil
+}
+
 // upstreamError maps every failure of a forwarded request to its answer.
 func (e *Edge) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	w.Header().Del("Connection") // see serve
@@ -417,6 +450,11 @@ func (e *Edge) upstreamError(w http.ResponseWriter, r *http.Request, err error) 
 		upstream = e.cfg.AssetsUpstream.Host
 	}
 	switch {
+	case errors.Is(err, errProtocolSwitch):
+		e.badGateway.Add(1)
+		e.warnLimited(e.failLog, "upstream switched protocols", "upstream", upstream, "path", r.URL.Path)
+		writeError(w, http.StatusBadGateway, "upstream_protocol_switch",
+			fmt.Sprintf("The upstream %s answered 101 Switching Protocols; the edge does not pass protocol switches.", upstream))
 	case errors.As(err, &tooBig):
 		e.tooLarge.Add(1)
 		writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", e.tooLargeDetail())

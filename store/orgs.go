@@ -174,6 +174,68 @@ func (s *Store) Membership(orgID string, userID int64) (Membership, error) {
 	return m, err
 }
 
+// RemoveMembership ends the user's membership of the organization and
+// returns what it was. From the commit on, the user's keys no longer reach
+// the organization: the API looks the membership up on every request.
+// ErrNotFound (wrapped, naming what is missing) if the organization, the
+// user or the membership does not exist; ErrLastOwner if the user is the
+// organization's only owner.
+func (s *Store) RemoveMembership(orgID string, userID int64) (Membership, error) {
+	var m Membership
+	err := s.update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketOrgs).Get([]byte(orgID)) == nil {
+			return fmt.Errorf("organization %s: %w", orgID, ErrNotFound)
+		}
+		if tx.Bucket(bucketUsers).Get(u64(uint64(userID))) == nil {
+			return fmt.Errorf("user %d: %w", userID, ErrNotFound)
+		}
+		members := tx.Bucket(bucketMembers)
+		key := memberKey(orgID, userID)
+		if err := getJSON(members, key, &m); err != nil {
+			if err == ErrNotFound {
+				return fmt.Errorf("user %d is not a member of organization %s: %w", userID, orgID, ErrNotFound)
+			}
+			return err
+		}
+		if m.Level == LevelOwner {
+			owners, err := ownersTx(tx, orgID)
+			if err != nil {
+				return err
+			}
+			if owners == 1 {
+				return fmt.Errorf("user %d is the only owner of organization %s: %w", userID, orgID, ErrLastOwner)
+			}
+		}
+		if err := tx.Bucket(bucketUserOrgs).Delete(append(u64(uint64(userID)), u64(m.Seq)...)); err != nil {
+			return err
+		}
+		return members.Delete(key)
+	})
+	if err != nil {
+		return Membership{}, err
+	}
+	return m, nil
+}
+
+// ownersTx counts the owners of the organization. Membership keys start
+// with the organization's id, which has a fixed length, so they are
+// contiguous and no other organization's keys share the prefix.
+func ownersTx(tx *bolt.Tx, orgID string) (int, error) {
+	prefix := []byte(orgID)
+	n := 0
+	c := tx.Bucket(bucketMembers).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var m Membership
+		if err := json.Unmarshal(v, &m); err != nil {
+			return 0, fmt.Errorf("store: decoding membership %q: %w", k, err)
+		}
+		if m.OrgID == orgID && m.Level == LevelOwner {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // UserMemberships returns the user's memberships in the order they were
 // made.
 func (s *Store) UserMemberships(userID int64) ([]Membership, error) {

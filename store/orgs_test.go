@@ -3,6 +3,7 @@ package store_test
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/edgeproxy/edgeproxy/store"
@@ -172,6 +173,84 @@ func TestMembershipNotFound(t *testing.T) {
 	}
 	if _, err := s.Membership(org.ID, user.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Membership before SetMembership: %v, want ErrNotFound", err)
+	}
+}
+
+// TestRemoveMembership ends memberships: the membership and its place in
+// the user's list go, and nothing else; a missing one and the last owner
+// are refused, changing nothing.
+func TestRemoveMembership(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	o1, o2 := mustOrg(t, s, "o1", nil), mustOrg(t, s, "o2", nil)
+	ada, bob, cy := mustUser(t, s, "ada@example.com"), mustUser(t, s, "bob@example.com"), mustUser(t, s, "cy@example.com")
+	set := func(org store.Org, u store.User, l store.Level) store.Membership {
+		t.Helper()
+		m, err := s.SetMembership(org.ID, u.ID, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	set(o1, ada, store.LevelOwner)
+	m1 := set(o1, bob, store.LevelAdmin)
+	m2 := set(o2, bob, store.LevelOwner)
+	set(o2, ada, store.LevelMember)
+
+	got, err := s.RemoveMembership(o1.ID, bob.ID)
+	if err != nil || !reflect.DeepEqual(got, m1) {
+		t.Fatalf("RemoveMembership(o1, bob) = %+v, %v; want %+v", got, err, m1)
+	}
+	if _, err := s.Membership(o1.ID, bob.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Membership(o1, bob) after removal: %v, want ErrNotFound", err)
+	}
+	if ms, err := s.UserMemberships(bob.ID); err != nil || !reflect.DeepEqual(ms, []store.Membership{m2}) {
+		t.Errorf("UserMemberships(bob) = %+v, %v; want only %+v", ms, err, m2)
+	}
+	if ms, err := s.UserMemberships(ada.ID); err != nil || len(ms) != 2 {
+		t.Errorf("UserMemberships(ada) = %+v, %v; want her two memberships untouched", ms, err)
+	}
+	// Added again, the membership comes last in the user's order.
+	again := set(o1, bob, store.LevelMember)
+	if ms, _ := s.UserMemberships(bob.ID); len(ms) != 2 || ms[0].OrgID != o2.ID || ms[1] != again {
+		t.Errorf("UserMemberships(bob) after adding o1 again = %+v, want o2 then o1", ms)
+	}
+	if _, err := s.RemoveMembership(o1.ID, bob.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tt := range []struct {
+		name   string
+		orgID  string
+		userID int64
+		want   error
+		detail string
+	}{
+		{"not a member", o1.ID, cy.ID, store.ErrNotFound, "is not a member"},
+		{"removed twice", o1.ID, bob.ID, store.ErrNotFound, "is not a member"},
+		{"unknown organization", store.NewID(), bob.ID, store.ErrNotFound, "organization"},
+		{"empty organization id", "", bob.ID, store.ErrNotFound, "organization"},
+		{"unknown user", o1.ID, 999, store.ErrNotFound, "user 999"},
+		{"last owner", o1.ID, ada.ID, store.ErrLastOwner, "only owner"},
+		{"last owner of the other", o2.ID, bob.ID, store.ErrLastOwner, "only owner"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := s.RemoveMembership(tt.orgID, tt.userID); !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.detail) {
+				t.Errorf("RemoveMembership: %v, want %v naming %q", err, tt.want, tt.detail)
+			}
+		})
+	}
+	if _, err := s.Membership(o1.ID, ada.ID); err != nil {
+		t.Errorf("the refused last owner lost the membership: %v", err)
+	}
+
+	// With a second owner, the first may go; then the second is the last.
+	set(o1, cy, store.LevelOwner)
+	if _, err := s.RemoveMembership(o1.ID, ada.ID); err != nil {
+		t.Errorf("removing one of two owners: %v", err)
+	}
+	if _, err := s.RemoveMembership(o1.ID, cy.ID); !errors.Is(err, store.ErrLastOwner) {
+		t.Errorf("removing the remaining owner: %v, want ErrLastOwner", err)
 	}
 }
 

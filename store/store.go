@@ -24,6 +24,9 @@ var (
 	ErrDomainTaken = errors.New("store: domain already registered")
 	// ErrEmailTaken: another user has the email.
 	ErrEmailTaken = errors.New("store: email already registered")
+	// ErrLastOwner: the membership to remove is the organization's only
+	// owner; an organization is never left without one.
+	ErrLastOwner = errors.New("store: the organization's last owner")
 	// ErrNewerSchema: the file was written by a newer edgeproxy.
 	ErrNewerSchema = errors.New("store: database schema is newer than this program")
 	// ErrClosed: the store has been closed.

@@ -235,6 +235,19 @@ var adminCommands = map[string]adminCommand{
 			return c.call(out, "POST", "/members", map[string]any{"org": *org, "user": *user, "level": *level})
 		}
 	},
+	"member remove": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
+		org := fs.String("org", "", "organization id")
+		user := fs.Int64("user", 0, "user id")
+		return func(c *adminClient, out io.Writer) error {
+			if err := required("org", *org); err != nil {
+				return err
+			}
+			if *user <= 0 {
+				return usageError{errors.New("--user is required (a user id from `edgeproxy user create`)")}
+			}
+			return c.call(out, "DELETE", "/orgs/"+url.PathEscape(*org)+"/members/"+strconv.FormatInt(*user, 10), nil)
+		}
+	},
 	"key create": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
 		user := fs.Int64("user", 0, "user id")
 		scopes := fs.String("scopes", "*", "comma-separated scopes, e.g. organization:read,organization:write")

@@ -181,7 +181,7 @@ func TestServeAndAdminCommands(t *testing.T) {
 		Status      string `json:"status"`
 		TargetCNAME string `json:"target_cname"`
 	}
-	if code := s.request(t, key.Value, "POST", "/api/organizations/@current/proxy_records/", `{"domain":"e.acme.example"}`, &rec); code != 201 {
+	if code := s.request(t, key.Value, "POST", "/api/organizations/@current/proxy_records/", `{"domain":"e.acme.example.com"}`, &rec); code != 201 {
 		t.Fatalf("create with the new key: %d", code)
 	}
 	if rec.Status != "waiting" || !strings.HasSuffix(rec.TargetCNAME, ".proxy.localhost") {
@@ -202,7 +202,7 @@ func TestServeAndAdminCommands(t *testing.T) {
 		Domain string `json:"domain"`
 	}
 	s.admin(t, &records, "records", "list", "--org", org.ID, "--status", "waiting")
-	if len(records) != 1 || records[0].Domain != "e.acme.example" || records[0].OrgID != org.ID {
+	if len(records) != 1 || records[0].Domain != "e.acme.example.com" || records[0].OrgID != org.ID {
 		t.Errorf("records list = %+v", records)
 	}
 	var keys []struct {
@@ -220,7 +220,7 @@ func TestServeAndAdminCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := copyStore.RecordByDomain("e.acme.example"); err != nil || r.ID != rec.ID {
+	if r, err := copyStore.RecordByDomain("e.acme.example.com"); err != nil || r.ID != rec.ID {
 		t.Errorf("backup holds %+v, %v", r, err)
 	}
 	copyStore.Close()
@@ -271,7 +271,7 @@ func TestKill9Durability(t *testing.T) {
 					return
 				default:
 				}
-				domain := fmt.Sprintf("d%d-%d.kill.example", w, i)
+				domain := fmt.Sprintf("d%d-%d.kill.example.com", w, i)
 				req, _ := http.NewRequest("POST", s.api+"/api/organizations/@current/proxy_records/", strings.NewReader(`{"domain":"`+domain+`"}`))
 				req.Header.Set("Authorization", "Bearer "+key)
 				resp, err := client.Do(req)
@@ -417,7 +417,7 @@ func TestBackupWhileWriting(t *testing.T) {
 					return
 				default:
 				}
-				s.request(t, key, "POST", "/api/organizations/@current/proxy_records/", fmt.Sprintf(`{"domain":"b%d-%d.backup.example"}`, w, i), nil)
+				s.request(t, key, "POST", "/api/organizations/@current/proxy_records/", fmt.Sprintf(`{"domain":"b%d-%d.backup.example.com"}`, w, i), nil)
 			}
 		}(w)
 	}

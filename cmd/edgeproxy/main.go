@@ -37,7 +37,7 @@ commands:
   serve                       run the server (edgeproxy serve --help for flags)
   org create|list|update      organizations
   user create                 users
-  member add                  memberships
+  member add|remove           memberships
   key create|list|revoke      personal API keys
   records list                every proxy record (the operator's view)
   backup --out FILE           a consistent copy of the database, taken while serving

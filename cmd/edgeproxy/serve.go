@@ -47,8 +47,8 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 // serve runs the server until ctx is done, then drains and returns. Startup
 // failures return an error; a clean shutdown returns nil.
 func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger) error {
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("creating data dir: %w", err)
+	if err := privateDataDir(cfg.DataDir, log); err != nil {
+		return err
 	}
 	st, err := store.Open(filepath.Join(cfg.DataDir, dbFile), store.Options{})
 	if err != nil {
@@ -237,6 +237,29 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		return serveErr
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// privateDataDir creates the data directory with mode 0700, or sets an
+// existing one to 0700: it holds the database with every private key, the
+// bootstrap key and the admin socket, and a directory others can list or
+// enter exposes them to a mistake in any one file's mode. A directory the
+// server's user does not own cannot be tightened, and the server does not
+// start in it.
+func privateDataDir(dir string, log *slog.Logger) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: creating %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	if mode := fi.Mode().Perm(); mode != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("--data-dir: setting %s to mode 0700 (it is %04o): %w", dir, mode, err)
+		}
+		log.Info("data dir set to mode 0700", "data_dir", dir, "was", fmt.Sprintf("%04o", mode))
+	}
 	return nil
 }
 
