@@ -15,6 +15,9 @@
 //     cost is proportional to that organization's records, not to the store.
 //   - keys_by_hash: the sha256 hash of a personal API key's value. The value
 //     itself is never stored.
+//   - webhooks_by_org, webhook_delivery_due, webhook_hook_due: an
+//     organization's webhooks, and the queued deliveries by webhook and due
+//     time (see Webhook outbox).
 //
 // # Guarantees
 //
@@ -42,6 +45,17 @@
 // changes to the same record coalesce, so a consumer must treat a change as
 // "look at this record again" and read the store for the current state.
 // Delivery never blocks a writer.
+//
+// # Webhook outbox
+//
+// A record's creation, a change of its status and its deletion also write,
+// in the same transaction, an event and one delivery per webhook of the
+// organization that takes that event type (webhooks.go). The event exists
+// exactly when the change does; a delivery stays queued until the delivery
+// worker records its outcome with FinishDelivery, so a crash at any point
+// loses none and at worst sends one twice. Deliveries are indexed per
+// webhook by due time, so the next due delivery of every webhook is found
+// without walking the ones a dead receiver has piled up.
 //
 // # Certificates and locks
 //

@@ -22,7 +22,8 @@ func orgIndexKey(orgID string, seq uint64) []byte {
 // it enforces the organization's limit (the organization's own
 // MaxProxyRecords, else defaultLimit) with a *LimitError, and the
 // uniqueness of the domain across all organizations with ErrDomainTaken.
-// ErrNotFound if the organization does not exist.
+// ErrNotFound if the organization does not exist. The same transaction
+// queues a proxy_record.created event for the organization's webhooks.
 func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 	var created Record
 	var ruleErr error
@@ -72,6 +73,9 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 			return err
 		}
 		if err := addOrgCount(tx, rec.OrgID, 1); err != nil {
+			return err
+		}
+		if err := s.emitTx(tx, EventRecordCreated, rec.CreatedAt, rec, ""); err != nil {
 			return err
 		}
 		created = rec
@@ -192,6 +196,11 @@ const (
 // than once (concurrent writes are batched) and must depend only on the
 // record it is given. The record returned is the one as stored (or as it
 // was, for OpKeep and OpDelete). ErrNotFound if there is no such record.
+//
+// A save that changes the status queues a proxy_record.status_changed
+// event, and a delete a proxy_record.deleted event, for the
+// organization's webhooks in the same transaction: whoever changes a
+// record (the API, the engine) cannot change it without its event.
 func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, error) {
 	var (
 		result Record
@@ -225,6 +234,11 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 			if err := reindexDue(tx, id, before.NextCheckAt, r.NextCheckAt); err != nil {
 				return err
 			}
+			if r.Status != before.Status {
+				if err := s.emitTx(tx, EventRecordStatusChanged, r.UpdatedAt, r, before.Status); err != nil {
+					return err
+				}
+			}
 			result = r
 			tx.OnCommit(func() { s.publish(Change{ID: r.ID, OrgID: r.OrgID, Domain: r.Domain, Record: &r}) })
 			return nil
@@ -242,6 +256,9 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 				return err
 			}
 			if err := addOrgCount(tx, before.OrgID, -1); err != nil {
+				return err
+			}
+			if err := s.emitTx(tx, EventRecordDeleted, s.stamp(), before, ""); err != nil {
 				return err
 			}
 			result = before

@@ -50,7 +50,7 @@ func (e *LimitError) Error() string {
 const batchDelay = 2 * time.Millisecond
 
 // SchemaVersion is the version of the file layout this program writes.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // migrations[i] moves a file from schema version i to i+1. Version 0 is an
 // empty file. Each runs inside the one transaction that also records the new
@@ -98,6 +98,15 @@ var migrations = []func(tx *bolt.Tx) error{
 			return tx.Bucket(bucketRecordsDue).Put(dueKey(r.NextCheckAt, r.ID), nil)
 		})
 	},
+	// 3: webhooks and their outbox (webhooks.go).
+	2: func(tx *bolt.Tx) error {
+		for _, name := range webhookBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("creating bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	},
 }
 
 var (
@@ -142,6 +151,9 @@ type Store struct {
 	subsMu sync.Mutex
 	subs   map[*Subscription]struct{}
 
+	// outbox is signalled after a commit that queued webhook deliveries.
+	outbox chan struct{}
+
 	// unwritable is set when a write fails with ErrUnwritable and cleared
 	// by the first Writable that proves the file can grow again.
 	unwritable atomic.Bool
@@ -169,7 +181,7 @@ func Open(path string, opts Options) (*Store, error) {
 	// that wait, not the fsync, bounded creates per second. 2 ms still
 	// gathers the concurrent writers of one fsync.
 	db.MaxBatchDelay = batchDelay
-	s := &Store{db: db, now: opts.Now, subs: map[*Subscription]struct{}{}}
+	s := &Store{db: db, now: opts.Now, subs: map[*Subscription]struct{}{}, outbox: make(chan struct{}, 1)}
 	if s.now == nil {
 		s.now = time.Now
 	}

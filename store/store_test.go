@@ -72,6 +72,9 @@ func checkFile(t *testing.T, s *store.Store, path string) {
 	if err := again.Check(); err != nil {
 		t.Errorf("Check(%s): %v", path, err)
 	}
+	if err := again.CheckOutbox(); err != nil {
+		t.Errorf("CheckOutbox(%s): %v", path, err)
+	}
 }
 
 // mustOrg creates an organization or fails the test. max is its own limit
