@@ -15,7 +15,6 @@ package netguard
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -24,9 +23,20 @@ import (
 )
 
 // ErrRefused is the Control hook's refusal: the address is neither the
-// deployment's own nor public, and nothing was sent to it. The errors the
-// hook returns wrap it and name the address.
+// deployment's own nor public, and nothing was sent to it. The hook
+// returns a *RefusedError, which wraps it and names the address.
 var ErrRefused = errors.New("address is neither this server's nor public: not contacted")
+
+// RefusedError is a connection the policy refused.
+type RefusedError struct {
+	// Addr is the address refused, as dialled (or as given, when it could
+	// not be read).
+	Addr string
+}
+
+func (e *RefusedError) Error() string { return e.Addr + ": " + ErrRefused.Error() }
+
+func (e *RefusedError) Unwrap() error { return ErrRefused }
 
 // Policy is the set of addresses a connection may reach besides the public
 // ones. The zero value admits public addresses only.
@@ -60,10 +70,10 @@ func (p Policy) Allows(a netip.Addr) bool {
 func (p Policy) Control(_, address string, _ syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
-		return fmt.Errorf("%q: %w", address, ErrRefused)
+		return &RefusedError{Addr: address}
 	}
 	if !p.Allows(ap.Addr()) {
-		return fmt.Errorf("%s: %w", ap.Addr().Unmap(), ErrRefused)
+		return &RefusedError{Addr: ap.Addr().Unmap().String()}
 	}
 	return nil
 }
