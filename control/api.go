@@ -32,6 +32,8 @@ type Config struct {
 	// Diagnoser runs POST …/proxy_records/{id}/diagnose/. If nil, that
 	// route answers 503 unavailable.
 	Diagnoser *Diagnoser
+	// Webhooks checks webhook URLs.
+	Webhooks WebhookConfig
 }
 
 // API is the management API of CONTRACT §3 as an http.Handler.

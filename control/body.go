@@ -21,6 +21,10 @@ type requestBody struct {
 	// domainNotString is set when a JSON body's domain is not a string.
 	domainNotString bool
 	key             string
+	// fields holds a JSON body's fields and form a form body's, for the
+	// handlers that read other fields than domain (webhooks).
+	fields map[string]json.RawMessage
+	form   url.Values
 }
 
 // readBody reads at most maxAPIBody bytes of the request body.
@@ -57,6 +61,7 @@ func decodeBody(data []byte) (*requestBody, *apiError) {
 		if err := json.Unmarshal(trimmed, &fields); err != nil {
 			return nil, parseError(fmt.Sprintf("JSON parse error - %v.", err))
 		}
+		b.fields = fields
 		if raw, ok := fields["domain"]; ok && string(raw) != "null" {
 			var s string
 			if err := json.Unmarshal(raw, &s); err != nil {
@@ -77,6 +82,7 @@ func decodeBody(data []byte) (*requestBody, *apiError) {
 	if err != nil {
 		return nil, parseError(fmt.Sprintf("Form parse error - %v; send JSON such as {\"domain\": \"e.example.com\"} or a form body domain=e.example.com.", err))
 	}
+	b.form = form
 	if form.Has("domain") {
 		s := form.Get("domain")
 		b.domain = &s
