@@ -43,7 +43,10 @@ type config struct {
 	LogFormat        string
 	AccessLogEvery   int // 0: off; 1: every request; N: one in N
 	MetricsPerDomain bool
-	Dev              bool
+	// WebhookAllowPrivate lets webhooks use http:// URLs and any address;
+	// --dev implies it.
+	WebhookAllowPrivate bool
+	Dev                 bool
 }
 
 // flagError is a bad flag value: one line naming the flag and why.
@@ -118,12 +121,14 @@ func serveFlags(fs *flag.FlagSet) func(fromEnv map[string]bool) (*config, error)
 	logFormat := fs.String("log-format", "text", "text or json")
 	accessLog := fs.String("access-log", "off", "on, off or sample:N")
 	perDomain := fs.Bool("metrics-per-domain", false, "add a capped domain label to the edge's request counters")
+	webhookPrivate := fs.Bool("webhook-allow-private", false, "accept webhook URLs that are http:// or resolve to loopback or private addresses (tests, local trials; --dev implies it)")
 	dev := fs.Bool("dev", false, "local trial: proxy.localhost base, 127.0.0.1:8081 and :8443, bootstrap key printed")
 
 	return func(fromEnv map[string]bool) (*config, error) {
 		given := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-		c := &config{DataDir: *dataDir, Dev: *dev, MetricsPerDomain: *perDomain, ACMEEmail: *acmeEmail}
+		c := &config{DataDir: *dataDir, Dev: *dev, MetricsPerDomain: *perDomain, ACMEEmail: *acmeEmail,
+			WebhookAllowPrivate: *webhookPrivate || *dev}
 		// Flags filled from the environment count as given: parseFlags
 		// applies them with fs.Set, which Visit reports.
 		c.APIAddr, c.HTTPAddr, c.HTTPSAddr, c.TargetCNAMEBase = *apiAddr, *httpAddr, *httpsAddr, *base
