@@ -42,6 +42,7 @@ func NewAdmin(st *store.Store, cfg Config) *Admin {
 	a.mux.HandleFunc("GET /keys", a.listKeys)
 	a.mux.HandleFunc("POST /keys/{id}/revoke", a.revokeKey)
 	a.mux.HandleFunc("GET /records", a.listRecords)
+	a.mux.HandleFunc("GET /webhooks", a.listWebhooks)
 	a.mux.HandleFunc("GET /backup", a.backup)
 	return a
 }

@@ -98,6 +98,20 @@ var routes = []route{
 	{"/api/organizations/{org}/proxy_records/{id}/diagnose", map[string]handlerSpec{
 		http.MethodPost: {scope: ScopeOrgRead, fn: (*API).diagnoseRecord},
 	}, "diagnose"},
+	{"/api/organizations/{org}/webhooks", map[string]handlerSpec{
+		http.MethodGet:  {scope: ScopeOrgRead, fn: (*API).listWebhooks},
+		http.MethodPost: {scope: ScopeOrgWrite, admin: true, fn: (*API).createWebhook},
+	}, "webhooks"},
+	{"/api/organizations/{org}/webhooks/{id}", map[string]handlerSpec{
+		http.MethodGet:    {scope: ScopeOrgRead, fn: (*API).getWebhook},
+		http.MethodDelete: {scope: ScopeOrgWrite, admin: true, fn: (*API).deleteWebhook},
+	}, "webhook"},
+	{"/api/organizations/{org}/webhooks/{id}/rotate_secret", map[string]handlerSpec{
+		http.MethodPost: {scope: ScopeOrgWrite, admin: true, fn: (*API).rotateWebhookSecret},
+	}, "webhook_rotate_secret"},
+	{"/api/organizations/{org}/webhooks/{id}/ping", map[string]handlerSpec{
+		http.MethodPost: {scope: ScopeOrgWrite, admin: true, fn: (*API).pingWebhook},
+	}, "webhook_ping"},
 }
 
 // Routes lists every method and path pattern the API answers (besides

@@ -77,9 +77,13 @@ func CheckURL(ctx context.Context, raw string, allowPrivate bool, resolver *net.
 		return "", err
 	}
 	for _, a := range addrs {
-		if !netguard.Public(a) {
-			return "", urlErrorf("The URL's host %s resolves to %s, which is not a public address.", host, a.Unmap())
+		if netguard.Public(a) {
+			continue
 		}
+		if _, err := netip.ParseAddr(host); err == nil {
+			return "", urlErrorf("The URL's address %s is not a public address.", a.Unmap())
+		}
+		return "", urlErrorf("The URL's host %s resolves to %s, which is not a public address.", host, a.Unmap())
 	}
 	return u.String(), nil
 }
