@@ -295,6 +295,16 @@ var adminCommands = map[string]adminCommand{
 			return c.call(out, "GET", "/records?"+q.Encode(), nil)
 		}
 	},
+	"webhooks list": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
+		org := fs.String("org", "", "only this organization's webhooks")
+		return func(c *adminClient, out io.Writer) error {
+			q := url.Values{}
+			if *org != "" {
+				q.Set("org", *org)
+			}
+			return c.call(out, "GET", "/webhooks?"+q.Encode(), nil)
+		}
+	},
 	"backup": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
 		outPath := fs.String("out", "", "file to write the copy to")
 		return func(c *adminClient, out io.Writer) error {

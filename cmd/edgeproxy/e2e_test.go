@@ -31,14 +31,15 @@ type server struct {
 }
 
 // launch starts the binary with args and returns at once. When the test
-// ends the process is killed, and its log must not hold a key value.
-func launch(t *testing.T, bin string, args []string) *server {
+// ends the process is killed, and its log must not hold a key value. The
+// process's environment is PATH and env.
+func launch(t *testing.T, bin string, args []string, env ...string) *server {
 	t.Helper()
 	s := &server{stderr: &testbin.LockedBuffer{}, done: make(chan error, 1)}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stderr = s.stderr
 	s.cmd.Stdout = io.Discard
-	s.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	s.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -58,9 +59,16 @@ func launch(t *testing.T, bin string, args []string) *server {
 // (args come last, so they may override them) and waits for /readyz.
 func startServer(t *testing.T, dataDir string, args ...string) *server {
 	t.Helper()
+	return startServerEnv(t, dataDir, nil, args...)
+}
+
+// startServerEnv is startServer with env added to the process's
+// environment.
+func startServerEnv(t *testing.T, dataDir string, env []string, args ...string) *server {
+	t.Helper()
 	api := testbin.FreeAddr(t)
 	s := launch(t, testbin.Build(t, true), append([]string{"serve", "--dev", "--data-dir", dataDir,
-		"--api-addr", api, "--http-addr", testbin.FreeAddr(t), "--https-addr", testbin.FreeAddr(t)}, args...))
+		"--api-addr", api, "--http-addr", testbin.FreeAddr(t), "--https-addr", testbin.FreeAddr(t)}, args...), env...)
 	s.api, s.dataDir = "http://"+api, dataDir
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {

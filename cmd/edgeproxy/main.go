@@ -40,6 +40,7 @@ commands:
   member add|remove           memberships
   key create|list|revoke      personal API keys
   records list                every proxy record (the operator's view)
+  webhooks list               every webhook, its queue and last delivery (never its secret)
   backup --out FILE           a consistent copy of the database, taken while serving
   version                     print the version
 `

@@ -21,6 +21,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/docs"
 	"github.com/edgeproxy/edgeproxy/proxy"
 	"github.com/edgeproxy/edgeproxy/store"
+	"github.com/edgeproxy/edgeproxy/webhooks"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -106,7 +107,15 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 			DNS: verifier, Certs: cm, CAAIdentities: cfg.CAAIdentities,
 			HTTPAddr: cfg.HTTPAddr, HTTPSAddr: cfg.HTTPSAddr, Probes: probes,
 		},
+		Webhooks: control.WebhookConfig{AllowPrivate: cfg.WebhookAllowPrivate},
 	}
+	// The delivery worker of status notifications. Its schedule is in the
+	// store; it runs until the servers have drained.
+	hooks := webhooks.New(st, control.RecordJSON, webhooks.Config{
+		AllowPrivate: cfg.WebhookAllowPrivate,
+		Logger:       log,
+		Registerer:   reg,
+	})
 	var ready atomic.Bool
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -198,6 +207,13 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		}
 	}()
 
+	hooksCtx, stopHooks := context.WithCancel(context.Background())
+	hooksDone := make(chan struct{})
+	go func() {
+		defer close(hooksDone)
+		hooks.Run(hooksCtx)
+	}()
+
 	errc := make(chan error, 4)
 	go func() { errc <- apiSrv.Serve(apiLn) }()
 	go func() { errc <- adminSrv.Serve(adminLn) }()
@@ -231,7 +247,11 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	}
 	drained.Wait()
 	stopEngine()
+	// An attempt cut short here is not recorded: the next start sends it
+	// again, with the same webhook-id.
+	stopHooks()
 	<-engineDone
+	<-hooksDone
 	os.Remove(sockPath)
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return serveErr
