@@ -259,6 +259,10 @@ func TestOpenAPISchemas(t *testing.T) {
 		"DiagnoseCheck":       {"id", "name", "status", "detail", "remediation"},
 		"DiagnoseRemediation": {"type", "summary", "records"},
 		"DNSRecord":           {"name", "type", "value"},
+		"Webhook":             {"id", "url", "events", "created_at", "disabled_at", "last_delivery"},
+		"WebhookWithSecret":   {"id", "url", "events", "created_at", "disabled_at", "secret", "last_delivery"},
+		"WebhookList":         {"results"},
+		"WebhookPing":         {"event_id"},
 	} {
 		if got := d.props[schema]; !slices.Equal(got, props) {
 			t.Errorf("%s properties = %v, want %v", schema, got, props)
@@ -282,8 +286,9 @@ type fixture struct {
 	st  *store.Store
 	srv *httptest.Server
 	org store.Org
-	// record is the id of the organization's one record; see reset.
-	record                     string
+	// record and webhook are the ids of the organization's one record and
+	// one webhook; see reset.
+	record, webhook            string
 	ownerKey, memberKey, roKey string
 }
 
@@ -373,12 +378,31 @@ func (f *fixture) reset(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.record = rec.ID
+
+	// And exactly one webhook, so that every webhook operation can
+	// succeed, a create included (the limit is 5).
+	hooks, err := f.st.OrgWebhooks(f.org.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hooks {
+		if err := f.st.DeleteWebhook(f.org.ID, h.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hook, err := f.st.CreateWebhook(store.Webhook{OrgID: f.org.ID, URL: "https://93.184.215.14/hooks",
+		Events: store.EventTypes, Secret: "whsec_c2VjcmV0"}, control.MaxWebhooks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.webhook = hook.ID
 }
 
 // url fills the document's path with the organization (orgRef) and the
-// record.
+// record or the webhook.
 func (f *fixture) url(path, orgRef string) string {
 	path = strings.ReplaceAll(path, "{organization_id}", orgRef)
+	path = strings.ReplaceAll(path, "/webhooks/{id}/", "/webhooks/"+f.webhook+"/")
 	path = strings.ReplaceAll(path, "{id}", f.record)
 	return f.srv.URL + path
 }
@@ -444,6 +468,7 @@ func (f *fixture) do(t *testing.T, method, target, key, via string, fields map[s
 // document path.
 var bodies = map[string]map[string]string{
 	"POST /api/organizations/{organization_id}/proxy_records/": {"domain": "e.example.com"},
+	"POST /api/organizations/{organization_id}/webhooks/":      {"url": "https://93.184.215.14/hooks"},
 }
 
 // success is the one 2xx status the document lists for op.
@@ -481,6 +506,15 @@ func checkShape(t *testing.T, d doc, what string, body []byte, schema string) {
 		json.Unmarshal(body, &list)
 		for _, r := range list.Results {
 			checkShape(t, d, what+" results[]", r, "ProxyRecord")
+		}
+	case "WebhookList":
+		var list struct{ Results []json.RawMessage }
+		json.Unmarshal(body, &list)
+		if len(list.Results) == 0 {
+			t.Errorf("%s: no webhooks listed", what)
+		}
+		for _, r := range list.Results {
+			checkShape(t, d, what+" results[]", r, "Webhook")
 		}
 	case "DiagnoseReport":
 		checkShape(t, d, what+" summary", obj["summary"], "DiagnoseSummary")
