@@ -145,3 +145,30 @@ func TestAdminWithoutServer(t *testing.T) {
 		t.Errorf("stderr = %q, want one line saying no server runs", out)
 	}
 }
+
+// TestWebhookAllowPrivate: off by default, on with the flag or its
+// variable, and implied by --dev.
+func TestWebhookAllowPrivate(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want bool
+	}{
+		{[]string{"--target-cname-base", "p.example.net"}, nil, false},
+		{[]string{"--target-cname-base", "p.example.net", "--webhook-allow-private"}, nil, true},
+		{[]string{"--target-cname-base", "p.example.net"}, map[string]string{"EDGEPROXY_WEBHOOK_ALLOW_PRIVATE": "true"}, true},
+		{[]string{"--dev"}, nil, true},
+	} {
+		cfg, err := parseServe(t, tt.args, tt.env)
+		if err != nil {
+			t.Fatalf("%v %v: %v", tt.args, tt.env, err)
+		}
+		if cfg.WebhookAllowPrivate != tt.want {
+			t.Errorf("%v %v: webhook-allow-private %t, want %t", tt.args, tt.env, cfg.WebhookAllowPrivate, tt.want)
+		}
+	}
+	if _, err := parseServe(t, nil, map[string]string{"EDGEPROXY_WEBHOOK_ALLOW_PRIVATE": "maybe", "EDGEPROXY_TARGET_CNAME_BASE": "p.example.net"}); err == nil ||
+		!strings.Contains(err.Error(), "webhook-allow-private") {
+		t.Errorf("a bad value: %v, want an error naming the flag", err)
+	}
+}
