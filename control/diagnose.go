@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/internal/netguard"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -125,7 +126,7 @@ type Diagnoser struct {
 	// HTTPAddr is the plain HTTP listener's address (--http-addr); the
 	// HTTP check sends its request to the domain's addresses on its port,
 	// to those that are this listener's, the target's or public only
-	// (see dialPolicy). If empty, or if Probes is nil, that check is
+	// (see internal/netguard). If empty, or if Probes is nil, that check is
 	// skipped.
 	HTTPAddr string
 	// HTTPSAddr is the TLS edge's address (--https-addr); the live check
@@ -318,7 +319,7 @@ func (d *Diagnoser) checkHTTP(ctx context.Context, rec store.Record, pointing <-
 	}
 	addrs = addrs[:min(len(addrs), maxProbeAddrs)]
 
-	policy := newDialPolicy(own...)
+	policy := netguard.Allow(own...)
 	token, release := d.Probes.Register(probeTTL)
 	defer release()
 	results := make([]probeResult, len(addrs))
@@ -409,11 +410,11 @@ func (r probeResult) String() string {
 // connects only where policy allows, straight to the address (never
 // through an HTTP proxy from the environment), one connection each, and
 // follows no redirect.
-func probeClient(policy dialPolicy) *http.Client {
+func probeClient(policy netguard.Policy) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:                  nil,
-			DialContext:            policy.dialer(diagnoseHTTPTimeout).DialContext,
+			DialContext:            policy.Dialer(diagnoseHTTPTimeout).DialContext,
 			DisableKeepAlives:      true,
 			ResponseHeaderTimeout:  diagnoseHTTPTimeout,
 			MaxResponseHeaderBytes: 16 << 10,
@@ -424,7 +425,7 @@ func probeClient(policy dialPolicy) *http.Client {
 
 // probeHTTP asks addr:port for the probe token with Host domain and says
 // whether the answer is the token.
-func probeHTTP(ctx context.Context, policy dialPolicy, addr netip.Addr, port, domain, token string) probeResult {
+func probeHTTP(ctx context.Context, policy netguard.Policy, addr netip.Addr, port, domain, token string) probeResult {
 	ctx, cancel := context.WithTimeout(ctx, diagnoseHTTPTimeout)
 	defer cancel()
 	u := "http://" + net.JoinHostPort(addr.String(), port) + probePathPrefix + token
@@ -437,7 +438,7 @@ func probeHTTP(ctx context.Context, policy dialPolicy, addr netip.Addr, port, do
 	var nerr net.Error
 	var operr *net.OpError
 	switch {
-	case errors.Is(err, errAddrRefused):
+	case errors.Is(err, netguard.ErrRefused):
 		return probeRefused
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():
 		return probeNoAnswer
