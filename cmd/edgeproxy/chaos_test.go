@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,7 +42,9 @@ import (
 // status its DNS dictates (a CNAME to its target: valid and served; no
 // CNAME: waiting), every deleted record must disappear, and after a clean
 // shutdown the certificate storage must hold exactly the certificates of
-// the records still pointing.
+// the records still pointing. Each organization has a webhook: every record
+// that existed must have had its created event delivered, and every record
+// gone its deleted event, and the outbox's indexes must be consistent.
 //
 // `make test` runs a short form (EDGEPROXY_CHAOS_KILLS unset: 5 kills);
 // `make chaos` runs the long one. EDGEPROXY_CHAOS_SEED fixes the workers'
@@ -65,6 +68,13 @@ func TestChaos(t *testing.T) {
 		// restriction, so it reaches both organizations.
 		s.admin(t, nil, "member", "add", "--org", org.ID, "--user", "1", "--level", "owner")
 		c.orgs = append(c.orgs, chaosOrg{id: org.ID, limit: limit})
+	}
+	c.hooks = newChaosHooks(t)
+	for _, org := range c.orgs {
+		body := `{"url": "` + c.hooks.srv.URL + `/hooks", "events": ["proxy_record.created", "proxy_record.deleted"]}`
+		if code := s.request(t, key, "POST", "/api/organizations/"+org.id+"/webhooks/", body, nil); code != 201 {
+			t.Fatalf("create webhook: %d", code)
+		}
 	}
 	const workers = 4
 	for i := range workers {
@@ -106,6 +116,7 @@ func TestChaos(t *testing.T) {
 	if t.Failed() {
 		t.Fatalf("did not settle (seed %d)\n%s", seed, s.stderr)
 	}
+	c.eventsDelivered()
 
 	// A clean stop, then the storage seen from outside.
 	s.cmd.Process.Signal(syscall.SIGTERM)
@@ -155,6 +166,77 @@ type chaos struct {
 	deletedValid                         atomic.Int64
 	cutCreates, cutCreatesDone           int
 	cutDeletes, cutDeletesDone           int
+	hooks                                *chaosHooks
+}
+
+// chaosHooks is a receiver of both organizations' webhooks (plain HTTP:
+// --dev allows it); it counts the events it got per type and record.
+type chaosHooks struct {
+	srv *httptest.Server
+
+	// mu guards seen.
+	mu   sync.Mutex
+	seen map[string]int // type + " " + record id → deliveries
+}
+
+func newChaosHooks(t *testing.T) *chaosHooks {
+	h := &chaosHooks{seen: map[string]int{}}
+	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev struct {
+			Type string
+			Data struct{ Record struct{ ID string } }
+		}
+		if err := json.NewDecoder(r.Body).Decode(&ev); err == nil {
+			h.mu.Lock()
+			h.seen[ev.Type+" "+ev.Data.Record.ID]++
+			h.mu.Unlock()
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(h.srv.Close)
+	return h
+}
+
+// eventsDelivered checks that every record that existed (its create was
+// acknowledged, or a cut create had committed) had its created event
+// delivered, and every record that is gone its deleted event, however the
+// kills fell: each event was committed with its change.
+func (c *chaos) eventsDelivered() {
+	t := c.t
+	deadline := time.Now().Add(2 * time.Minute)
+	var missing []string
+	for {
+		missing = missing[:0]
+		c.hooks.mu.Lock()
+		for _, cw := range c.workers {
+			for _, r := range cw.records {
+				if r.id == "" {
+					continue
+				}
+				if c.hooks.seen["proxy_record.created "+r.id] == 0 {
+					missing = append(missing, "created "+r.domain)
+				}
+				if r.state == gone && c.hooks.seen["proxy_record.deleted "+r.id] == 0 {
+					missing = append(missing, "deleted "+r.domain)
+				}
+			}
+		}
+		events, repeated := 0, 0
+		for _, n := range c.hooks.seen {
+			events += n
+			repeated += n - 1
+		}
+		c.hooks.mu.Unlock()
+		if len(missing) == 0 {
+			t.Logf("chaos: %d webhook deliveries received, %d of them repeats of an event already delivered (at least once)", events, repeated)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("2 minutes after settling, events never delivered: %v", missing)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 type chaosWorker struct {
@@ -459,6 +541,9 @@ func (c *chaos) checkStorage(dbPath string) {
 	defer st.Close()
 	if err := st.Check(); err != nil {
 		t.Errorf("store check: %v", err)
+	}
+	if err := st.CheckOutbox(); err != nil {
+		t.Errorf("outbox check: %v", err)
 	}
 	cm, err := certs.New(st, certs.Config{CA: c.w.pebble.DirectoryURL()})
 	if err != nil {
