@@ -207,20 +207,15 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	if rt == nil {
 		return errNotFound
 	}
-	lb := newLazyBody(r)
-	c := &call{w: w, r: r, vars: vars, body: lb.decode}
-	// Authentication comes first: a request with a valid key is served
-	// whatever its address did before (behind a shared proxy or tunnel,
-	// another client's bad key must not lock it out). Requests with no
-	// key or a bad one are counted against their address, and past the
-	// limit they get 429 instead of 401.
+	c := &call{w: w, r: r, vars: vars, body: bodyOnce(r)}
 	addr := clientAddr(r)
+	if wait := a.fails.wait(addr); wait > 0 {
+		return throttled(wait)
+	}
 	var aerr *apiError
-	if c.key, aerr = a.authenticate(r, lb, a.fails.wait(addr) > 0); aerr != nil {
-		if aerr == errNotAuthenticated || aerr.Code == "authentication_failed" {
-			if wait := a.fails.fail(addr); wait > 0 {
-				return throttled(wait)
-			}
+	if c.key, aerr = a.authenticate(r, c.body); aerr != nil {
+		if aerr.Code == "authentication_failed" {
+			a.fails.fail(addr)
 		}
 		return aerr
 	}

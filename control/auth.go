@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -95,12 +94,7 @@ func NewKey(userID int64, label string, scopes, orgs []string) (store.APIKey, st
 // order: the Authorization header, then the body, then the query string.
 // The first place that holds a key is the only one tried. where names that
 // place for the error message.
-//
-// The body is read only when it may hold a key (mayHoldKey). When the
-// client address is throttled, a body that does not contain the field
-// name at all is not parsed: nobody pays for decoding up to 1 MiB of a
-// request that holds no key and will be refused.
-func keyFrom(r *http.Request, body *lazyBody, throttled bool) (value, where string, err *apiError) {
+func keyFrom(r *http.Request, body func() (*requestBody, *apiError)) (value, where string, err *apiError) {
 	if auth := r.Header.Get("Authorization"); auth != "" {
 		scheme, rest, _ := strings.Cut(auth, " ")
 		if strings.EqualFold(scheme, "Bearer") {
@@ -109,18 +103,14 @@ func keyFrom(r *http.Request, body *lazyBody, throttled bool) (value, where stri
 			}
 		}
 	}
-	if mayHoldKey(r) {
-		data, err := body.raw()
-		if err != nil && err.Code == "request_too_large" {
-			return "", "", err
-		}
-		if err == nil && (!throttled || bytes.Contains(data, []byte("personal_api_key"))) {
-			// A body that cannot be parsed holds no key; the handler that
-			// needs the body reports the parse error after authentication.
-			if b, err := body.decode(); err == nil && b.key != "" {
-				return b.key, "body", nil
-			}
-		}
+	b, err := body()
+	if err != nil && err.Code == "request_too_large" {
+		return "", "", err
+	}
+	// A body that cannot be parsed holds no key; the handler that needs
+	// the body reports the parse error after authentication.
+	if err == nil && b.key != "" {
+		return b.key, "body", nil
 	}
 	if v := r.URL.Query().Get("personal_api_key"); v != "" {
 		return v, "query string", nil
@@ -129,8 +119,8 @@ func keyFrom(r *http.Request, body *lazyBody, throttled bool) (value, where stri
 }
 
 // authenticate resolves the request's key to a live stored key.
-func (a *API) authenticate(r *http.Request, body *lazyBody, throttled bool) (store.APIKey, *apiError) {
-	value, where, aerr := keyFrom(r, body, throttled)
+func (a *API) authenticate(r *http.Request, body func() (*requestBody, *apiError)) (store.APIKey, *apiError) {
+	value, where, aerr := keyFrom(r, body)
 	if aerr != nil {
 		return store.APIKey{}, aerr
 	}

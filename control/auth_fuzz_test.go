@@ -63,7 +63,7 @@ func FuzzAuthenticate(f *testing.F) {
 		if header != "" {
 			r.Header.Set("Authorization", header)
 		}
-		key, aerr := a.authenticate(r, newLazyBody(r), false)
+		key, aerr := a.authenticate(r, bodyOnce(r))
 
 		// The contract's order, written out on its own.
 		var tried, where string

@@ -85,58 +85,23 @@ func decodeBody(data []byte) (*requestBody, *apiError) {
 	return &b, nil
 }
 
-// lazyBody reads and decodes the request body at most once, for whichever
-// of authentication and the handler asks first, and lets authentication
-// look at the raw bytes without decoding them.
-type lazyBody struct {
-	r *http.Request
-
-	read    bool
-	data    []byte
-	readErr *apiError
-
-	decoded   bool
-	b         *requestBody
-	decodeErr *apiError
-}
-
-func newLazyBody(r *http.Request) *lazyBody { return &lazyBody{r: r} }
-
-// raw reads the body (at most maxAPIBody bytes) once.
-func (l *lazyBody) raw() ([]byte, *apiError) {
-	if !l.read {
-		l.read = true
-		l.data, l.readErr = readBody(l.r)
-	}
-	return l.data, l.readErr
-}
-
-// decode reads and decodes the body once.
-func (l *lazyBody) decode() (*requestBody, *apiError) {
-	if !l.decoded {
-		l.decoded = true
-		var data []byte
-		if data, l.decodeErr = l.raw(); l.decodeErr == nil {
-			l.b, l.decodeErr = decodeBody(data)
-		}
-	}
-	return l.b, l.decodeErr
-}
-
 // bodyOnce reads and decodes the request body at most once, for whichever
 // of authentication and the handler asks first.
 func bodyOnce(r *http.Request) func() (*requestBody, *apiError) {
-	return newLazyBody(r).decode
-}
-
-// mayHoldKey reports whether the request has a body that can carry a
-// personal_api_key: one sent with a method whose body has meaning. A GET,
-// HEAD or OPTIONS body is never read for a key, so a request without a key
-// costs no body read there.
-func mayHoldKey(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return false
+	var (
+		done bool
+		b    *requestBody
+		aerr *apiError
+	)
+	return func() (*requestBody, *apiError) {
+		if !done {
+			done = true
+			var data []byte
+			data, aerr = readBody(r)
+			if aerr == nil {
+				b, aerr = decodeBody(data)
+			}
+		}
+		return b, aerr
 	}
-	return r.Body != nil && r.Body != http.NoBody
 }

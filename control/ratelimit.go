@@ -9,13 +9,11 @@ import (
 	"time"
 )
 
-// Failed authentications (no key, or a key that is not live) are limited
-// per client address, so nobody can try keys at speed: each address has a
-// bucket of authFailBurst failures that refills at one per authFailRefill.
-// Once its bucket is empty, an address's unauthenticated requests get 429
-// instead of 401 until it refills. A request with a valid key is never
-// refused by this limiter: many users share one address behind a proxy or
-// tunnel, and one of them sending a revoked key must not lock out the rest.
+// Failed authentications are limited per client address, so nobody can
+// try keys at speed: each address has a bucket of authFailBurst failures
+// that refills at one per authFailRefill. An address whose bucket is
+// empty gets 429 for every request until it refills, whatever key it
+// sends. Successful authentications cost nothing.
 const (
 	authFailBurst  = 100
 	authFailRefill = 500 * time.Millisecond
@@ -64,10 +62,8 @@ func (l *failLimiter) wait(addr string) time.Duration {
 	return time.Duration((1 - b.tokens) * float64(authFailRefill))
 }
 
-// fail counts one failed authentication from addr: it takes a token and
-// returns zero while the bucket has one, and otherwise returns how long
-// addr must wait, taking nothing.
-func (l *failLimiter) fail(addr string) time.Duration {
+// fail takes one token from addr's bucket.
+func (l *failLimiter) fail(addr string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -80,11 +76,7 @@ func (l *failLimiter) fail(addr string) time.Duration {
 		l.buckets[addr] = b
 	}
 	l.refillLocked(b, now)
-	if b.tokens < 1 {
-		return time.Duration((1 - b.tokens) * float64(authFailRefill))
-	}
-	b.tokens--
-	return 0
+	b.tokens = math.Max(b.tokens-1, 0)
 }
 
 // sweepLocked drops the buckets that have refilled, and if none has, an
