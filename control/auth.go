@@ -97,8 +97,8 @@ func NewKey(userID int64, label string, scopes, orgs []string) (store.APIKey, st
 //
 // The body is read only when no header key was found and the method sends
 // content (mayCarryBodyKey), and parsed only when it may hold the field
-// (mayHoldKey): a request without a key costs no parsing, whatever it
-// sends.
+// (mayHoldKey): a body without the field costs no parsing, whoever sends
+// it.
 func keyFrom(r *http.Request, body *body) (value, where string, err *apiError) {
 	if auth := r.Header.Get("Authorization"); auth != "" {
 		scheme, rest, _ := strings.Cut(auth, " ")
