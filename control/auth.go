@@ -94,7 +94,12 @@ func NewKey(userID int64, label string, scopes, orgs []string) (store.APIKey, st
 // order: the Authorization header, then the body, then the query string.
 // The first place that holds a key is the only one tried. where names that
 // place for the error message.
-func keyFrom(r *http.Request, body func() (*requestBody, *apiError)) (value, where string, err *apiError) {
+//
+// The body is read only when no header key was found and the method sends
+// content (mayCarryBodyKey), and parsed only when it may hold the field
+// (mayHoldKey): a body without the field costs no parsing, whoever sends
+// it.
+func keyFrom(r *http.Request, body *body) (value, where string, err *apiError) {
 	if auth := r.Header.Get("Authorization"); auth != "" {
 		scheme, rest, _ := strings.Cut(auth, " ")
 		if strings.EqualFold(scheme, "Bearer") {
@@ -103,14 +108,19 @@ func keyFrom(r *http.Request, body func() (*requestBody, *apiError)) (value, whe
 			}
 		}
 	}
-	b, err := body()
-	if err != nil && err.Code == "request_too_large" {
-		return "", "", err
-	}
-	// A body that cannot be parsed holds no key; the handler that needs
-	// the body reports the parse error after authentication.
-	if err == nil && b.key != "" {
-		return b.key, "body", nil
+	if mayCarryBodyKey(r) {
+		data, err := body.bytes()
+		if err != nil && err.Code == "request_too_large" {
+			return "", "", err
+		}
+		// A body that cannot be read or parsed holds no key; the handler
+		// that needs the body reports the parse error after
+		// authentication.
+		if err == nil && mayHoldKey(data) {
+			if b, err := body.decode(); err == nil && b.key != "" {
+				return b.key, "body", nil
+			}
+		}
 	}
 	if v := r.URL.Query().Get("personal_api_key"); v != "" {
 		return v, "query string", nil
@@ -118,8 +128,21 @@ func keyFrom(r *http.Request, body func() (*requestBody, *apiError)) (value, whe
 	return "", "", nil
 }
 
+// mayCarryBodyKey reports whether r's body is looked at for a key: only
+// the methods whose requests send content (POST, PUT, PATCH, DELETE) and
+// only when there is a body. A GET or HEAD body is never read for a key.
+// The content type does not decide, as it does not for the create call:
+// PostHog's own curl example sends a form body with a JSON type.
+func mayCarryBodyKey(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return r.Body != nil && r.Body != http.NoBody
+	}
+	return false
+}
+
 // authenticate resolves the request's key to a live stored key.
-func (a *API) authenticate(r *http.Request, body func() (*requestBody, *apiError)) (store.APIKey, *apiError) {
+func (a *API) authenticate(r *http.Request, body *body) (store.APIKey, *apiError) {
 	value, where, aerr := keyFrom(r, body)
 	if aerr != nil {
 		return store.APIKey{}, aerr

@@ -85,23 +85,51 @@ func decodeBody(data []byte) (*requestBody, *apiError) {
 	return &b, nil
 }
 
-// bodyOnce reads and decodes the request body at most once, for whichever
-// of authentication and the handler asks first.
-func bodyOnce(r *http.Request) func() (*requestBody, *apiError) {
-	var (
-		done bool
-		b    *requestBody
-		aerr *apiError
-	)
-	return func() (*requestBody, *apiError) {
-		if !done {
-			done = true
-			var data []byte
-			data, aerr = readBody(r)
-			if aerr == nil {
-				b, aerr = decodeBody(data)
-			}
-		}
-		return b, aerr
+// body is a request's body, read at most once and decoded at most once,
+// for whichever of authentication, the size check and the handler asks
+// first. It is used by one request's goroutine only.
+type body struct {
+	r *http.Request
+
+	read    bool
+	data    []byte
+	readErr *apiError
+
+	decoded   bool
+	fields    *requestBody
+	decodeErr *apiError
+}
+
+func newBody(r *http.Request) *body { return &body{r: r} }
+
+// bytes reads the body (at most maxAPIBody bytes).
+func (b *body) bytes() ([]byte, *apiError) {
+	if !b.read {
+		b.read = true
+		b.data, b.readErr = readBody(b.r)
 	}
+	return b.data, b.readErr
+}
+
+// decode reads and parses the body.
+func (b *body) decode() (*requestBody, *apiError) {
+	if !b.decoded {
+		b.decoded = true
+		data, aerr := b.bytes()
+		if aerr != nil {
+			b.decodeErr = aerr
+		} else {
+			b.fields, b.decodeErr = decodeBody(data)
+		}
+	}
+	return b.fields, b.decodeErr
+}
+
+// mayHoldKey reports whether decoding data could find a personal_api_key
+// field, so that bodies that cannot hold one are never parsed for it. The
+// name is looked for as written; a JSON \u escape or a form %XX escape
+// could spell it otherwise, so a body holding either is parsed too.
+func mayHoldKey(data []byte) bool {
+	return bytes.Contains(data, []byte("personal_api_key")) ||
+		bytes.Contains(data, []byte(`\u`)) || bytes.IndexByte(data, '%') >= 0
 }
