@@ -210,8 +210,8 @@ var (
 	nameLimitWords = []string{
 		"exact set of", // "too many certificates (5) already issued for this exact set of identifiers"
 		"duplicate-certificate-limit", "new-certificates-per-exact-set-of-",
-		"failed authorization",      // "too many failed authorizations (5) for "e.example.com" in the last 1h0m0s"
-		"failed validation",         // "too many failed validations"
+		"failed authorization", // "too many failed authorizations (5) for "e.example.com" in the last 1h0m0s"
+		"failed validation",    // "too many failed validations"
 		"authorization-failures-per-", "failed-validation-limit",
 	}
 	registeredDomainLimitWords = []string{
