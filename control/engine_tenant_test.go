@@ -423,8 +423,8 @@ func TestRetentionReusesCertificate(t *testing.T) {
 	if got := fe.proxy.NewOrders(name); got != 1 {
 		t.Errorf("%d create-valid-delete cycles made %d orders, want 1", cycles, got)
 	}
-	if got := fe.counter(t, "edgeproxy_acme_orders_total", "", ""); got != 1 {
-		t.Errorf("edgeproxy_acme_orders_total = %v, want 1 (a reused certificate spends no budget)", got)
+	if got := fe.counter(t, "edgeproxy_acme_budget_orders_total", "", ""); got != 1 {
+		t.Errorf("edgeproxy_acme_budget_orders_total = %v, want 1 (a reused certificate spends no budget)", got)
 	}
 	stored, err := fe.cm.StoredDomains(t.Context())
 	if err != nil || !slices.Contains(stored, name) {

@@ -124,8 +124,8 @@ func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
 			Help: "Pauses of every ACME order by cause: rate_limited (the CA's rate limit) or ca_unavailable (the CA down or failing).",
 		}, []string{"cause"}),
 		orders: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "acme_orders_total",
-			Help: "Certificate orders the engine placed with the CA (each counted against its organization's order budget).",
+			Namespace: namespace, Name: "acme_budget_orders_total",
+			Help: "Certificate orders the engine placed with the CA, each counted against its organization's order budget (a certificate reused from storage is not).",
 		}),
 		held: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "acme_orders_held_total",
