@@ -136,12 +136,14 @@ func TestCAHoldsAcrossRestart(t *testing.T) {
 	dupUntil := time.Now().Add(3 * time.Hour).UTC().Truncate(time.Second)
 	proxy.LimitName("www.dup-shop.com", certstest.DuplicateCertificate, dupUntil)
 	a1 := w.createPointed(t, s, keyA, "www.dup-shop.com")
-	s.waitRecord(t, keyA, a1.ID, "held on its name", func(r tenantRecord) bool {
-		return r.Status == "issuing" && strings.Contains(r.msg(), "rate limiting certificates for www.dup-shop.com: rate limited until "+dupUntil.Format(time.RFC3339)) &&
-			strings.Contains(r.msg(), "The CA said: too many certificates (5) already issued for this exact set of identifiers")
+	ra := s.waitRecord(t, keyA, a1.ID, "rate limited", func(r tenantRecord) bool {
+		return r.Status == "issuing" && strings.Contains(r.msg(), "The CA said: too many certificates (5) already issued for this exact set of identifiers")
 	})
 	b1 := w.createPointed(t, s, keyB, "www.calm-shop.com")
 	s.waitRecord(t, keyB, b1.ID, "valid", func(r tenantRecord) bool { return r.Status == "valid" })
+	if want := "rate limiting certificates for www.dup-shop.com: rate limited until " + dupUntil.Format(time.RFC3339); !strings.Contains(ra.msg(), want) {
+		t.Errorf("A's message %q lacks %q", ra.msg(), want)
+	}
 	if got := s.metric(t, "edgeproxy_acme_paused_until_seconds"); got != 0 {
 		t.Errorf("edgeproxy_acme_paused_until_seconds = %v after a limit on one name", got)
 	}
