@@ -39,7 +39,9 @@
 //   - erroring: no certificate could be had, or serving broke; retry allowed.
 //   - timed_out: DNS never pointed at us in time; retry allowed.
 //   - deleting: deletion was asked for while a certificate may exist; the
-//     record disappears once the certificate is dropped.
+//     record disappears once the certificate is no longer served. The
+//     certificate stays in storage, never served, for the retention
+//     (EngineConfig.CertRetention), for a new record of the domain.
 //
 // A DELETE removes a waiting, erroring or timed_out record at once and
 // moves an issuing, valid or warning one to deleting. Retry moves erroring

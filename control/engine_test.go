@@ -70,6 +70,11 @@ type lifecycleEnv struct {
 	http   string
 	probes *control.Probes
 	diag   *control.Diagnoser
+
+	// verifier and engineCfg build the engine; restartEngine builds a new
+	// one from them.
+	verifier  *dnsverify.Verifier
+	engineCfg control.EngineConfig
 }
 
 type syncBuffer struct {
@@ -175,6 +180,7 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 		tweak(&cfg)
 	}
 	env.engine = control.NewEngine(st, verifier, cm, cfg)
+	env.verifier, env.engineCfg = verifier, cfg
 	env.diag = &control.Diagnoser{
 		DNS:           verifier,
 		Certs:         cm,
@@ -246,6 +252,19 @@ func (env *lifecycleEnv) startEngine(t *testing.T) {
 	t.Cleanup(env.stopRun)
 }
 
+// restartEngine stops the engine and runs a new one over the same store,
+// certificate manager and configuration (its metrics unregistered), as a
+// restart of the process would: nothing of the old engine's memory is
+// kept.
+func (env *lifecycleEnv) restartEngine(t *testing.T) {
+	t.Helper()
+	env.stopRun()
+	cfg := env.engineCfg
+	cfg.Registerer = nil
+	env.engine = control.NewEngine(env.st, env.verifier, env.cm, cfg)
+	env.startEngine(t)
+}
+
 type apiRecord struct {
 	ID          string  `json:"id"`
 	Domain      string  `json:"domain"`
@@ -254,10 +273,47 @@ type apiRecord struct {
 	Message     *string `json:"message"`
 }
 
+// tenant is an organization with an owner whose API key reaches it.
+type tenant struct {
+	orgID string
+	key   string
+}
+
+// home is the organization every lifecycle test starts with.
+func (env *lifecycleEnv) home() tenant { return tenant{orgID: env.orgID, key: env.key} }
+
+// newTenant adds an organization (limit 100) with its own owner and key.
+func (env *lifecycleEnv) newTenant(t *testing.T, name string) tenant {
+	t.Helper()
+	limit := 100
+	org, err := env.st.CreateOrg(name, &limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, err := env.st.CreateUser("ops@" + strings.ReplaceAll(strings.ToLower(name), " ", "-") + ".test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.st.SetMembership(org.ID, user.ID, store.LevelOwner); err != nil {
+		t.Fatal(err)
+	}
+	k, value := control.NewKey(user.ID, "test", []string{control.ScopeAll}, nil)
+	if _, err := env.st.CreateKey(k); err != nil {
+		t.Fatal(err)
+	}
+	return tenant{orgID: org.ID, key: value}
+}
+
 func (env *lifecycleEnv) call(t *testing.T, method, path, body string) (int, apiRecord) {
 	t.Helper()
+	return env.callAs(t, env.home(), method, path, body)
+}
+
+// callAs calls the API with the tenant's key, on its organization.
+func (env *lifecycleEnv) callAs(t *testing.T, tn tenant, method, path, body string) (int, apiRecord) {
+	t.Helper()
 	req, _ := http.NewRequest(method, env.api.URL+"/api/organizations/@current/proxy_records/"+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+env.key)
+	req.Header.Set("Authorization", "Bearer "+tn.key)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -446,8 +502,11 @@ func TestLifecycleTimedOutThenRetry(t *testing.T) {
 	env.mustServe(t, "late.shop.example.com")
 }
 
+// TestLifecycleDeleteValid: a deleted record's certificate stops being
+// served at once but stays in storage for the retention (never served),
+// then is removed.
 func TestLifecycleDeleteValid(t *testing.T) {
-	env := newLifecycleEnv(t, nil)
+	env := newLifecycleEnv(t, func(c *control.EngineConfig) { c.CertRetention = 2 * time.Hour })
 	rec := env.create(t, "gone.shop.example.com")
 	env.dns.SetCNAME("gone.shop.example.com", rec.TargetCNAME)
 	env.waitStatus(t, rec.ID, store.StatusValid)
@@ -458,14 +517,35 @@ func TestLifecycleDeleteValid(t *testing.T) {
 	}
 	env.waitFor(t, rec.ID, "gone", func(r store.Record, err error) bool { return err == store.ErrNotFound })
 	env.mustNotServe(t, "gone.shop.example.com")
-	stored, err := env.cm.StoredDomains(context.Background())
-	if err != nil {
-		t.Fatal(err)
+	stored := func() []string {
+		t.Helper()
+		stored, err := env.cm.StoredDomains(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stored
 	}
-	if slices.Contains(stored, "gone.shop.example.com") {
-		t.Errorf("certificate still in storage after delete: %v", stored)
+	if !slices.Contains(stored(), "gone.shop.example.com") {
+		t.Errorf("certificate removed from storage at the delete, want it kept for the retention: %v", stored())
 	}
 	env.waitLog(t, "from=valid to=deleting", "from=deleting to=gone")
+
+	env.clock.Advance(time.Hour)
+	env.engine.Wake()
+	env.mustNotServe(t, "gone.shop.example.com")
+	env.clock.Advance(time.Hour + time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for slices.Contains(stored(), "gone.shop.example.com") {
+		if time.Now().After(deadline) {
+			t.Fatalf("certificate still in storage after its retention: %v", stored())
+		}
+		env.engine.Wake()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if released, err := env.st.ReleasedDomains(); err != nil || len(released) != 0 {
+		t.Errorf("ReleasedDomains after the retention = %v, %v; want none", released, err)
+	}
+	env.waitLog(t, "certificate of a deleted record removed after its retention")
 }
 
 func TestLifecycleCAUnreachable(t *testing.T) {

@@ -96,6 +96,8 @@ type engineMetrics struct {
 	caaChecks   *prometheus.CounterVec // {result}
 	transitions *prometheus.CounterVec // {from, to}
 	pauses      *prometheus.CounterVec // {cause}
+	orders      prometheus.Counter
+	held        *prometheus.CounterVec // {by}
 }
 
 func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
@@ -121,6 +123,14 @@ func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
 			Namespace: namespace, Name: "acme_pauses_total",
 			Help: "Pauses of every ACME order by cause: rate_limited (the CA's rate limit) or ca_unavailable (the CA down or failing).",
 		}, []string{"cause"}),
+		orders: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "acme_budget_orders_total",
+			Help: "Certificate orders the engine placed with the CA, each counted against its organization's order budget (a certificate reused from storage is not).",
+		}),
+		held: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "acme_orders_held_total",
+			Help: "Orders a due record did not place, by what held it: org_budget (its organization's orders per hour), name_limit (a CA rate limit on its name or registered domain), account_pause (a pause of every order).",
+		}, []string{"by"}),
 	}
 	pausedUntil := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "acme_paused_until_seconds",
@@ -134,6 +144,9 @@ func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
 	for _, c := range []string{pauseRateLimited, pauseUnavailable} {
 		m.pauses.WithLabelValues(c)
 	}
+	for _, by := range []string{"org_budget", "name_limit", "account_pause"} {
+		m.held.WithLabelValues(by)
+	}
 	for _, o := range []dnsverify.Outcome{dnsverify.Pointing, dnsverify.Missing, dnsverify.WrongTarget,
 		dnsverify.CloudflareProxied, dnsverify.OtherAddresses, dnsverify.ResolverFailure} {
 		m.dnsChecks.WithLabelValues(o.String())
@@ -142,7 +155,7 @@ func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
 		m.caaChecks.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.dnsChecks, m.dnsDuration, m.caaChecks, m.transitions, m.pauses, pausedUntil, &recordsCollector{engine: e})
+		reg.MustRegister(m.dnsChecks, m.dnsDuration, m.caaChecks, m.transitions, m.pauses, m.orders, m.held, pausedUntil, &recordsCollector{engine: e})
 	}
 	return m
 }

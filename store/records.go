@@ -65,6 +65,9 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 		if err := byDomain.Put([]byte(rec.Domain), []byte(rec.ID)); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bucketReleasedDomains).Delete([]byte(rec.Domain)); err != nil {
+			return err
+		}
 		if err := byOrg.Put(orgIndexKey(rec.OrgID, rec.Seq), []byte(rec.ID)); err != nil {
 			return err
 		}
@@ -233,6 +236,10 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 				return err
 			}
 			if err := tx.Bucket(bucketRecordsByDomain).Delete([]byte(before.Domain)); err != nil {
+				return err
+			}
+			// The certificate retention of the domain starts now.
+			if err := tx.Bucket(bucketReleasedDomains).Put([]byte(before.Domain), u64(uint64(s.stamp().UnixNano()))); err != nil {
 				return err
 			}
 			if err := tx.Bucket(bucketRecordsByOrg).Delete(orgIndexKey(before.OrgID, before.Seq)); err != nil {

@@ -85,14 +85,16 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	// renewal loop and releases the storage locks this process holds.
 	defer cm.Close()
 	engine := control.NewEngine(st, verifier, cm, control.EngineConfig{
-		DNSWaitTimeout:  cfg.DNSWaitTimeout,
-		IssueTimeout:    cfg.IssueTimeout,
-		RecheckMax:      cfg.RecheckMax,
-		MonitorInterval: cfg.MonitorInterval,
-		CAAIdentities:   cfg.CAAIdentities,
-		ProbeAddr:       cfg.HTTPSAddr,
-		Logger:          log,
-		Registerer:      reg,
+		DNSWaitTimeout:   cfg.DNSWaitTimeout,
+		IssueTimeout:     cfg.IssueTimeout,
+		RecheckMax:       cfg.RecheckMax,
+		MonitorInterval:  cfg.MonitorInterval,
+		OrgOrdersPerHour: cfg.OrgOrdersPerHour,
+		CertRetention:    cfg.CertRetention,
+		CAAIdentities:    cfg.CAAIdentities,
+		ProbeAddr:        cfg.HTTPSAddr,
+		Logger:           log,
+		Registerer:       reg,
 	})
 
 	probes := &control.Probes{}
