@@ -36,10 +36,7 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 			ruleErr = fmt.Errorf("organization %s: %w", r.OrgID, err)
 			return nil
 		}
-		limit := defaultLimit
-		if org.MaxProxyRecords != nil {
-			limit = *org.MaxProxyRecords
-		}
+		limit := org.Limit(defaultLimit)
 		byOrg := tx.Bucket(bucketRecordsByOrg)
 		if orgCount(tx, r.OrgID) >= uint64(max(limit, 0)) {
 			ruleErr = &LimitError{Max: limit}

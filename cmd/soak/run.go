@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 )
 
 // staticSize is the size of every /static/ answer.

@@ -1,29 +1,26 @@
-package control
+package lifecycle
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/certs"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/store"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// EngineConfig configures the lifecycle engine. Zero durations take the
-// defaults of CONTRACT §2.
-type EngineConfig struct {
+// Config configures the lifecycle engine. Zero durations take the
+// defaults below.
+type Config struct {
 	// DNSWaitTimeout: a record still waiting this long after it entered
 	// waiting goes to timed_out. Default 168h.
 	DNSWaitTimeout time.Duration
@@ -72,12 +69,8 @@ const (
 	dnsCheckTimeout = 10 * time.Second
 	maxObtainTime   = 3 * time.Minute
 	deleteTimeout   = 30 * time.Second
-	probeTimeout    = 5 * time.Second
 	// orderWindow is the rolling window of OrgOrdersPerHour.
 	orderWindow = time.Hour
-	// expiryWarning: a certificate this close to expiry is a warning, since
-	// certmagic renews long before it.
-	expiryWarning = 21 * 24 * time.Hour
 )
 
 // Engine moves every proxy record through its lifecycle (see the package
@@ -87,9 +80,9 @@ const (
 // records at once, whatever the number waiting.
 type Engine struct {
 	store   *store.Store
-	dns     *dnsverify.Verifier
-	certs   *certs.Manager
-	cfg     EngineConfig
+	dns     DNS
+	certs   Certs
+	cfg     Config
 	log     *slog.Logger
 	acme    chan struct{} // semaphore of ACMEWorkers
 	wake    chan struct{}
@@ -136,7 +129,7 @@ func (e *Engine) activePause(now time.Time) (caHold, bool) { return e.gate.accou
 
 // NewEngine returns an engine over st that verifies DNS with dns and gets
 // certificates from cm. Call Run to start it.
-func NewEngine(st *store.Store, dns *dnsverify.Verifier, cm *certs.Manager, cfg EngineConfig) *Engine {
+func NewEngine(st *store.Store, dns DNS, cm Certs, cfg Config) *Engine {
 	if cfg.DNSWaitTimeout == 0 {
 		cfg.DNSWaitTimeout = 168 * time.Hour
 	}
@@ -508,7 +501,7 @@ func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 		return
 	}
 	if op == store.OpSave && before.Status != after.Status {
-		logTransition(e.log, before, after)
+		store.LogTransition(e.log, before, after)
 		e.metrics.transitions.WithLabelValues(string(before.Status), string(after.Status)).Inc()
 	}
 }
@@ -533,16 +526,6 @@ func (e *Engine) storageHeld() bool {
 	e.unwritable.Store(false)
 	e.log.Info("engine: the data store can write again; resuming")
 	return false
-}
-
-// logTransition logs one status change of a record.
-func logTransition(log *slog.Logger, before, after store.Record) {
-	msg := ""
-	if after.Message != nil {
-		msg = *after.Message
-	}
-	log.Info("record status changed", "record_id", after.ID, "org_id", after.OrgID, "domain", after.Domain,
-		"from", string(before.Status), "to", string(after.Status), "message", msg)
 }
 
 func ptr(s string) *string { return &s }
@@ -833,8 +816,7 @@ func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 	}
 	if err == nil && op == store.OpDelete {
 		e.metrics.transitions.WithLabelValues(string(store.StatusDeleting), "gone").Inc()
-		e.log.Info("record deleted", "record_id", r.ID, "org_id", r.OrgID, "domain", r.Domain,
-			"from", string(store.StatusDeleting), "to", "gone")
+		store.LogDeleted(e.log, r)
 	}
 }
 
@@ -896,11 +878,11 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 	case fatal != "" || wait != "":
 	case left <= 0:
 		fatal = fmt.Sprintf("The certificate expired at %s and was not renewed.", notAfter.UTC().Format(time.RFC3339))
-	case left < expiryWarning:
+	case left < certs.ExpiryWarning:
 		problems = append(problems, fmt.Sprintf("The certificate expires at %s and has not been renewed yet.", notAfter.UTC().Format(time.RFC3339)))
 	}
 	if fatal == "" && wait == "" && e.cfg.ProbeAddr != "" {
-		if err := probeTLS(ctx, e.cfg.ProbeAddr, r.Domain); err != nil {
+		if err := certs.ProbeServed(ctx, e.cfg.ProbeAddr, r.Domain); err != nil {
 			problems = append(problems, "The edge did not serve the domain: "+err.Error())
 		}
 	}
@@ -930,31 +912,4 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 			n.NextCheckAt = waitUntil
 		}
 	})
-}
-
-// probeTLS makes a TLS handshake with addr for domain and checks that the
-// certificate presented names the domain. It does not verify the chain: the
-// question is whether the edge serves the domain, not whether this machine
-// trusts the CA.
-func probeTLS(ctx context.Context, addr, domain string) error {
-	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
-	defer cancel()
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	d := tls.Dialer{Config: &tls.Config{ServerName: domain, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}}
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
-	if err != nil {
-		return fmt.Errorf("handshake with SNI %s: %w", domain, err)
-	}
-	defer conn.Close()
-	certs := conn.(*tls.Conn).ConnectionState().PeerCertificates
-	if len(certs) == 0 || !slices.Contains(certs[0].DNSNames, domain) {
-		return fmt.Errorf("the certificate presented for %s does not name it", domain)
-	}
-	return nil
 }

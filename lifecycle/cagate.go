@@ -1,4 +1,4 @@
-package control
+package lifecycle
 
 import (
 	"context"
@@ -51,7 +51,7 @@ type caHold struct {
 }
 
 // caGate decides which records may order from the CA now, from what the
-// CA answered earlier orders (CONTRACT §7, "CA rate limits"):
+// CA answered earlier orders:
 //
 //   - A rate limit on one name (duplicate certificates, failed
 //     validations for the name) holds the orders for that name only, until

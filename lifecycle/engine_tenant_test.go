@@ -1,4 +1,4 @@
-package control_test
+package lifecycle_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
-	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -165,7 +165,7 @@ func TestTenantNameLimitSparesOthers(t *testing.T) {
 // third tenant is told so without the CA's words).
 func TestUnplacedLimitNeedsTwoTenants(t *testing.T) {
 	t.Parallel()
-	fe := newFaultEnv(t, func(c *control.EngineConfig) { c.ACMEWorkers = 1 })
+	fe := newFaultEnv(t, func(c *lifecycle.Config) { c.ACMEWorkers = 1 })
 	a, b, c := fe.home(), fe.newTenant(t, "Second"), fe.newTenant(t, "Third")
 	until := fe.clock.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
 	for _, n := range []string{"one.attacker-shop.com", "two.attacker-shop.com", "www.second-shop.com"} {
@@ -213,7 +213,7 @@ func TestUnplacedLimitNeedsTwoTenants(t *testing.T) {
 // schedule; the pause is in the store.
 func TestAccountLimitPauseCapped(t *testing.T) {
 	t.Parallel()
-	fe := newFaultEnv(t, func(c *control.EngineConfig) { c.ACMEWorkers = 1 })
+	fe := newFaultEnv(t, func(c *lifecycle.Config) { c.ACMEWorkers = 1 })
 	a, b := fe.home(), fe.newTenant(t, "Bystander")
 	far := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, Until: far, Paths: []string{certstest.NewOrderPath}})
@@ -288,7 +288,7 @@ func TestAccountLimitPauseCapped(t *testing.T) {
 func TestOrgOrderBudget(t *testing.T) {
 	t.Parallel()
 	const budget = 10
-	fe := newFaultEnv(t, func(c *control.EngineConfig) { c.OrgOrdersPerHour = budget })
+	fe := newFaultEnv(t, func(c *lifecycle.Config) { c.OrgOrdersPerHour = budget })
 	a, b := fe.home(), fe.newTenant(t, "Bystander")
 	start := fe.clock.Now()
 	var ids []string
@@ -385,7 +385,7 @@ func TestOrgOrderBudget(t *testing.T) {
 func TestRetentionReusesCertificate(t *testing.T) {
 	t.Parallel()
 	const retention = 3 * time.Hour
-	fe := newFaultEnv(t, func(c *control.EngineConfig) { c.CertRetention = retention })
+	fe := newFaultEnv(t, func(c *lifecycle.Config) { c.CertRetention = retention })
 	a, b := fe.home(), fe.newTenant(t, "Next owner")
 	const name = "www.churn-shop.com"
 	serial := func() *big.Int {

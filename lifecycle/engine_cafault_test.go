@@ -1,4 +1,4 @@
-package control_test
+package lifecycle_test
 
 import (
 	"crypto/x509"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -25,10 +26,10 @@ type faultEnv struct {
 
 // newFaultEnv is newLifecycleEnv with the manager ordering through a
 // certstest.FaultProxy and the engine's metrics on fe.reg.
-func newFaultEnv(t *testing.T, tweak func(*control.EngineConfig)) *faultEnv {
+func newFaultEnv(t *testing.T, tweak func(*lifecycle.Config)) *faultEnv {
 	t.Helper()
 	fe := &faultEnv{reg: prometheus.NewRegistry()}
-	fe.lifecycleEnv = newLifecycleEnvCA(t, func(cfg *control.EngineConfig) {
+	fe.lifecycleEnv = newLifecycleEnvCA(t, func(cfg *lifecycle.Config) {
 		cfg.Registerer = fe.reg
 		if tweak != nil {
 			tweak(cfg)
@@ -164,7 +165,7 @@ func TestCAOutageBacksOff(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			fe := newFaultEnv(t, func(c *control.EngineConfig) {
+			fe := newFaultEnv(t, func(c *lifecycle.Config) {
 				c.ACMEWorkers = acmeWorkers
 				c.FirstRecheck = first
 				c.RecheckMax = 4 * first
@@ -311,7 +312,7 @@ func TestCARateLimitPausesAllOrders(t *testing.T) {
 func TestCARateLimitWithoutTime(t *testing.T) {
 	t.Parallel()
 	const first = time.Minute
-	fe := newFaultEnv(t, func(c *control.EngineConfig) {
+	fe := newFaultEnv(t, func(c *lifecycle.Config) {
 		c.FirstRecheck = first
 		c.RecheckMax = 4 * first
 	})

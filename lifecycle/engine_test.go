@@ -1,4 +1,4 @@
-package control_test
+package lifecycle_test
 
 import (
 	"bytes"
@@ -21,8 +21,9 @@ import (
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -56,7 +57,7 @@ type lifecycleEnv struct {
 	dns     *dnstest.Server
 	pebble  *certstest.Pebble
 	cm      *certs.Manager
-	engine  *control.Engine
+	engine  *lifecycle.Engine
 	api     *httptest.Server
 	key     string
 	orgID   string
@@ -65,16 +66,13 @@ type lifecycleEnv struct {
 	logs    *syncBuffer
 	stopRun func()
 
-	// http is the plain HTTP listener's address; it answers probes
-	// first, as cmd/edgeproxy does. diag is the API's Diagnoser.
-	http   string
-	probes *control.Probes
-	diag   *control.Diagnoser
+	// http is the plain HTTP listener's address.
+	http string
 
 	// verifier and engineCfg build the engine; restartEngine builds a new
 	// one from them.
 	verifier  *dnsverify.Verifier
-	engineCfg control.EngineConfig
+	engineCfg lifecycle.Config
 }
 
 type syncBuffer struct {
@@ -94,7 +92,7 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycleEnv {
+func newLifecycleEnv(t *testing.T, tweak func(*lifecycle.Config)) *lifecycleEnv {
 	t.Helper()
 	return newLifecycleEnvCA(t, tweak, nil)
 }
@@ -102,7 +100,7 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 // newLifecycleEnvCA is newLifecycleEnv with the certificate manager talking
 // to the CA that front returns (its directory URL and roots), given
 // Pebble; with front nil, to Pebble itself.
-func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front func(*certstest.Pebble) (string, *x509.CertPool)) *lifecycleEnv {
+func newLifecycleEnvCA(t *testing.T, tweak func(*lifecycle.Config), front func(*certstest.Pebble) (string, *x509.CertPool)) *lifecycleEnv {
 	t.Helper()
 	env := &lifecycleEnv{clock: &testClock{}, logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(env.logs, nil))
@@ -146,11 +144,7 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	}
 	t.Cleanup(func() { cm.Close() })
 	env.cm = cm
-	env.probes = &control.Probes{}
 	httpSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if env.probes.Handle(w, r) {
-			return
-		}
 		if !cm.HandleHTTPChallenge(w, r) {
 			http.NotFound(w, r)
 		}
@@ -165,7 +159,7 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := control.EngineConfig{
+	cfg := lifecycle.Config{
 		DNSWaitTimeout:  time.Hour,
 		IssueTimeout:    time.Hour,
 		FirstRecheck:    50 * time.Millisecond,
@@ -179,17 +173,8 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	env.engine = control.NewEngine(st, verifier, cm, cfg)
+	env.engine = lifecycle.NewEngine(st, verifier, cm, cfg)
 	env.verifier, env.engineCfg = verifier, cfg
-	env.diag = &control.Diagnoser{
-		DNS:           verifier,
-		Certs:         cm,
-		CAAIdentities: []string{certstest.CAAIdentity},
-		HTTPAddr:      env.http,
-		HTTPSAddr:     env.https,
-		Probes:        env.probes,
-		Now:           env.clock.Now,
-	}
 	env.startEngine(t)
 
 	limit := 100
@@ -206,7 +191,7 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	}
 	env.key = value
 	env.api = httptest.NewServer(control.NewAPI(st, control.Config{
-		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log, Diagnoser: env.diag}))
+		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log}))
 	t.Cleanup(env.api.Close)
 	t.Cleanup(func() {
 		if strings.Contains(env.logs.String(), "phx_") {
@@ -261,7 +246,7 @@ func (env *lifecycleEnv) restartEngine(t *testing.T) {
 	env.stopRun()
 	cfg := env.engineCfg
 	cfg.Registerer = nil
-	env.engine = control.NewEngine(env.st, env.verifier, env.cm, cfg)
+	env.engine = lifecycle.NewEngine(env.st, env.verifier, env.cm, cfg)
 	env.startEngine(t)
 }
 
@@ -506,7 +491,7 @@ func TestLifecycleTimedOutThenRetry(t *testing.T) {
 // served at once but stays in storage for the retention (never served),
 // then is removed.
 func TestLifecycleDeleteValid(t *testing.T) {
-	env := newLifecycleEnv(t, func(c *control.EngineConfig) { c.CertRetention = 2 * time.Hour })
+	env := newLifecycleEnv(t, func(c *lifecycle.Config) { c.CertRetention = 2 * time.Hour })
 	rec := env.create(t, "gone.shop.example.com")
 	env.dns.SetCNAME("gone.shop.example.com", rec.TargetCNAME)
 	env.waitStatus(t, rec.ID, store.StatusValid)
