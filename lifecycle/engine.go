@@ -341,6 +341,21 @@ func (e *Engine) sweepRetained(ctx context.Context, held func(domain string) boo
 	return next
 }
 
+// noteReleased brings the next sweep forward to the end of the domain's
+// retention, which runs from its deletion (marked by the store), not from
+// when the engine heard of it.
+func (e *Engine) noteReleased(domain string) {
+	end := e.cfg.Now().Add(e.cfg.CertRetention)
+	if released, err := e.store.ReleasedDomains(); err == nil {
+		if at, ok := released[domain]; ok {
+			end = at.Add(e.cfg.CertRetention)
+		}
+	}
+	if e.sweepAt.IsZero() || end.Before(e.sweepAt) {
+		e.sweepAt = end
+	}
+}
+
 // recordHolds reports whether a record holds the domain (a failed read
 // counts as held: the certificate is kept).
 func (e *Engine) recordHolds(domain string) bool {
@@ -438,9 +453,7 @@ func (e *Engine) applyChanges(ctx context.Context, changes []store.Change) {
 					e.log.Warn("releasing certificate of deleted record", "domain", c.Domain, "err", err)
 				}
 				cancel()
-				if end := e.cfg.Now().Add(e.cfg.CertRetention); e.sweepAt.IsZero() || end.Before(e.sweepAt) {
-					e.sweepAt = end
-				}
+				e.noteReleased(c.Domain)
 			}
 		default:
 			e.log.Error("engine: reading changed record", "record_id", c.ID, "err", err)
