@@ -31,7 +31,7 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Diagnoser runs POST …/proxy_records/{id}/diagnose/. If nil, that
 	// route answers 503 unavailable.
-	Diagnoser *Diagnoser
+	Diagnoser Diagnoser
 	// Webhooks checks webhook URLs.
 	Webhooks WebhookConfig
 }
@@ -43,9 +43,6 @@ type API struct {
 	log     *slog.Logger
 	metrics *apiMetrics
 	fails   *failLimiter
-	// diagnoses limits POST …/diagnose/, on the Diagnoser's clock; nil
-	// without a Diagnoser.
-	diagnoses *diagnoseLimiter
 }
 
 // NewAPI returns the management API over st.
@@ -53,9 +50,6 @@ func NewAPI(st *store.Store, cfg Config) *API {
 	a := &API{store: st, cfg: cfg, log: cfg.Logger, metrics: newAPIMetrics(cfg.Registerer), fails: newFailLimiter(time.Now)}
 	if a.log == nil {
 		a.log = slog.Default()
-	}
-	if cfg.Diagnoser != nil {
-		a.diagnoses = newDiagnoseLimiter(cfg.Diagnoser.now)
 	}
 	return a
 }
@@ -164,7 +158,7 @@ type call struct {
 	key  store.APIKey
 	org  store.Org
 	vars map[string]string
-	body func() (*requestBody, *apiError)
+	body *body
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -223,18 +217,14 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	if rt == nil {
 		return errNotFound
 	}
-	lb := newLazyBody(r)
-	c := &call{w: w, r: r, vars: vars, body: lb.decode}
-	// Authentication comes first: a request with a valid key is served
-	// whatever its address did before (behind a shared proxy or tunnel,
-	// another client's bad key must not lock it out). Requests with no
-	// key or a bad one are counted against their address, and past the
-	// limit they get 429 instead of 401.
-	addr := clientAddr(r)
+	c := &call{w: w, r: r, vars: vars, body: newBody(r)}
 	var aerr *apiError
-	if c.key, aerr = a.authenticate(r, lb, a.fails.wait(addr) > 0); aerr != nil {
-		if aerr == errNotAuthenticated || aerr.Code == "authentication_failed" {
-			if wait := a.fails.fail(addr); wait > 0 {
+	if c.key, aerr = a.authenticate(r, c.body); aerr != nil {
+		// Authentication comes first, so a valid key is never counted
+		// nor refused. Everything else that fails to show one (no key, a
+		// bad key, an oversized body) counts against the address.
+		if aerr.Status < http.StatusInternalServerError {
+			if wait := a.fails.fail(clientAddr(r)); wait > 0 {
 				return throttled(wait)
 			}
 		}
@@ -243,7 +233,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	// The 1 MiB limit holds for every request, whether or not its handler
 	// reads the body. A body that does not parse matters only to the
 	// handlers that read it.
-	if _, aerr := c.body(); aerr != nil && aerr.Code == "request_too_large" {
+	if _, aerr := c.body.bytes(); aerr != nil && aerr.Code == "request_too_large" {
 		return aerr
 	}
 	method := r.Method
@@ -315,17 +305,6 @@ func (a *API) resolveOrg(key store.APIKey, ref string) (store.Org, *apiError) {
 	return org, nil
 }
 
-// limitFor is the organization's limit of proxy records.
-func (a *API) limitFor(org store.Org) int {
-	if org.MaxProxyRecords != nil {
-		return *org.MaxProxyRecords
-	}
-	return a.cfg.MaxProxyRecords
-}
-
-// timeFormat is RFC 3339 in UTC with microseconds, as PostHog shows times.
-const timeFormat = "2006-01-02T15:04:05.000000Z07:00"
-
 // recordJSON is a proxy record exactly as the API shows it.
 type recordJSON struct {
 	ID          string  `json:"id"`
@@ -345,8 +324,8 @@ func toJSON(r store.Record) recordJSON {
 		TargetCNAME: r.TargetCNAME,
 		Status:      string(r.Status),
 		Message:     r.Message,
-		CreatedAt:   r.CreatedAt.UTC().Format(timeFormat),
-		UpdatedAt:   r.UpdatedAt.UTC().Format(timeFormat),
+		CreatedAt:   r.CreatedAt.UTC().Format(store.TimeFormat),
+		UpdatedAt:   r.UpdatedAt.UTC().Format(store.TimeFormat),
 		CreatedBy:   r.CreatedBy,
 	}
 }
@@ -357,7 +336,7 @@ func (a *API) getOrg(c *call) *apiError {
 		Name            string `json:"name"`
 		CreatedAt       string `json:"created_at"`
 		MaxProxyRecords int    `json:"max_proxy_records"`
-	}{c.org.ID, c.org.Name, c.org.CreatedAt.UTC().Format(timeFormat), a.limitFor(c.org)})
+	}{c.org.ID, c.org.Name, c.org.CreatedAt.UTC().Format(store.TimeFormat), c.org.Limit(a.cfg.MaxProxyRecords)})
 	return nil
 }
 
@@ -373,12 +352,12 @@ func (a *API) listRecords(c *call) *apiError {
 	writeJSON(c.w, http.StatusOK, struct {
 		Results         []recordJSON `json:"results"`
 		MaxProxyRecords int          `json:"max_proxy_records"`
-	}{results, a.limitFor(c.org)})
+	}{results, c.org.Limit(a.cfg.MaxProxyRecords)})
 	return nil
 }
 
 func (a *API) createRecord(c *call) *apiError {
-	body, aerr := c.body()
+	body, aerr := c.body.decode()
 	if aerr != nil {
 		return aerr
 	}
@@ -483,7 +462,7 @@ func (a *API) deleteRecord(c *call) *apiError {
 	var op store.Op
 	after, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
 		before = *r
-		op = deleteOp(r, now)
+		op = r.ApplyDelete(now)
 		return op, nil
 	})
 	if aerr != nil {
@@ -491,10 +470,9 @@ func (a *API) deleteRecord(c *call) *apiError {
 	}
 	switch op {
 	case store.OpSave:
-		logTransition(a.log, before, after)
+		store.LogTransition(a.log, before, after)
 	case store.OpDelete:
-		a.log.Info("record deleted", "record_id", before.ID, "org_id", before.OrgID, "domain", before.Domain,
-			"from", string(before.Status), "to", "gone")
+		store.LogDeleted(a.log, before)
 	}
 	c.w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -504,17 +482,17 @@ func (a *API) retryRecord(c *call) *apiError {
 	now := a.store.Now()
 	var before store.Record
 	rec, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
-		if !canRetry(r.Status) {
+		if !r.Status.CanRetry() {
 			return store.OpKeep, invalidState(string(r.Status))
 		}
 		before = *r
-		retry(r, now)
+		r.Retry(now)
 		return store.OpSave, nil
 	})
 	if aerr != nil {
 		return aerr
 	}
-	logTransition(a.log, before, rec)
+	store.LogTransition(a.log, before, rec)
 	writeJSON(c.w, http.StatusOK, toJSON(rec))
 	return nil
 }

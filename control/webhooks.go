@@ -44,16 +44,16 @@ type lastDeliveryJSON struct {
 }
 
 func webhookToJSON(w store.Webhook, withSecret bool) webhookJSON {
-	out := webhookJSON{ID: w.ID, URL: w.URL, Events: w.Events, CreatedAt: w.CreatedAt.UTC().Format(timeFormat)}
+	out := webhookJSON{ID: w.ID, URL: w.URL, Events: w.Events, CreatedAt: w.CreatedAt.UTC().Format(store.TimeFormat)}
 	if withSecret {
 		out.Secret = w.Secret
 	}
 	if w.DisabledAt != nil {
-		s := w.DisabledAt.UTC().Format(timeFormat)
+		s := w.DisabledAt.UTC().Format(store.TimeFormat)
 		out.DisabledAt = &s
 	}
 	if d := w.LastDelivery; d != nil {
-		out.LastDelivery = &lastDeliveryJSON{At: d.At.UTC().Format(timeFormat)}
+		out.LastDelivery = &lastDeliveryJSON{At: d.At.UTC().Format(store.TimeFormat)}
 		if d.StatusCode != 0 {
 			out.LastDelivery.StatusCode = &d.StatusCode
 		}
@@ -160,7 +160,7 @@ func (a *API) listWebhooks(c *call) *apiError {
 }
 
 func (a *API) createWebhook(c *call) *apiError {
-	body, aerr := c.body()
+	body, aerr := c.body.decode()
 	if aerr != nil {
 		return aerr
 	}
@@ -300,7 +300,7 @@ func (a *Admin) listWebhooks(w http.ResponseWriter, r *http.Request) {
 				aw.DisabledReason = &h.DisabledReason
 			}
 			if h.FailingSince != nil {
-				s := h.FailingSince.UTC().Format(timeFormat)
+				s := h.FailingSince.UTC().Format(store.TimeFormat)
 				aw.FailingSince = &s
 			}
 			out = append(out, aw)

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/store"
 	"github.com/edgeproxy/edgeproxy/webhooks"
 )

@@ -20,8 +20,9 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/diagnose"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/docs"
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -322,7 +323,7 @@ func newFixture(t *testing.T) *fixture {
 		TargetCNAMEBase: "proxy.example.net",
 		MaxProxyRecords: 2,
 		Schema:          docs.OpenAPI,
-		Diagnoser:       &control.Diagnoser{DNS: verifier, Certs: cm, Probes: &control.Probes{}},
+		Diagnoser:       &diagnose.Diagnoser{DNS: verifier, Certs: cm, Probes: &diagnose.Probes{}},
 	}))
 	t.Cleanup(f.srv.Close)
 	return f

@@ -50,7 +50,7 @@ func (e *LimitError) Error() string {
 const batchDelay = 2 * time.Millisecond
 
 // SchemaVersion is the version of the file layout this program writes.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrations[i] moves a file from schema version i to i+1. Version 0 is an
 // empty file. Each runs inside the one transaction that also records the new
@@ -98,8 +98,18 @@ var migrations = []func(tx *bolt.Tx) error{
 			return tx.Bucket(bucketRecordsDue).Put(dueKey(r.NextCheckAt, r.ID), nil)
 		})
 	},
-	// 3: webhooks and their outbox (webhooks.go).
+	// 3: the engine's ACME bookkeeping (acme.go): orders placed, the CA's
+	// rate limits in force, released domains. All start empty.
 	2: func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketACMEOrders, bucketCAHolds, bucketReleasedDomains} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("creating bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	},
+	// 4: webhooks and their outbox (webhooks.go).
+	3: func(tx *bolt.Tx) error {
 		for _, name := range webhookBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("creating bucket %s: %w", name, err)
@@ -125,6 +135,9 @@ var (
 	bucketOrgRecordCounts = []byte("org_record_counts")
 	bucketCertData        = []byte("certmagic_data")
 	bucketCertLocks       = []byte("certmagic_locks")
+	bucketACMEOrders      = []byte("acme_orders")
+	bucketCAHolds         = []byte("ca_holds")
+	bucketReleasedDomains = []byte("released_domains")
 
 	v1Buckets = [][]byte{bucketMeta, bucketOrgs, bucketUsers, bucketUsersByEmail, bucketMembers,
 		bucketUserOrgs, bucketKeys, bucketKeysByHash, bucketRecords, bucketRecordsByDomain, bucketRecordsByOrg}

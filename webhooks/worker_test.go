@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/store"
 	"github.com/edgeproxy/edgeproxy/webhooks"
 	"github.com/miekg/dns"
