@@ -19,6 +19,15 @@
 // valid key is resolved before the limiter is consulted, so it is never
 // refused by it.
 //
+// # Webhooks
+//
+// An organization's webhooks (webhooks.go) are checked here: an https://
+// URL whose host resolves only to public addresses (webhooks.CheckURL),
+// known event types, at most MaxWebhooks. Another organization's webhook
+// is answered like a missing one, as records are. The events themselves
+// are queued by the store in each change's transaction and sent by the
+// webhooks package's worker; the API only adds pings.
+//
 // # Records
 //
 // The API creates a record waiting, its first DNS check due at once; the

@@ -11,7 +11,7 @@
 // dialer admits only this deployment's own addresses (the HTTP listener's,
 // what the record's target_cname resolves to) and public unicast ones,
 // checked in the dialer's Control hook on the address actually dialled
-// (dialpolicy.go); its reports describe failures in our own words and
+// (internal/netguard); its reports describe failures in our own words and
 // never quote what a host answered. The live check's TLS handshake dials
 // only the configured edge address.
 //
