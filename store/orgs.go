@@ -105,8 +105,10 @@ func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
 		fn(&org)
 		org.ID = id
 		if org.Slug != old {
-			if org.Slug == "" {
-				return fmt.Errorf("%w: must not be empty", ErrInvalidSlug)
+			// Checked here, as indexSlugTx would make an empty slug
+			// from the name.
+			if err := CheckSlug(org.Slug); err != nil {
+				return err
 			}
 			if err := indexSlugTx(tx, &org); err != nil {
 				return err
@@ -309,6 +311,25 @@ func (s *Store) UserMemberships(userID int64) ([]Membership, error) {
 		return nil
 	})
 	return ms, err
+}
+
+// MemberOrgs returns the organizations the user is a member of, in the
+// order the memberships were made, read in one transaction.
+func (s *Store) MemberOrgs(userID int64) ([]Org, error) {
+	var orgs []Org
+	err := s.view(func(tx *bolt.Tx) error {
+		prefix := u64(uint64(userID))
+		c := tx.Bucket(bucketUserOrgs).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var org Org
+			if err := getJSON(tx.Bucket(bucketOrgs), v, &org); err != nil {
+				return fmt.Errorf("store: organization %s of user %d: %w", v, userID, err)
+			}
+			orgs = append(orgs, org)
+		}
+		return nil
+	})
+	return orgs, err
 }
 
 // Bootstrap is what the first start of a server creates: an organization, a

@@ -17,28 +17,43 @@ const MaxSlugLength = 48
 // has an ASCII form (e.g. one written only in CJK or Cyrillic script).
 const slugFallback = "org"
 
+// SlugError is a slug that breaks the rule of CheckSlug. errors.Is(err,
+// ErrInvalidSlug) holds for it.
+type SlugError struct {
+	Slug string
+	// Rule says what is wrong, naming the slug: `"Acme" has 'A'; only
+	// lower-case letters a-z, digits 0-9 and '-' are allowed`.
+	Rule string
+}
+
+func (e *SlugError) Error() string        { return "store: invalid slug: " + e.Rule }
+func (e *SlugError) Is(target error) bool { return target == ErrInvalidSlug }
+
 // CheckSlug reports whether s may be an organization's slug: 1 to
 // MaxSlugLength lower-case ASCII letters, digits and '-', starting and
 // ending with a letter or digit, and not in the form of a UUID (which
-// would name another organization in an API path). The error, wrapping
-// ErrInvalidSlug, states the rule broken.
+// would name another organization in an API path). A refusal is a
+// *SlugError stating the rule broken.
 func CheckSlug(s string) error {
+	bad := func(format string, args ...any) error {
+		return &SlugError{Slug: s, Rule: fmt.Sprintf(format, args...)}
+	}
 	switch {
 	case s == "":
-		return fmt.Errorf("%w: must not be empty", ErrInvalidSlug)
+		return bad("must not be empty")
 	case len(s) > MaxSlugLength:
-		return fmt.Errorf("%w: %q is %d characters, at most %d are allowed", ErrInvalidSlug, s, len(s), MaxSlugLength)
+		return bad("%q is %d characters, at most %d are allowed", s, len(s), MaxSlugLength)
 	}
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; !isSlugAlnum(c) && c != '-' {
-			return fmt.Errorf("%w: %q has %q; only lower-case letters a-z, digits 0-9 and '-' are allowed", ErrInvalidSlug, s, rune(c))
+			return bad("%q has %q; only lower-case letters a-z, digits 0-9 and '-' are allowed", s, rune(c))
 		}
 	}
 	if s[0] == '-' || s[len(s)-1] == '-' {
-		return fmt.Errorf("%w: %q must start and end with a letter or digit, not '-'", ErrInvalidSlug, s)
+		return bad("%q must start and end with a letter or digit, not '-'", s)
 	}
 	if IsID(s) {
-		return fmt.Errorf("%w: %q has the form of an organization id (a UUID)", ErrInvalidSlug, s)
+		return bad("%q has the form of an organization id (a UUID), which would name another organization in API paths", s)
 	}
 	return nil
 }

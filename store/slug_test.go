@@ -343,3 +343,47 @@ func TestOpenMigratesVersion2Atomically(t *testing.T) {
 		return nil
 	})
 }
+
+// TestMemberOrgs: a user's organizations in the order the memberships were
+// made, whatever the organizations' ages; a removed membership drops out.
+func TestMemberOrgs(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	a := mustOrg(t, s, "A", nil)
+	b := mustOrg(t, s, "B", nil)
+	c := mustOrg(t, s, "C", nil)
+	u := mustUser(t, s, "u@example.com")
+	other := mustUser(t, s, "other@example.com")
+	for _, m := range []struct {
+		org  store.Org
+		user store.User
+	}{{c, u}, {a, other}, {a, u}, {b, other}, {b, u}} {
+		if _, err := s.SetMembership(m.org.ID, m.user.ID, store.LevelOwner); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := func() []string {
+		t.Helper()
+		orgs, err := s.MemberOrgs(u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, o := range orgs {
+			out = append(out, o.Slug)
+		}
+		return out
+	}
+	if got, want := ids(), []string{"c", "a", "b"}; !slices.Equal(got, want) {
+		t.Errorf("MemberOrgs = %v, want %v (membership order)", got, want)
+	}
+	if _, err := s.RemoveMembership(a.ID, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(), []string{"c", "b"}; !slices.Equal(got, want) {
+		t.Errorf("MemberOrgs after removing a = %v, want %v", got, want)
+	}
+	if orgs, err := s.MemberOrgs(999); err != nil || len(orgs) != 0 {
+		t.Errorf("MemberOrgs(unknown user) = %v, %v; want none", orgs, err)
+	}
+}

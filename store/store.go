@@ -24,8 +24,8 @@ var (
 	ErrDomainTaken = errors.New("store: domain already registered")
 	// ErrSlugTaken: another organization has the slug.
 	ErrSlugTaken = errors.New("store: slug already taken")
-	// ErrInvalidSlug: the slug breaks CheckSlug's rule, which the wrapping
-	// error states.
+	// ErrInvalidSlug: the slug breaks CheckSlug's rule; the error is a
+	// *SlugError, which states the rule.
 	ErrInvalidSlug = errors.New("store: invalid slug")
 	// ErrEmailTaken: another user has the email.
 	ErrEmailTaken = errors.New("store: email already registered")
