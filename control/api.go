@@ -148,7 +148,7 @@ type call struct {
 	key  store.APIKey
 	org  store.Org
 	vars map[string]string
-	body func() (*requestBody, *apiError)
+	body *body
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -207,18 +207,14 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	if rt == nil {
 		return errNotFound
 	}
-	lb := newLazyBody(r)
-	c := &call{w: w, r: r, vars: vars, body: lb.decode}
-	// Authentication comes first: a request with a valid key is served
-	// whatever its address did before (behind a shared proxy or tunnel,
-	// another client's bad key must not lock it out). Requests with no
-	// key or a bad one are counted against their address, and past the
-	// limit they get 429 instead of 401.
-	addr := clientAddr(r)
+	c := &call{w: w, r: r, vars: vars, body: newBody(r)}
 	var aerr *apiError
-	if c.key, aerr = a.authenticate(r, lb, a.fails.wait(addr) > 0); aerr != nil {
-		if aerr == errNotAuthenticated || aerr.Code == "authentication_failed" {
-			if wait := a.fails.fail(addr); wait > 0 {
+	if c.key, aerr = a.authenticate(r, c.body); aerr != nil {
+		// Authentication comes first, so a valid key is never counted
+		// nor refused. Everything else that fails to show one (no key, a
+		// bad key, an oversized body) counts against the address.
+		if aerr.Status < http.StatusInternalServerError {
+			if wait := a.fails.fail(clientAddr(r)); wait > 0 {
 				return throttled(wait)
 			}
 		}
@@ -227,7 +223,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	// The 1 MiB limit holds for every request, whether or not its handler
 	// reads the body. A body that does not parse matters only to the
 	// handlers that read it.
-	if _, aerr := c.body(); aerr != nil && aerr.Code == "request_too_large" {
+	if _, aerr := c.body.bytes(); aerr != nil && aerr.Code == "request_too_large" {
 		return aerr
 	}
 	method := r.Method
@@ -362,7 +358,7 @@ func (a *API) listRecords(c *call) *apiError {
 }
 
 func (a *API) createRecord(c *call) *apiError {
-	body, aerr := c.body()
+	body, aerr := c.body.decode()
 	if aerr != nil {
 		return aerr
 	}

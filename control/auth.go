@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -96,11 +95,11 @@ func NewKey(userID int64, label string, scopes, orgs []string) (store.APIKey, st
 // The first place that holds a key is the only one tried. where names that
 // place for the error message.
 //
-// The body is read only when it may hold a key (mayHoldKey). When the
-// client address is throttled, a body that does not contain the field
-// name at all is not parsed: nobody pays for decoding up to 1 MiB of a
-// request that holds no key and will be refused.
-func keyFrom(r *http.Request, body *lazyBody, throttled bool) (value, where string, err *apiError) {
+// The body is read only when no header key was found and the method sends
+// content (mayCarryBodyKey), and parsed only when it may hold the field
+// (mayHoldKey): a body without the field costs no parsing, whoever sends
+// it.
+func keyFrom(r *http.Request, body *body) (value, where string, err *apiError) {
 	if auth := r.Header.Get("Authorization"); auth != "" {
 		scheme, rest, _ := strings.Cut(auth, " ")
 		if strings.EqualFold(scheme, "Bearer") {
@@ -109,14 +108,15 @@ func keyFrom(r *http.Request, body *lazyBody, throttled bool) (value, where stri
 			}
 		}
 	}
-	if mayHoldKey(r) {
-		data, err := body.raw()
+	if mayCarryBodyKey(r) {
+		data, err := body.bytes()
 		if err != nil && err.Code == "request_too_large" {
 			return "", "", err
 		}
-		if err == nil && (!throttled || bytes.Contains(data, []byte("personal_api_key"))) {
-			// A body that cannot be parsed holds no key; the handler that
-			// needs the body reports the parse error after authentication.
+		// A body that cannot be read or parsed holds no key; the handler
+		// that needs the body reports the parse error after
+		// authentication.
+		if err == nil && mayHoldKey(data) {
 			if b, err := body.decode(); err == nil && b.key != "" {
 				return b.key, "body", nil
 			}
@@ -128,9 +128,22 @@ func keyFrom(r *http.Request, body *lazyBody, throttled bool) (value, where stri
 	return "", "", nil
 }
 
+// mayCarryBodyKey reports whether r's body is looked at for a key: only
+// the methods whose requests send content (POST, PUT, PATCH, DELETE) and
+// only when there is a body. A GET or HEAD body is never read for a key.
+// The content type does not decide, as it does not for the create call:
+// PostHog's own curl example sends a form body with a JSON type.
+func mayCarryBodyKey(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return r.Body != nil && r.Body != http.NoBody
+	}
+	return false
+}
+
 // authenticate resolves the request's key to a live stored key.
-func (a *API) authenticate(r *http.Request, body *lazyBody, throttled bool) (store.APIKey, *apiError) {
-	value, where, aerr := keyFrom(r, body, throttled)
+func (a *API) authenticate(r *http.Request, body *body) (store.APIKey, *apiError) {
+	value, where, aerr := keyFrom(r, body)
 	if aerr != nil {
 		return store.APIKey{}, aerr
 	}

@@ -52,6 +52,8 @@ func FuzzAuthenticate(f *testing.F) {
 	f.Add("", []byte(`{"personal_api_key":"`+fuzzLiveKey+`"}`), "")
 	f.Add("", []byte("personal_api_key="+fuzzLiveKey), "")
 	f.Add("", []byte(nil), "personal_api_key="+fuzzLiveKey)
+	f.Add("", []byte(`{"personal\u005fapi_key":"`+fuzzLiveKey+`"}`), "")
+	f.Add("", []byte("personal%5Fapi_key="+fuzzLiveKey), "")
 	f.Add("Bearer "+fuzzRevokedKey, []byte(`{"personal_api_key":"`+fuzzLiveKey+`"}`), "personal_api_key="+fuzzLiveKey)
 	f.Fuzz(func(t *testing.T, header string, body []byte, query string) {
 		r := &http.Request{
@@ -63,7 +65,7 @@ func FuzzAuthenticate(f *testing.F) {
 		if header != "" {
 			r.Header.Set("Authorization", header)
 		}
-		key, aerr := a.authenticate(r, newLazyBody(r), false)
+		key, aerr := a.authenticate(r, newBody(r))
 
 		// The contract's order, written out on its own.
 		var tried, where string

@@ -85,10 +85,10 @@ func decodeBody(data []byte) (*requestBody, *apiError) {
 	return &b, nil
 }
 
-// lazyBody reads and decodes the request body at most once, for whichever
-// of authentication and the handler asks first, and lets authentication
-// look at the raw bytes without decoding them.
-type lazyBody struct {
+// body is a request's body, read at most once and decoded at most once,
+// for whichever of authentication, the size check and the handler asks
+// first. It is used by one request's goroutine only.
+type body struct {
 	r *http.Request
 
 	read    bool
@@ -96,47 +96,40 @@ type lazyBody struct {
 	readErr *apiError
 
 	decoded   bool
-	b         *requestBody
+	fields    *requestBody
 	decodeErr *apiError
 }
 
-func newLazyBody(r *http.Request) *lazyBody { return &lazyBody{r: r} }
+func newBody(r *http.Request) *body { return &body{r: r} }
 
-// raw reads the body (at most maxAPIBody bytes) once.
-func (l *lazyBody) raw() ([]byte, *apiError) {
-	if !l.read {
-		l.read = true
-		l.data, l.readErr = readBody(l.r)
+// bytes reads the body (at most maxAPIBody bytes).
+func (b *body) bytes() ([]byte, *apiError) {
+	if !b.read {
+		b.read = true
+		b.data, b.readErr = readBody(b.r)
 	}
-	return l.data, l.readErr
+	return b.data, b.readErr
 }
 
-// decode reads and decodes the body once.
-func (l *lazyBody) decode() (*requestBody, *apiError) {
-	if !l.decoded {
-		l.decoded = true
-		var data []byte
-		if data, l.decodeErr = l.raw(); l.decodeErr == nil {
-			l.b, l.decodeErr = decodeBody(data)
+// decode reads and parses the body.
+func (b *body) decode() (*requestBody, *apiError) {
+	if !b.decoded {
+		b.decoded = true
+		data, aerr := b.bytes()
+		if aerr != nil {
+			b.decodeErr = aerr
+		} else {
+			b.fields, b.decodeErr = decodeBody(data)
 		}
 	}
-	return l.b, l.decodeErr
+	return b.fields, b.decodeErr
 }
 
-// bodyOnce reads and decodes the request body at most once, for whichever
-// of authentication and the handler asks first.
-func bodyOnce(r *http.Request) func() (*requestBody, *apiError) {
-	return newLazyBody(r).decode
-}
-
-// mayHoldKey reports whether the request has a body that can carry a
-// personal_api_key: one sent with a method whose body has meaning. A GET,
-// HEAD or OPTIONS body is never read for a key, so a request without a key
-// costs no body read there.
-func mayHoldKey(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return false
-	}
-	return r.Body != nil && r.Body != http.NoBody
+// mayHoldKey reports whether decoding data could find a personal_api_key
+// field, so that bodies that cannot hold one are never parsed for it. The
+// name is looked for as written; a JSON \u escape or a form %XX escape
+// could spell it otherwise, so a body holding either is parsed too.
+func mayHoldKey(data []byte) bool {
+	return bytes.Contains(data, []byte("personal_api_key")) ||
+		bytes.Contains(data, []byte(`\u`)) || bytes.IndexByte(data, '%') >= 0
 }

@@ -124,20 +124,52 @@ func TestReadBodyFailure(t *testing.T) {
 	}
 }
 
-// TestBodyOnce checks that the body is read once, whoever asks first.
+// TestBodyOnce checks that the body is read once and decoded once, whoever
+// asks first.
 func TestBodyOnce(t *testing.T) {
 	r, _ := http.NewRequest("POST", "/", strings.NewReader(`{"domain":"e.example.com"}`))
-	body := bodyOnce(r)
-	first, aerr := body()
+	body := newBody(r)
+	data, aerr := body.bytes()
+	if aerr != nil || string(data) != `{"domain":"e.example.com"}` {
+		t.Fatalf("bytes() = %q, %v", data, aerr)
+	}
+	if body.decoded {
+		t.Error("bytes() decoded the body")
+	}
+	first, aerr := body.decode()
 	if aerr != nil {
 		t.Fatal(aerr)
 	}
-	second, aerr := body()
+	second, aerr := body.decode()
 	if aerr != nil {
 		t.Fatal(aerr)
 	}
 	if first != second || first.domain == nil || *first.domain != "e.example.com" {
-		t.Errorf("bodyOnce gave %+v then %+v", first, second)
+		t.Errorf("decode gave %+v then %+v", first, second)
+	}
+}
+
+// TestMayHoldKey holds the pre-check that spares parsing to what decoding
+// finds: whenever decodeBody finds a key, mayHoldKey said it might.
+func TestMayHoldKey(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		want bool
+	}{
+		{`{"domain":"e.example.com"}`, false},
+		{`domain=e.example.com`, false},
+		{`{"domain":`, false},
+		{`{"personal_api_key":"phx_k"}`, true},
+		{`personal_api_key=phx_k`, true},
+		{`{"personal\u005fapi_key":"phx_k"}`, true},
+		{`personal%5Fapi_key=phx_k`, true},
+	} {
+		if got := mayHoldKey([]byte(tt.body)); got != tt.want {
+			t.Errorf("mayHoldKey(%s) = %v, want %v", tt.body, got, tt.want)
+		}
+		if b, aerr := decodeBody([]byte(tt.body)); aerr == nil && b.key != "" && !mayHoldKey([]byte(tt.body)) {
+			t.Errorf("decodeBody(%s) finds key %q that mayHoldKey rules out", tt.body, b.key)
+		}
 	}
 }
 

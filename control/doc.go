@@ -14,6 +14,11 @@
 // exactly like a missing one, so no caller learns what other organizations
 // hold.
 //
+// A request that fails to authenticate counts against its client address;
+// past the address's allowance such requests get 429 (ratelimit.go). A
+// valid key is resolved before the limiter is consulted, so it is never
+// refused by it.
+//
 // # Probes on a customer's behalf
 //
 // A diagnosis sends HTTP requests where the customer's DNS points, so its

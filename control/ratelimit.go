@@ -3,118 +3,141 @@ package control
 import (
 	"fmt"
 	"math"
-	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 )
 
-// Failed authentications (no key, or a key that is not live) are limited
-// per client address, so nobody can try keys at speed: each address has a
+// Requests that fail to authenticate (no key, an unknown or revoked key,
+// an unreadable or oversized body searched for a key) are limited per
+// client address, so nobody can try keys at speed: each address has a
 // bucket of authFailBurst failures that refills at one per authFailRefill.
-// Once its bucket is empty, an address's unauthenticated requests get 429
-// instead of 401 until it refills. A request with a valid key is never
-// refused by this limiter: many users share one address behind a proxy or
-// tunnel, and one of them sending a revoked key must not lock out the rest.
+// A failure that finds its bucket empty is answered 429 instead of 401.
+//
+// The limiter only ever sees failures: a request carrying a valid key is
+// served without looking at it. Behind a reverse proxy or a tunnel every
+// user shares one address; a client with a revoked key there throttles
+// other failures from that address, never a valid key.
 const (
 	authFailBurst  = 100
 	authFailRefill = 500 * time.Millisecond
-	// maxFailBuckets bounds the table; full (idle) buckets are dropped
-	// first when it is reached.
+	// maxFailBuckets bounds the table of addresses (about 50 bytes each).
+	// Addresses that find it full share one overflow bucket until a sweep
+	// makes room, so cycling through addresses neither grows memory nor
+	// buys a fresh burst for an address already throttled.
 	maxFailBuckets = 100_000
+	// failSweepEvery is how often buckets that have refilled are dropped:
+	// a full bucket is the same as none. It is the time an empty bucket
+	// takes to refill, so a sweep finds every address idle since the last.
+	failSweepEvery = authFailBurst * authFailRefill
 )
 
-type bucket struct {
+// failBucket is one address's failures: tokens left at time at.
+type failBucket struct {
 	tokens float64
 	at     time.Time
 }
 
-// failLimiter is the per-address table of failed-authentication buckets.
-type failLimiter struct {
-	now func() time.Time
-
-	// mu guards buckets.
-	mu      sync.Mutex
-	buckets map[string]*bucket
-}
-
-func newFailLimiter(now func() time.Time) *failLimiter {
-	return &failLimiter{now: now, buckets: map[string]*bucket{}}
-}
-
-// refillLocked brings b up to date and returns it.
-func (l *failLimiter) refillLocked(b *bucket, now time.Time) {
-	b.tokens = math.Min(authFailBurst, b.tokens+now.Sub(b.at).Seconds()/authFailRefill.Seconds())
+// refill brings b up to now. A clock that goes back adds nothing.
+func (b *failBucket) refill(now time.Time) {
+	if elapsed := now.Sub(b.at); elapsed > 0 {
+		b.tokens = math.Min(authFailBurst, b.tokens+float64(elapsed)/float64(authFailRefill))
+	}
 	b.at = now
 }
 
-// wait is how long addr must wait before trying again; zero when it may.
-func (l *failLimiter) wait(addr string) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.buckets[addr]
-	if !ok {
-		return 0
-	}
-	now := l.now()
-	l.refillLocked(b, now)
+// take spends one token; when there is none, it spends nothing and says
+// how long until there is one.
+func (b *failBucket) take(now time.Time) time.Duration {
+	b.refill(now)
 	if b.tokens >= 1 {
+		b.tokens--
 		return 0
 	}
 	return time.Duration((1 - b.tokens) * float64(authFailRefill))
 }
 
-// fail counts one failed authentication from addr: it takes a token and
-// returns zero while the bucket has one, and otherwise returns how long
-// addr must wait, taking nothing.
-func (l *failLimiter) fail(addr string) time.Duration {
+// failLimiter is the per-address table of failed-authentication buckets.
+// It is safe for concurrent use.
+type failLimiter struct {
+	now func() time.Time
+
+	// mu guards buckets, overflow and swept.
+	mu       sync.Mutex
+	buckets  map[netip.Addr]failBucket
+	overflow failBucket
+	swept    time.Time
+}
+
+func newFailLimiter(now func() time.Time) *failLimiter {
+	t := now()
+	return &failLimiter{now: now, buckets: map[netip.Addr]failBucket{},
+		overflow: failBucket{tokens: authFailBurst, at: t}, swept: t}
+}
+
+// fail counts one failed authentication from addr. It returns zero when
+// the failure is within addr's allowance, to be answered as it is, else
+// how long addr must wait, to be answered 429.
+func (l *failLimiter) fail(addr netip.Addr) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
+	if now.Sub(l.swept) >= failSweepEvery {
+		l.sweepLocked(now)
+	}
 	b, ok := l.buckets[addr]
 	if !ok {
 		if len(l.buckets) >= maxFailBuckets {
-			l.sweepLocked(now)
+			return l.overflow.take(now)
 		}
-		b = &bucket{tokens: authFailBurst, at: now}
-		l.buckets[addr] = b
+		b = failBucket{tokens: authFailBurst, at: now}
 	}
-	l.refillLocked(b, now)
-	if b.tokens < 1 {
-		return time.Duration((1 - b.tokens) * float64(authFailRefill))
-	}
-	b.tokens--
-	return 0
+	wait := b.take(now)
+	l.buckets[addr] = b
+	return wait
 }
 
-// sweepLocked drops the buckets that have refilled, and if none has, an
-// arbitrary half, so the table never grows past maxFailBuckets.
+// sweepLocked drops the buckets that have refilled.
 func (l *failLimiter) sweepLocked(now time.Time) {
 	for addr, b := range l.buckets {
-		l.refillLocked(b, now)
-		if b.tokens >= authFailBurst {
+		if b.refill(now); b.tokens >= authFailBurst {
 			delete(l.buckets, addr)
 		}
 	}
-	for addr := range l.buckets {
-		if len(l.buckets) < maxFailBuckets/2 {
-			break
-		}
-		delete(l.buckets, addr)
-	}
+	l.swept = now
 }
 
-// clientAddr is the address failures are counted against: the peer's IP.
-func clientAddr(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+// size is the number of addresses the table holds.
+func (l *failLimiter) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.buckets)
+}
+
+// clientAddr is the address failures are counted against: the peer's IP,
+// never a header the client writes (X-Forwarded-For is anyone's to forge).
+// An IPv6 peer is counted by its /64, the block one host is usually given,
+// so walking through its own /64 buys an attacker nothing.
+func clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		// Not an IP peer (a unix socket, a test's made-up address): all
+		// such peers share one bucket.
+		return netip.Addr{}
 	}
-	return host
+	addr := ap.Addr().Unmap()
+	if addr.Is6() {
+		p, _ := addr.WithZone("").Prefix(64)
+		return p.Addr()
+	}
+	return addr
 }
 
+// throttled is the answer to a failure past the address's allowance, in
+// Django REST framework's words (PostHog's API answers the same).
 func throttled(wait time.Duration) *apiError {
-	secs := int(math.Ceil(wait.Seconds()))
+	secs := max(1, int(math.Ceil(wait.Seconds())))
 	return &apiError{Status: http.StatusTooManyRequests, Type: "throttled_error", Code: "throttled",
 		Detail:     fmt.Sprintf("Request was throttled. Expected available in %d seconds.", secs),
 		retryAfter: secs}
