@@ -44,7 +44,7 @@ bench-proxy:
 
 ## bench-lifecycle: EDGEPROXY_BENCH_RECORDS (default 1000) records provisioned to valid against Pebble, then startup of the binary on 10,000 valid records (docs/PERFORMANCE.md)
 bench-lifecycle:
-	EDGEPROXY_BENCH_RECORDS=$${EDGEPROXY_BENCH_RECORDS:-1000} $(GO) test -run '^TestProvisionBurst$$' -count 1 -timeout 30m -v ./control/
+	EDGEPROXY_BENCH_RECORDS=$${EDGEPROXY_BENCH_RECORDS:-1000} $(GO) test -run '^TestProvisionBurst$$' -count 1 -timeout 30m -v ./lifecycle/
 	EDGEPROXY_BENCH_RECORDS=10000 $(GO) test -run '^TestStartupWithValidRecords$$' -count 1 -timeout 20m -v ./cmd/edgeproxy/
 
 ## fuzz: each fuzz target (every func Fuzz* in the module) for FUZZTIME (default 30s), printing the inputs tried

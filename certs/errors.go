@@ -165,10 +165,124 @@ func truncate(s string) string {
 // when the detail names no time.
 func RateLimit(err error) (until time.Time, ok bool) {
 	p, isProblem := problem(err)
-	if !isProblem || (strings.TrimPrefix(p.Type, acme.ProblemTypeNamespace) != "rateLimited" && p.Status != 429) {
+	if !isProblem || !isRateLimited(p.Type, p.Status) {
 		return time.Time{}, false
 	}
 	return retryAfterInDetail(p.Detail), true
+}
+
+// LimitScope is what a CA rate limit applies to.
+type LimitScope int
+
+const (
+	// ScopeUnknown: the CA's words name no limit known here.
+	ScopeUnknown LimitScope = iota
+	// ScopeName: the one name ordered. Let's Encrypt's duplicate
+	// certificate limit (certificates for the exact set of identifiers)
+	// and its failed-authorization limit (per identifier, per account).
+	ScopeName
+	// ScopeRegisteredDomain: every name under the ordered name's
+	// registered domain (certificates per registered domain).
+	ScopeRegisteredDomain
+	// ScopeAccount: every order of the ACME account, whatever the name:
+	// new orders per account, pending authorizations per account, and the
+	// limits on creating accounts, without which no order can be placed.
+	ScopeAccount
+)
+
+func (s LimitScope) String() string {
+	switch s {
+	case ScopeName:
+		return "name"
+	case ScopeRegisteredDomain:
+		return "registered_domain"
+	case ScopeAccount:
+		return "account"
+	}
+	return "unknown"
+}
+
+// The words by which Let's Encrypt (Boulder) names its limits, current
+// and earlier texts, and the anchors of its rate-limit documentation the
+// detail links to. Matched lower-case, after the names of the order are
+// taken out of the text (see RateLimitScope).
+var (
+	nameLimitWords = []string{
+		"exact set of", // "too many certificates (5) already issued for this exact set of identifiers"
+		"duplicate-certificate-limit", "new-certificates-per-exact-set-of-",
+		"failed authorization", // "too many failed authorizations (5) for "e.example.com" in the last 1h0m0s"
+		"failed validation",    // "too many failed validations"
+		"authorization-failures-per-", "failed-validation-limit",
+	}
+	registeredDomainLimitWords = []string{
+		"already issued for", // "too many certificates (50) already issued for "example.com"", "... issued for: example.com"
+		"per registered domain", "per-registered-domain",
+	}
+	accountLimitWords = []string{
+		"new orders", "new-orders-per-account", // "too many new orders (300) from this account in the last 3h0m0s"
+		"pending authorizations", "pending-authorizations-per-account",
+		"from this account",
+		"new registrations", "new-registrations-per-", "registrations per ip",
+	}
+	quotedRE = regexp.MustCompile(`"[^"]*"|'[^']*'`)
+)
+
+// RateLimitScope says what the CA's rate limit err, met by an order for
+// domain, applies to (ScopeUnknown when err is no rate limit, or when the
+// CA's words name no known limit). It reads the problem's detail and its
+// subproblems: a rateLimited subproblem about domain itself is about the
+// name. Where several limits are named, the narrowest wins.
+//
+// The detail may quote the name ordered, which a customer chooses: quoted
+// text and the name and each of its parent domains are taken out before
+// matching, so a name such as new-orders-per-account.example.com cannot
+// pass its own limit off as the account's.
+func RateLimitScope(err error, domain string) LimitScope {
+	p, ok := problem(err)
+	if !ok || !isRateLimited(p.Type, p.Status) {
+		return ScopeUnknown
+	}
+	scope := scopeOfDetail(p.Detail, domain)
+	for _, sp := range p.Subproblems {
+		s := scopeOfDetail(sp.Detail, domain)
+		if isRateLimited(sp.Type, sp.Status) && sp.Identifier.Value != "" && strings.EqualFold(normalizeName(sp.Identifier.Value), normalizeName(domain)) {
+			s = ScopeName
+		}
+		if s != ScopeUnknown && (scope == ScopeUnknown || s < scope) {
+			scope = s
+		}
+	}
+	return scope
+}
+
+func isRateLimited(typ string, status int) bool {
+	return strings.TrimPrefix(typ, acme.ProblemTypeNamespace) == "rateLimited" || status == 429
+}
+
+func scopeOfDetail(detail, domain string) LimitScope {
+	d := quotedRE.ReplaceAllString(strings.ToLower(detail), `""`)
+	name := normalizeName(domain)
+	for name != "" && strings.Contains(name, ".") {
+		d = strings.ReplaceAll(d, name, "")
+		_, name, _ = strings.Cut(name, ".")
+	}
+	has := func(words []string) bool {
+		for _, w := range words {
+			if strings.Contains(d, w) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case has(nameLimitWords):
+		return ScopeName
+	case has(registeredDomainLimitWords):
+		return ScopeRegisteredDomain
+	case has(accountLimitWords):
+		return ScopeAccount
+	}
+	return ScopeUnknown
 }
 
 // retryAfterRE finds the time in "retry after <time>": Boulder's

@@ -165,3 +165,63 @@ func TestCAUnavailable(t *testing.T) {
 		})
 	}
 }
+
+// TestRateLimitScope classifies Let's Encrypt's rate-limit problems, in
+// their current and earlier wordings, by what they limit; and a name
+// chosen to look like an account-wide limit stays a limit on the name.
+func TestRateLimitScope(t *testing.T) {
+	t.Parallel()
+	limited := func(detail string) error {
+		return wrapped(acme.Problem{Type: acme.ProblemTypeRateLimited, Status: 429, Detail: detail})
+	}
+	for _, tt := range []struct {
+		name   string
+		err    error
+		domain string
+		want   LimitScope
+	}{
+		{"exact set of identifiers", limited(`too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-11-26 16:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-exact-set-of-identifiers`),
+			"e.example.com", ScopeName},
+		{"exact set of domains (2024)", limited(`too many certificates (5) already issued for this exact set of domains in the last 168h0m0s, retry after 2024-11-26 16:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-exact-set-of-hostnames`),
+			"e.example.com", ScopeName},
+		{"exact set, old wording", limited(`Error creating new order :: too many certificates already issued for exact set of domains: e.example.com: see https://letsencrypt.org/docs/rate-limits/`),
+			"e.example.com", ScopeName},
+		{"failed authorizations", limited(`too many failed authorizations (5) for "e.example.com" in the last 1h0m0s, retry after 2026-11-26 16:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#authorization-failures-per-identifier-per-account`),
+			"e.example.com", ScopeName},
+		{"failed validations, old wording", limited(`Error creating new order :: too many failed authorizations recently: see https://letsencrypt.org/docs/failed-validation-limit/`),
+			"e.example.com", ScopeName},
+		{"registered domain", limited(`too many certificates (50) already issued for "example.com" in the last 168h0m0s, retry after 2026-11-26 16:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-registered-domain`),
+			"e.example.com", ScopeRegisteredDomain},
+		{"registered domain, old wording", limited(`Error creating new order :: too many certificates already issued for: example.com: see https://letsencrypt.org/docs/rate-limits/`),
+			"e.example.com", ScopeRegisteredDomain},
+		{"new orders per account", limited(`too many new orders (300) from this account in the last 3h0m0s, retry after 2026-11-26 16:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-orders-per-account`),
+			"e.example.com", ScopeAccount},
+		{"new orders, old wording", limited(`Error creating new order :: too many new orders recently: see https://letsencrypt.org/docs/rate-limits/`),
+			"e.example.com", ScopeAccount},
+		{"pending authorizations", limited(`Error creating new order :: too many currently pending authorizations: see https://letsencrypt.org/docs/rate-limits/`),
+			"e.example.com", ScopeAccount},
+		{"new registrations", limited(`too many new registrations (10) from this IP address in the last 3h0m0s, retry after 2026-11-26 16:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-registrations-per-ip-address`),
+			"e.example.com", ScopeAccount},
+		{"subproblem about the name", wrapped(acme.Problem{Type: acme.ProblemTypeRateLimited, Status: 429, Detail: "Cannot issue",
+			Subproblems: []acme.Subproblem{{Problem: acme.Problem{Type: acme.ProblemTypeRateLimited, Detail: "limit reached"},
+				Identifier: acme.Identifier{Type: "dns", Value: "E.example.com"}}}}),
+			"e.example.com", ScopeName},
+		{"unknown wording", limited(`slow down, retry after 2026-11-26 16:00:00 UTC`), "e.example.com", ScopeUnknown},
+		{"429 without a detail", wrapped(acme.Problem{Type: "about:blank", Status: 429}), "e.example.com", ScopeUnknown},
+		{"not a rate limit", wrapped(acme.Problem{Type: acme.ProblemTypeServerInternal, Status: 503, Detail: "too many new orders"}), "e.example.com", ScopeUnknown},
+		// A customer's name that spells an account-wide limit: its own
+		// failed-authorization limit is still about the name.
+		{"hostile name, quoted", limited(`too many failed authorizations (5) for "new-orders-per-account.evil.example" in the last 1h0m0s, retry after 2026-11-26 16:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#authorization-failures-per-identifier-per-account`),
+			"new-orders-per-account.evil.example", ScopeName},
+		{"hostile name, unquoted", limited(`too many certificates already issued for exact set of domains: new-orders-per-account.evil.example: see https://letsencrypt.org/docs/rate-limits/`),
+			"new-orders-per-account.evil.example", ScopeName},
+		{"hostile name, no other words", limited(`limit for new-orders-per-account.from-this-account.example`),
+			"new-orders-per-account.from-this-account.example", ScopeUnknown},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RateLimitScope(tt.err, tt.domain); got != tt.want {
+				t.Errorf("RateLimitScope = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -231,6 +231,31 @@ func (m *Manager) cacheStored(ctx context.Context, name string) (certmagic.Certi
 	return cert, nil
 }
 
+// Release takes domain off the allowlist and its certificate out of the
+// cache, so it is neither served nor renewed, and leaves it in storage,
+// where Load and Obtain find it again (a deleted record's certificate,
+// kept for the retention). It waits for an obtain or renewal of the
+// domain in progress to finish first. Releasing a domain that has nothing
+// is not an error.
+func (m *Manager) Release(ctx context.Context, domain string) error {
+	name := normalizeName(domain)
+	if name == "" {
+		return errors.New("certs: releasing certificate: empty domain")
+	}
+	m.Serve(name, false)
+	lock := "issue_cert_" + name // certmagic's lock for obtaining and renewing name
+	if err := m.storage.Lock(ctx, lock); err != nil {
+		return fmt.Errorf("%s: releasing certificate: %w", name, err)
+	}
+	defer func() {
+		if err := m.storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
+			m.log.Warn("releasing certificate lock", "domain", name, "err", err)
+		}
+	}()
+	m.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: name}})
+	return nil
+}
+
 // Drop removes domain's certificate from the cache and deletes every
 // storage key of it (certificate, key and metadata of every issuer, OCSP
 // staples). It waits for an obtain or renewal of the domain in progress to

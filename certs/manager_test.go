@@ -27,7 +27,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -632,5 +632,46 @@ func TestObtainWithoutEmailAfterPartialAccount(t *testing.T) {
 	m2 := e.newManager(t)
 	if _, err := m2.Obtain(obtainCtx(t), "two.example.com"); err != nil {
 		t.Fatalf("Obtain with an incomplete stored account: %v", err)
+	}
+}
+
+// TestRelease: a released certificate is no longer served or cached, even
+// with its name put back on the allowlist, but stays in storage, where
+// Obtain finds it again with no order.
+func TestRelease(t *testing.T) {
+	t.Parallel()
+	e := newEdge(t)
+	m := e.manager.Load()
+	ctx := obtainCtx(t)
+	const name = "kept.example.com"
+	e.point(name)
+	if _, err := m.Obtain(ctx, name); err != nil {
+		t.Fatalf("Obtain: %v", err)
+	}
+	m.Serve(name, true)
+	e.mustServe(name)
+	orders := e.pebble.Orders()
+
+	if err := m.Release(ctx, name); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	e.mustRefuse(name)
+	if m.Serving(name) {
+		t.Error("Release left the name on the allowlist")
+	}
+	m.Serve(name, true)
+	e.mustRefuse(name) // on the allowlist again, but nothing cached
+	if _, ok := m.Info(name); ok {
+		t.Error("Info finds a released certificate")
+	}
+	if got, err := m.StoredDomains(ctx); err != nil || !reflect.DeepEqual(got, []string{name}) {
+		t.Errorf("StoredDomains after Release = %v, %v; want [%s]", got, err, name)
+	}
+	if _, err := m.Obtain(ctx, name); err != nil {
+		t.Fatalf("Obtain after Release: %v", err)
+	}
+	e.mustServe(name)
+	if got := e.pebble.Orders(); got != orders {
+		t.Errorf("Obtain after Release made %d orders, want 0", got-orders)
 	}
 }

@@ -132,11 +132,8 @@ type AdminOrg struct {
 }
 
 func (a *Admin) orgJSON(o store.Org) AdminOrg {
-	out := AdminOrg{ID: o.ID, Name: o.Name, CreatedAt: o.CreatedAt.UTC().Format(timeFormat), MaxProxyRecords: a.cfg.MaxProxyRecords}
-	if o.MaxProxyRecords != nil {
-		out.MaxProxyRecords, out.OwnLimit = *o.MaxProxyRecords, true
-	}
-	return out
+	return AdminOrg{ID: o.ID, Name: o.Name, CreatedAt: o.CreatedAt.UTC().Format(store.TimeFormat),
+		MaxProxyRecords: o.Limit(a.cfg.MaxProxyRecords), OwnLimit: o.MaxProxyRecords != nil}
 }
 
 func checkOrgName(name string) error {
@@ -260,7 +257,7 @@ func (a *Admin) addMember(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	a.reply(w, http.StatusOK, map[string]any{
-		"org_id": m.OrgID, "user_id": m.UserID, "level": m.Level.String(), "created_at": m.CreatedAt.UTC().Format(timeFormat),
+		"org_id": m.OrgID, "user_id": m.UserID, "level": m.Level.String(), "created_at": m.CreatedAt.UTC().Format(store.TimeFormat),
 	}, err)
 }
 
@@ -289,7 +286,7 @@ func (a *Admin) removeMember(w http.ResponseWriter, r *http.Request) {
 		a.log.Info("membership removed", "org_id", m.OrgID, "user_id", m.UserID, "level", m.Level.String())
 	}
 	a.reply(w, http.StatusOK, map[string]any{
-		"org_id": m.OrgID, "user_id": m.UserID, "level": m.Level.String(), "created_at": m.CreatedAt.UTC().Format(timeFormat),
+		"org_id": m.OrgID, "user_id": m.UserID, "level": m.Level.String(), "created_at": m.CreatedAt.UTC().Format(store.TimeFormat),
 		"removed": true,
 	}, err)
 }
@@ -310,12 +307,12 @@ type AdminKey struct {
 
 func keyJSON(k store.APIKey) AdminKey {
 	out := AdminKey{ID: k.ID, UserID: k.UserID, Label: k.Label, Mask: k.Mask, Scopes: k.Scopes, Orgs: k.Orgs,
-		CreatedAt: k.CreatedAt.UTC().Format(timeFormat)}
+		CreatedAt: k.CreatedAt.UTC().Format(store.TimeFormat)}
 	if out.Orgs == nil {
 		out.Orgs = []string{}
 	}
 	if k.RevokedAt != nil {
-		s := k.RevokedAt.UTC().Format(timeFormat)
+		s := k.RevokedAt.UTC().Format(store.TimeFormat)
 		out.RevokedAt = &s
 	}
 	return out

@@ -31,7 +31,7 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Diagnoser runs POST …/proxy_records/{id}/diagnose/. If nil, that
 	// route answers 503 unavailable.
-	Diagnoser *Diagnoser
+	Diagnoser Diagnoser
 }
 
 // API is the management API of CONTRACT §3 as an http.Handler.
@@ -41,9 +41,6 @@ type API struct {
 	log     *slog.Logger
 	metrics *apiMetrics
 	fails   *failLimiter
-	// diagnoses limits POST …/diagnose/, on the Diagnoser's clock; nil
-	// without a Diagnoser.
-	diagnoses *diagnoseLimiter
 }
 
 // NewAPI returns the management API over st.
@@ -51,9 +48,6 @@ func NewAPI(st *store.Store, cfg Config) *API {
 	a := &API{store: st, cfg: cfg, log: cfg.Logger, metrics: newAPIMetrics(cfg.Registerer), fails: newFailLimiter(time.Now)}
 	if a.log == nil {
 		a.log = slog.Default()
-	}
-	if cfg.Diagnoser != nil {
-		a.diagnoses = newDiagnoseLimiter(cfg.Diagnoser.now)
 	}
 	return a
 }
@@ -295,17 +289,6 @@ func (a *API) resolveOrg(key store.APIKey, ref string) (store.Org, *apiError) {
 	return org, nil
 }
 
-// limitFor is the organization's limit of proxy records.
-func (a *API) limitFor(org store.Org) int {
-	if org.MaxProxyRecords != nil {
-		return *org.MaxProxyRecords
-	}
-	return a.cfg.MaxProxyRecords
-}
-
-// timeFormat is RFC 3339 in UTC with microseconds, as PostHog shows times.
-const timeFormat = "2006-01-02T15:04:05.000000Z07:00"
-
 // recordJSON is a proxy record exactly as the API shows it.
 type recordJSON struct {
 	ID          string  `json:"id"`
@@ -325,8 +308,8 @@ func toJSON(r store.Record) recordJSON {
 		TargetCNAME: r.TargetCNAME,
 		Status:      string(r.Status),
 		Message:     r.Message,
-		CreatedAt:   r.CreatedAt.UTC().Format(timeFormat),
-		UpdatedAt:   r.UpdatedAt.UTC().Format(timeFormat),
+		CreatedAt:   r.CreatedAt.UTC().Format(store.TimeFormat),
+		UpdatedAt:   r.UpdatedAt.UTC().Format(store.TimeFormat),
 		CreatedBy:   r.CreatedBy,
 	}
 }
@@ -337,7 +320,7 @@ func (a *API) getOrg(c *call) *apiError {
 		Name            string `json:"name"`
 		CreatedAt       string `json:"created_at"`
 		MaxProxyRecords int    `json:"max_proxy_records"`
-	}{c.org.ID, c.org.Name, c.org.CreatedAt.UTC().Format(timeFormat), a.limitFor(c.org)})
+	}{c.org.ID, c.org.Name, c.org.CreatedAt.UTC().Format(store.TimeFormat), c.org.Limit(a.cfg.MaxProxyRecords)})
 	return nil
 }
 
@@ -353,7 +336,7 @@ func (a *API) listRecords(c *call) *apiError {
 	writeJSON(c.w, http.StatusOK, struct {
 		Results         []recordJSON `json:"results"`
 		MaxProxyRecords int          `json:"max_proxy_records"`
-	}{results, a.limitFor(c.org)})
+	}{results, c.org.Limit(a.cfg.MaxProxyRecords)})
 	return nil
 }
 
@@ -463,7 +446,7 @@ func (a *API) deleteRecord(c *call) *apiError {
 	var op store.Op
 	after, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
 		before = *r
-		op = deleteOp(r, now)
+		op = r.ApplyDelete(now)
 		return op, nil
 	})
 	if aerr != nil {
@@ -471,10 +454,9 @@ func (a *API) deleteRecord(c *call) *apiError {
 	}
 	switch op {
 	case store.OpSave:
-		logTransition(a.log, before, after)
+		store.LogTransition(a.log, before, after)
 	case store.OpDelete:
-		a.log.Info("record deleted", "record_id", before.ID, "org_id", before.OrgID, "domain", before.Domain,
-			"from", string(before.Status), "to", "gone")
+		store.LogDeleted(a.log, before)
 	}
 	c.w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -484,17 +466,17 @@ func (a *API) retryRecord(c *call) *apiError {
 	now := a.store.Now()
 	var before store.Record
 	rec, aerr := a.mutate(c, func(r *store.Record) (store.Op, *apiError) {
-		if !canRetry(r.Status) {
+		if !r.Status.CanRetry() {
 			return store.OpKeep, invalidState(string(r.Status))
 		}
 		before = *r
-		retry(r, now)
+		r.Retry(now)
 		return store.OpSave, nil
 	})
 	if aerr != nil {
 		return aerr
 	}
-	logTransition(a.log, before, rec)
+	store.LogTransition(a.log, before, rec)
 	writeJSON(c.w, http.StatusOK, toJSON(rec))
 	return nil
 }

@@ -19,30 +19,18 @@
 // valid key is resolved before the limiter is consulted, so it is never
 // refused by it.
 //
-// # Probes on a customer's behalf
+// # Records
 //
-// A diagnosis sends HTTP requests where the customer's DNS points, so its
-// dialer admits only this deployment's own addresses (the HTTP listener's,
-// what the record's target_cname resolves to) and public unicast ones,
-// checked in the dialer's Control hook on the address actually dialled;
-// its reports describe failures in our own words and never quote what a
-// host answered. Diagnoses run one at a time per record and ten a minute
-// per organization. The other probes (the live checks' TLS handshakes)
-// dial only the configured edge address.
+// The API creates a record waiting, its first DNS check due at once; the
+// lifecycle engine (package lifecycle) moves it on from there. A DELETE
+// removes a waiting, erroring or timed_out record at once and moves an
+// issuing, valid or warning one to deleting. Retry moves erroring or
+// timed_out back to waiting. Both rules are the record's own
+// (store.Record.ApplyDelete, store.Record.Retry), shared with the engine.
+// Every transition is one store transaction, so no race between two API
+// calls can skip a rule.
 //
-// # Statuses
-//
-//   - waiting: registered; DNS does not yet point at target_cname.
-//   - issuing: DNS points at us; a certificate is being obtained.
-//   - valid: a certificate is held and the domain is served.
-//   - warning: served, but the last monitor pass found a problem.
-//   - erroring: no certificate could be had, or serving broke; retry allowed.
-//   - timed_out: DNS never pointed at us in time; retry allowed.
-//   - deleting: deletion was asked for while a certificate may exist; the
-//     record disappears once the certificate is dropped.
-//
-// A DELETE removes a waiting, erroring or timed_out record at once and
-// moves an issuing, valid or warning one to deleting. Retry moves erroring
-// or timed_out back to waiting. Every transition is one store transaction,
-// so no race between two API calls can skip a rule.
+// A diagnosis (POST …/diagnose/) is run by the Diagnoser the API is given
+// (package diagnose), admitted by its limits; the API only authorizes the
+// call and sends the report.
 package control

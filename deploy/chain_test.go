@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"

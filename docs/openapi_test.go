@@ -22,8 +22,9 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/diagnose"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/docs"
 	"github.com/edgeproxy/edgeproxy/internal/openapitest"
 	"github.com/edgeproxy/edgeproxy/store"
@@ -362,7 +363,7 @@ func newFixture(t *testing.T, opts fixtureOptions) *fixture {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cm.Close() })
-		cfg.Diagnoser = &control.Diagnoser{DNS: verifier, Certs: cm, Probes: &control.Probes{}}
+		cfg.Diagnoser = &diagnose.Diagnoser{DNS: verifier, Certs: cm, Probes: &diagnose.Probes{}}
 	}
 	f.srv = httptest.NewServer(f.check.Handler(t, control.NewAPI(st, cfg)))
 	t.Cleanup(f.srv.Close)

@@ -55,6 +55,15 @@
 // one process can open the file, so a lock present at Open was left by a
 // process that died holding it.
 //
+// # ACME bookkeeping
+//
+// The lifecycle engine keeps what it must not forget across a restart
+// about the ACME CA (acme.go): the orders each organization placed in the
+// last window of its order budget (SpendOrder counts and records in one
+// transaction), the CA's rate limits still in force (PutCAHold, CAHolds),
+// and the domains whose last record was deleted, with the time (written
+// by the deleting transaction itself), for the certificate retention.
+//
 // # Schema
 //
 // The file carries a schema version in the meta bucket. Open applies the

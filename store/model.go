@@ -82,6 +82,15 @@ type Org struct {
 	MaxProxyRecords *int `json:"max_proxy_records,omitempty"`
 }
 
+// Limit is the organization's limit of proxy records: its own when set,
+// else def, the server-wide one.
+func (o Org) Limit(def int) int {
+	if o.MaxProxyRecords != nil {
+		return *o.MaxProxyRecords
+	}
+	return def
+}
+
 // User is a person who holds API keys and memberships.
 type User struct {
 	ID        int64     `json:"id"`

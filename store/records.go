@@ -36,10 +36,7 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 			ruleErr = fmt.Errorf("organization %s: %w", r.OrgID, err)
 			return nil
 		}
-		limit := defaultLimit
-		if org.MaxProxyRecords != nil {
-			limit = *org.MaxProxyRecords
-		}
+		limit := org.Limit(defaultLimit)
 		byOrg := tx.Bucket(bucketRecordsByOrg)
 		if orgCount(tx, r.OrgID) >= uint64(max(limit, 0)) {
 			ruleErr = &LimitError{Max: limit}
@@ -63,6 +60,9 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 			return err
 		}
 		if err := byDomain.Put([]byte(rec.Domain), []byte(rec.ID)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketReleasedDomains).Delete([]byte(rec.Domain)); err != nil {
 			return err
 		}
 		if err := byOrg.Put(orgIndexKey(rec.OrgID, rec.Seq), []byte(rec.ID)); err != nil {
@@ -233,6 +233,10 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 				return err
 			}
 			if err := tx.Bucket(bucketRecordsByDomain).Delete([]byte(before.Domain)); err != nil {
+				return err
+			}
+			// The certificate retention of the domain starts now.
+			if err := tx.Bucket(bucketReleasedDomains).Put([]byte(before.Domain), u64(uint64(s.stamp().UnixNano()))); err != nil {
 				return err
 			}
 			if err := tx.Bucket(bucketRecordsByOrg).Delete(orgIndexKey(before.OrgID, before.Seq)); err != nil {

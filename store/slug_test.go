@@ -213,10 +213,10 @@ func TestCreateOrgSlugConcurrent(t *testing.T) {
 	}
 }
 
-// writeSchema2 writes a file as schema 2 wrote it: the organizations have
+// writeSchema3 writes a file as schema 3 wrote it: the organizations have
 // no slug and there is no slug index. One organization is written as raw
 // JSON, so a test can write one that does not decode.
-func writeSchema2(t *testing.T, path string, orgs []store.Org, raw map[string]string) {
+func writeSchema3(t *testing.T, path string, orgs []store.Org, raw map[string]string) {
 	t.Helper()
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
@@ -226,16 +226,16 @@ func writeSchema2(t *testing.T, path string, orgs []store.Org, raw map[string]st
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range []string{"meta", "orgs", "users", "users_by_email", "members", "user_orgs", "keys",
 			"keys_by_hash", "records", "records_by_domain", "records_by_org", "records_due", "org_record_counts",
-			"certmagic_data", "certmagic_locks"} {
+			"certmagic_data", "certmagic_locks", "acme_orders", "ca_holds", "released_domains"} {
 			if _, err := tx.CreateBucket([]byte(name)); err != nil {
 				return err
 			}
 		}
-		if err := tx.Bucket([]byte("meta")).Put([]byte("schema_version"), binary.BigEndian.AppendUint64(nil, 2)); err != nil {
+		if err := tx.Bucket([]byte("meta")).Put([]byte("schema_version"), binary.BigEndian.AppendUint64(nil, 3)); err != nil {
 			return err
 		}
 		for _, o := range orgs {
-			// Schema 2's organization: no slug field at all.
+			// Schema 3's organization: no slug field at all.
 			data, _ := json.Marshal(map[string]any{"id": o.ID, "name": o.Name, "created_at": o.CreatedAt})
 			if err := tx.Bucket([]byte("orgs")).Put([]byte(o.ID), data); err != nil {
 				return err
@@ -253,10 +253,10 @@ func writeSchema2(t *testing.T, path string, orgs []store.Org, raw map[string]st
 	}
 }
 
-// TestOpenMigratesVersion2: organizations written without a slug get the
+// TestOpenMigratesVersion3: organizations written without a slug get the
 // one made from their name at Open, the oldest first keeping the plain
 // slug, and the slugs are in the file for every later Open.
-func TestOpenMigratesVersion2(t *testing.T) {
+func TestOpenMigratesVersion3(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "edgeproxy.db")
 	day := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -269,7 +269,7 @@ func TestOpenMigratesVersion2(t *testing.T) {
 		{ID: store.NewID(), Name: "北京", CreatedAt: day.Add(4 * time.Hour)},
 	}
 	want := map[string]string{orgs[0].ID: "acme-2", orgs[1].ID: "acme", orgs[2].ID: "default", orgs[3].ID: "zurich-ag", orgs[4].ID: "org"}
-	writeSchema2(t, path, orgs, nil)
+	writeSchema3(t, path, orgs, nil)
 
 	s := openAt(t, path, store.Options{})
 	if v, err := s.SchemaVersionOf(); err != nil || v != store.SchemaVersion {
@@ -308,25 +308,25 @@ func TestOpenMigratesVersion2(t *testing.T) {
 	check(openAt(t, path, store.Options{}), "after reopening")
 }
 
-// TestOpenMigratesVersion2Atomically: a migration that fails part way
+// TestOpenMigratesVersion3Atomically: a migration that fails part way
 // (here on an organization that does not decode, after others got their
-// slugs) leaves the file exactly as schema 2 left it.
-func TestOpenMigratesVersion2Atomically(t *testing.T) {
+// slugs) leaves the file exactly as schema 3 left it.
+func TestOpenMigratesVersion3Atomically(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "edgeproxy.db")
 	good := store.Org{ID: store.NewID(), Name: "Acme", CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	// Keys sort before and after the good one, so whichever order the
 	// bucket is read in, the bad one is met.
-	writeSchema2(t, path, []store.Org{good}, map[string]string{"00000000-bad": "{not json", "ffffffff-bad": "{not json"})
+	writeSchema3(t, path, []store.Org{good}, map[string]string{"00000000-bad": "{not json", "ffffffff-bad": "{not json"})
 
 	if s, err := store.Open(path, store.Options{Timeout: time.Second}); err == nil {
 		s.Close()
 		t.Fatal("Open of a file with an undecodable organization succeeded")
-	} else if !strings.Contains(err.Error(), "schema 2 to 3") {
+	} else if !strings.Contains(err.Error(), "schema 3 to 4") {
 		t.Errorf("Open error %q does not name the migration", err)
 	}
-	if got := rawSchemaVersion(t, path); got != 2 {
-		t.Errorf("after the failed migration the file has schema %d, want 2", got)
+	if got := rawSchemaVersion(t, path); got != 3 {
+		t.Errorf("after the failed migration the file has schema %d, want 3", got)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
 	if err != nil {

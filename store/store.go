@@ -55,7 +55,7 @@ func (e *LimitError) Error() string {
 const batchDelay = 2 * time.Millisecond
 
 // SchemaVersion is the version of the file layout this program writes.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrations[i] moves a file from schema version i to i+1. Version 0 is an
 // empty file. Each runs inside the one transaction that also records the new
@@ -103,10 +103,20 @@ var migrations = []func(tx *bolt.Tx) error{
 			return tx.Bucket(bucketRecordsDue).Put(dueKey(r.NextCheckAt, r.ID), nil)
 		})
 	},
-	// 3: organization slugs and their index. Every organization gets the
+	// 3: the engine's ACME bookkeeping (acme.go): orders placed, the CA's
+	// rate limits in force, released domains. All start empty.
+	2: func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketACMEOrders, bucketCAHolds, bucketReleasedDomains} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("creating bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	},
+	// 4: organization slugs and their index. Every organization gets the
 	// slug made from its name, the oldest first, so that of two
 	// organizations with one name the older keeps the plain slug.
-	2: func(tx *bolt.Tx) error {
+	3: func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketOrgsBySlug); err != nil {
 			return fmt.Errorf("creating bucket %s: %w", bucketOrgsBySlug, err)
 		}
@@ -151,6 +161,9 @@ var (
 	bucketOrgRecordCounts = []byte("org_record_counts")
 	bucketCertData        = []byte("certmagic_data")
 	bucketCertLocks       = []byte("certmagic_locks")
+	bucketACMEOrders      = []byte("acme_orders")
+	bucketCAHolds         = []byte("ca_holds")
+	bucketReleasedDomains = []byte("released_domains")
 
 	v1Buckets = [][]byte{bucketMeta, bucketOrgs, bucketUsers, bucketUsersByEmail, bucketMembers,
 		bucketUserOrgs, bucketKeys, bucketKeysByHash, bucketRecords, bucketRecordsByDomain, bucketRecordsByOrg}

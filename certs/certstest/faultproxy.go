@@ -1,9 +1,12 @@
 package certstest
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
@@ -20,6 +23,7 @@ import (
 	"time"
 
 	"github.com/letsencrypt/pebble/v2/wfe"
+	"golang.org/x/net/publicsuffix"
 )
 
 // Paths of Pebble's ACME endpoints, for Fault.Paths.
@@ -86,14 +90,22 @@ type Fault struct {
 // faults on demand: it is the fault, not the CA. Point the ACME client at
 // its DirectoryURL and trust its ServerRoots; Pebble builds its URLs from
 // the Host the client sent, so every later request also goes through the
-// proxy. It counts what it receives, so a test can bound how hard a
-// client presses a failing CA. Safe for concurrent use.
+// proxy. Besides the faults of Set, which hit every request they cover,
+// LimitName answers the new orders for one name with one of Let's
+// Encrypt's rate limits. It counts what it receives (new orders by name
+// included), so a test can bound how hard a client presses a failing CA.
+// Safe for concurrent use.
 type FaultProxy struct {
 	srv *httptest.Server
 	rp  *httputil.ReverseProxy
 
-	mu    sync.Mutex
-	fault Fault
+	// mu guards fault, limits and newOrders. limits are the rate limits
+	// set with LimitName, by name; newOrders counts the new-order requests
+	// naming each name.
+	mu        sync.Mutex
+	fault     Fault
+	limits    map[string]nameLimit
+	newOrders map[string]int
 
 	requests atomic.Int64 // HTTP requests received, faulted or not
 	faulted  atomic.Int64 // HTTP requests answered with a fault
@@ -109,7 +121,7 @@ func StartFaultProxy(t testing.TB, p *Pebble) *FaultProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &FaultProxy{}
+	f := &FaultProxy{limits: map[string]nameLimit{}, newOrders: map[string]int{}}
 	f.rp = &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(target)
@@ -140,6 +152,129 @@ func (f *FaultProxy) ServerRoots() *x509.CertPool {
 	pool := x509.NewCertPool()
 	pool.AddCert(f.srv.Certificate())
 	return pool
+}
+
+// ServerCertPEM is the proxy's TLS certificate in PEM form: the file to
+// give edgeproxy's --acme-ca-root.
+func (f *FaultProxy) ServerCertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.srv.Certificate().Raw})
+}
+
+// RateLimit is one of Let's Encrypt's rate limits, as LimitName answers
+// it: 429, a Retry-After header and a rateLimited problem whose detail is
+// Let's Encrypt's own wording for the limit.
+type RateLimit int
+
+const (
+	// DuplicateCertificate: "too many certificates (5) already issued for
+	// this exact set of identifiers in the last 168h0m0s".
+	DuplicateCertificate RateLimit = iota + 1
+	// FailedAuthorizations: "too many failed authorizations (5) for
+	// "<name>" in the last 1h0m0s".
+	FailedAuthorizations
+	// CertificatesPerRegisteredDomain: "too many certificates (50) already
+	// issued for "<registered domain>" in the last 168h0m0s".
+	CertificatesPerRegisteredDomain
+	// NewOrdersPerAccount: "too many new orders (300) from this account in
+	// the last 3h0m0s": an account-wide limit, answered here only to the
+	// orders for the name.
+	NewOrdersPerAccount
+	// UnknownLimit: a rateLimited problem whose words name no limit.
+	UnknownLimit
+)
+
+type nameLimit struct {
+	limit RateLimit
+	until time.Time
+}
+
+// LimitName answers every new-order for name with the rate limit, its
+// time until (in the Retry-After header and in the detail), until it is
+// lifted with a zero until. Other names pass. A zero limit also lifts it.
+func (f *FaultProxy) LimitName(name string, limit RateLimit, until time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if limit == 0 || until.IsZero() {
+		delete(f.limits, name)
+		return
+	}
+	f.limits[name] = nameLimit{limit, until}
+}
+
+// NewOrders counts the new-order requests whose identifiers include name,
+// answered or refused; with name "", every new-order request.
+func (f *FaultProxy) NewOrders(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if name != "" {
+		return f.newOrders[name]
+	}
+	n := 0
+	for _, c := range f.newOrders {
+		n += c
+	}
+	return n
+}
+
+// rateLimitDetail is Let's Encrypt's detail for the limit met by an order
+// for name (Boulder's ratelimits package).
+func rateLimitDetail(l nameLimit, name string) string {
+	after := l.until.UTC().Format("2006-01-02 15:04:05") + " UTC"
+	switch l.limit {
+	case DuplicateCertificate:
+		return "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after " + after +
+			": see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-exact-set-of-identifiers"
+	case FailedAuthorizations:
+		return fmt.Sprintf("too many failed authorizations (5) for %q in the last 1h0m0s, retry after %s", name, after) +
+			": see https://letsencrypt.org/docs/rate-limits/#authorization-failures-per-identifier-per-account"
+	case CertificatesPerRegisteredDomain:
+		registered, err := publicsuffix.EffectiveTLDPlusOne(name)
+		if err != nil {
+			registered = name
+		}
+		return fmt.Sprintf("too many certificates (50) already issued for %q in the last 168h0m0s, retry after %s", registered, after) +
+			": see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-registered-domain"
+	case NewOrdersPerAccount:
+		return "too many new orders (300) from this account in the last 3h0m0s, retry after " + after +
+			": see https://letsencrypt.org/docs/rate-limits/#new-orders-per-account"
+	}
+	return "request refused, retry after " + after
+}
+
+// newOrder counts a new-order request by the names it asks for and
+// returns the rate limit one of them is under, if any. The body is left
+// readable.
+func (f *FaultProxy) newOrder(r *http.Request) (nameLimit, string, bool) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if err != nil {
+		return nameLimit{}, "", false
+	}
+	var jws struct{ Payload string }
+	var order struct {
+		Identifiers []struct{ Type, Value string }
+	}
+	if json.Unmarshal(body, &jws) != nil {
+		return nameLimit{}, "", false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(jws.Payload)
+	if err != nil || json.Unmarshal(payload, &order) != nil {
+		return nameLimit{}, "", false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var (
+		found nameLimit
+		name  string
+		ok    bool
+	)
+	for _, id := range order.Identifiers {
+		f.newOrders[id.Value]++
+		if l, limited := f.limits[id.Value]; limited && !ok {
+			found, name, ok = l, id.Value, true
+		}
+	}
+	return found, name, ok
 }
 
 // Set switches the proxy to fault from now on. Connections open when
@@ -194,6 +329,14 @@ func (f *FaultProxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	c, _ := f.perPath.LoadOrStore(key, new(atomic.Int64))
 	c.(*atomic.Int64).Add(1)
+	if r.Method == http.MethodPost && r.URL.Path == NewOrderPath {
+		if l, name, limited := f.newOrder(r); limited && f.current().Mode != Refuse {
+			f.faulted.Add(1)
+			w.Header().Set("Retry-After", l.until.UTC().Format(http.TimeFormat))
+			writeProblemStatus(w, http.StatusTooManyRequests, "rateLimited", rateLimitDetail(l, name))
+			return
+		}
+	}
 
 	fault := f.current()
 	if fault.Mode == Refuse {

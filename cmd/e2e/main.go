@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 )
 
 func main() {

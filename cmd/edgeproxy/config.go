@@ -38,6 +38,8 @@ type config struct {
 	IssueTimeout     time.Duration
 	RecheckMax       time.Duration
 	MonitorInterval  time.Duration
+	OrgOrdersPerHour int
+	CertRetention    time.Duration
 	MaxProxyRecords  int
 	MaxBodyBytes     int64
 	LogFormat        string
@@ -113,6 +115,8 @@ func serveFlags(fs *flag.FlagSet) func(fromEnv map[string]bool) (*config, error)
 	issueTimeout := fs.String("issue-timeout", "1h", "a record without a certificate this long goes to erroring")
 	recheckMax := fs.String("recheck-max", "5m", "longest pause between two DNS checks of a waiting record")
 	monitor := fs.String("monitor-interval", "24h", "how often a live record is re-checked")
+	ordersPerHour := fs.String("org-orders-per-hour", "10", "most new certificate orders one organization's records place in a rolling hour")
+	retention := fs.String("cert-retention", "168h", "how long a deleted record's certificate is kept, never served, for a re-created record of the domain")
 	maxRecords := fs.String("max-proxy-records", "2", "per-organization limit unless the organization has its own")
 	maxBody := fs.String("max-body-bytes", "67108864", "largest proxied request body")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -218,6 +222,15 @@ func serveFlags(fs *flag.FlagSet) func(fromEnv map[string]bool) (*config, error)
 		check("issue-timeout", func() (err error) { c.IssueTimeout, err = positiveDuration(*issueTimeout); return })
 		check("recheck-max", func() (err error) { c.RecheckMax, err = positiveDuration(*recheckMax); return })
 		check("monitor-interval", func() (err error) { c.MonitorInterval, err = positiveDuration(*monitor); return })
+		check("org-orders-per-hour", func() error {
+			n, err := strconv.Atoi(*ordersPerHour)
+			if err != nil || n < 1 {
+				return fmt.Errorf("%q is not a whole number of 1 or more", *ordersPerHour)
+			}
+			c.OrgOrdersPerHour = n
+			return nil
+		})
+		check("cert-retention", func() (err error) { c.CertRetention, err = positiveDuration(*retention); return })
 		check("max-proxy-records", func() error {
 			n, err := strconv.Atoi(*maxRecords)
 			if err != nil || n < 0 {

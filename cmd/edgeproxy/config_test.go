@@ -45,6 +45,12 @@ func TestServeDefaults(t *testing.T) {
 	if got, want := strings.Join(cfg.CAAIdentities, ","), "letsencrypt.org"; got != want {
 		t.Errorf("caa identities = %q, want %q", got, want)
 	}
+	if got, want := cfg.OrgOrdersPerHour, 10; got != want {
+		t.Errorf("org-orders-per-hour = %d, want %d", got, want)
+	}
+	if got, want := cfg.CertRetention, 168*time.Hour; got != want {
+		t.Errorf("cert-retention = %v, want %v", got, want)
+	}
 }
 
 func TestDevDefaults(t *testing.T) {
@@ -67,11 +73,13 @@ func TestDevDefaults(t *testing.T) {
 
 func TestEnvironmentFallback(t *testing.T) {
 	env := map[string]string{
-		"EDGEPROXY_MAX_PROXY_RECORDS":  "7",
-		"EDGEPROXY_DATA_DIR":           "/var/lib/edgeproxy",
-		"EDGEPROXY_TARGET_CNAME_BASE":  "proxy.example.net",
-		"EDGEPROXY_METRICS_PER_DOMAIN": "true",
-		"EDGEPROXY_ACCESS_LOG":         "sample:10",
+		"EDGEPROXY_MAX_PROXY_RECORDS":   "7",
+		"EDGEPROXY_DATA_DIR":            "/var/lib/edgeproxy",
+		"EDGEPROXY_TARGET_CNAME_BASE":   "proxy.example.net",
+		"EDGEPROXY_METRICS_PER_DOMAIN":  "true",
+		"EDGEPROXY_ACCESS_LOG":          "sample:10",
+		"EDGEPROXY_ORG_ORDERS_PER_HOUR": "25",
+		"EDGEPROXY_CERT_RETENTION":      "24h",
 	}
 	cfg, err := parseServe(t, []string{"--max-proxy-records", "3"}, env)
 	if err != nil {
@@ -85,6 +93,9 @@ func TestEnvironmentFallback(t *testing.T) {
 	}
 	if !cfg.MetricsPerDomain || cfg.AccessLogEvery != 10 {
 		t.Errorf("metrics-per-domain = %v, access log every = %d", cfg.MetricsPerDomain, cfg.AccessLogEvery)
+	}
+	if cfg.OrgOrdersPerHour != 25 || cfg.CertRetention != 24*time.Hour {
+		t.Errorf("org-orders-per-hour = %d, cert-retention = %v; want 25 and 24h from the environment", cfg.OrgOrdersPerHour, cfg.CertRetention)
 	}
 }
 
@@ -114,6 +125,11 @@ func TestBadFlags(t *testing.T) {
 		{append(base, "--recheck-max", "0s"), nil, "--recheck-max:"},
 		{append(base, "--monitor-interval", "1d"), nil, "--monitor-interval:"},
 		{append(base, "--max-proxy-records", "-1"), nil, "--max-proxy-records:"},
+		{append(base, "--org-orders-per-hour", "0"), nil, "--org-orders-per-hour:"},
+		{append(base, "--org-orders-per-hour", "ten"), nil, "--org-orders-per-hour:"},
+		{append(base, "--cert-retention", "0s"), nil, "--cert-retention:"},
+		{append(base, "--cert-retention", "1w"), nil, "--cert-retention:"},
+		{base, map[string]string{"EDGEPROXY_ORG_ORDERS_PER_HOUR": "-3"}, "--org-orders-per-hour: from EDGEPROXY_ORG_ORDERS_PER_HOUR"},
 		{append(base, "--max-body-bytes", "64MiB"), nil, "--max-body-bytes:"},
 		{append(base, "--log-format", "xml"), nil, "--log-format:"},
 		{append(base, "--access-log", "sample:0"), nil, "--access-log:"},

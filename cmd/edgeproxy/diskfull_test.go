@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/store"
 )

@@ -12,7 +12,7 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -121,8 +121,9 @@ func TestRestartMidIssuing(t *testing.T) {
 
 // TestRestartMidDeleting leaves a served record in deleting, as a crash
 // right after the API accepted its DELETE would, and checks that the
-// restarted server finishes the deletion: the record goes, its handshake
-// fails and its certificate is gone from storage.
+// restarted server finishes the deletion: the record goes and its
+// handshake fails; its certificate stays in storage, unserved, with its
+// retention started.
 func TestRestartMidDeleting(t *testing.T) {
 	w := newACMEWorld(t)
 	dir := t.TempDir()
@@ -178,7 +179,10 @@ func TestRestartMidDeleting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if slices.Contains(stored, rec.Domain) {
-		t.Errorf("certificate of the deleted domain still in storage: %v", stored)
+	if !slices.Contains(stored, rec.Domain) {
+		t.Errorf("certificate of the deleted domain not kept for the retention: %v", stored)
+	}
+	if released, err := st.ReleasedDomains(); err != nil || released[rec.Domain].IsZero() {
+		t.Errorf("ReleasedDomains = %v, %v; want %s with its retention started", released, err, rec.Domain)
 	}
 }

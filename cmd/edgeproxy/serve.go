@@ -17,8 +17,10 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/diagnose"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/docs"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/proxy"
 	"github.com/edgeproxy/edgeproxy/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,25 +86,27 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	// Before the store closes (defers run last-in first-out): stops the
 	// renewal loop and releases the storage locks this process holds.
 	defer cm.Close()
-	engine := control.NewEngine(st, verifier, cm, control.EngineConfig{
-		DNSWaitTimeout:  cfg.DNSWaitTimeout,
-		IssueTimeout:    cfg.IssueTimeout,
-		RecheckMax:      cfg.RecheckMax,
-		MonitorInterval: cfg.MonitorInterval,
-		CAAIdentities:   cfg.CAAIdentities,
-		ProbeAddr:       cfg.HTTPSAddr,
-		Logger:          log,
-		Registerer:      reg,
+	engine := lifecycle.NewEngine(st, verifier, cm, lifecycle.Config{
+		DNSWaitTimeout:   cfg.DNSWaitTimeout,
+		IssueTimeout:     cfg.IssueTimeout,
+		RecheckMax:       cfg.RecheckMax,
+		MonitorInterval:  cfg.MonitorInterval,
+		OrgOrdersPerHour: cfg.OrgOrdersPerHour,
+		CertRetention:    cfg.CertRetention,
+		CAAIdentities:    cfg.CAAIdentities,
+		ProbeAddr:        cfg.HTTPSAddr,
+		Logger:           log,
+		Registerer:       reg,
 	})
 
-	probes := &control.Probes{}
+	probes := &diagnose.Probes{}
 	ccfg := control.Config{
 		TargetCNAMEBase: cfg.TargetCNAMEBase,
 		MaxProxyRecords: cfg.MaxProxyRecords,
 		Schema:          docs.OpenAPI,
 		Logger:          log,
 		Registerer:      reg,
-		Diagnoser: &control.Diagnoser{
+		Diagnoser: &diagnose.Diagnoser{
 			DNS: verifier, Certs: cm, CAAIdentities: cfg.CAAIdentities,
 			HTTPAddr: cfg.HTTPAddr, HTTPSAddr: cfg.HTTPSAddr, Probes: probes,
 		},

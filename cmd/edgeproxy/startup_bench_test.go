@@ -37,8 +37,9 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -392,7 +393,7 @@ func startupInProcess(t *testing.T, dir, caURL string, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	engine := control.NewEngine(st, verifier, cm, control.EngineConfig{})
+	engine := lifecycle.NewEngine(st, verifier, cm, lifecycle.Config{})
 	t3 := time.Now()
 	stopProfile := func() {}
 	if path := os.Getenv("EDGEPROXY_BENCH_CPUPROFILE"); path != "" {

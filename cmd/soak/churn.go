@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 )
 
 const (

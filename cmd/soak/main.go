@@ -3,7 +3,7 @@
 // results are in docs/RELIABILITY.md, "Sustained load").
 //
 // Everything runs on loopback, in this process except the binary: Pebble as
-// the ACME CA (certs/certstest), a DNS server (control/dnsverify/dnstest)
+// the ACME CA (certs/certstest), a DNS server (dnsverify/dnstest)
 // standing in for the customers' zones and the operator's wildcard, and two
 // upstreams (ingestion and assets) that report what they received, so each
 // answer is checked and not just counted.

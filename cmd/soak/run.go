@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 )
 
 // staticSize is the size of every /static/ answer.
@@ -259,11 +259,13 @@ func serverArgs(dir, apiAddr, httpAddr, httpsAddr, caRoot string, e *env) []stri
 		"--recheck-max", "2s",
 		"--monitor-interval", "30s",
 		"--max-proxy-records", "1000",
+		// The churn orders far more than the default budget of 10 an hour.
+		"--org-orders-per-hour", "100000",
 	}
 }
 
 // serverFlagsText is serverArgs as the report shows them.
-const serverFlagsText = "`--dev --recheck-max 2s --monitor-interval 30s --max-proxy-records 1000`, listeners, CA and resolvers on loopback"
+const serverFlagsText = "`--dev --recheck-max 2s --monitor-interval 30s --max-proxy-records 1000 --org-orders-per-hour 100000`, listeners, CA and resolvers on loopback"
 
 // stop sends SIGTERM and waits for the exit. It says how the server ended;
 // err is set when it did not exit 0 within shutdownWait.

@@ -1,4 +1,4 @@
-package control_test
+package lifecycle_test
 
 import (
 	"bytes"
@@ -11,8 +11,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -45,10 +45,10 @@ type dnsFaultEnv struct {
 
 func newDNSFaultEnv(t *testing.T, resolver func(env *lifecycleEnv) string) *dnsFaultEnv {
 	t.Helper()
-	var cfg control.EngineConfig
+	var cfg lifecycle.Config
 	started := make(chan struct{})
 	var once sync.Once
-	env := newLifecycleEnv(t, func(c *control.EngineConfig) {
+	env := newLifecycleEnv(t, func(c *lifecycle.Config) {
 		c.FirstRecheck = faultFirstRecheck
 		c.RecheckMax = faultRecheckMax
 		cfg = *c
@@ -70,7 +70,7 @@ func newDNSFaultEnv(t *testing.T, resolver func(env *lifecycleEnv) string) *dnsF
 	}
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
-	env.engine = control.NewEngine(env.st, verifier, env.cm, cfg)
+	env.engine = lifecycle.NewEngine(env.st, verifier, env.cm, cfg)
 	env.startEngine(t)
 	return &dnsFaultEnv{lifecycleEnv: env, reg: reg}
 }

@@ -1,4 +1,4 @@
-package control_test
+package diagnose_test
 
 import (
 	"context"
@@ -18,8 +18,9 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/diagnose"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -45,7 +46,7 @@ func postDiagnose(t *testing.T, srv *httptest.Server, key, org, id string) (int,
 
 // diagnose runs the diagnosis of record id through the API, checks the
 // report's exact shape and returns it.
-func (env *lifecycleEnv) diagnose(t *testing.T, id string) control.Report {
+func (env *lifecycleEnv) diagnose(t *testing.T, id string) diagnose.Report {
 	t.Helper()
 	start := time.Now()
 	code, _, body := postDiagnose(t, env.api, env.key, "@current", id)
@@ -56,7 +57,7 @@ func (env *lifecycleEnv) diagnose(t *testing.T, id string) control.Report {
 		t.Fatalf("diagnose: status %d: %s", code, body)
 	}
 	checkReportShape(t, body)
-	var rep control.Report
+	var rep diagnose.Report
 	if err := json.Unmarshal(body, &rep); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func checkReportShape(t *testing.T, body []byte) {
 }
 
 // byID returns the report's check id.
-func byID(t *testing.T, rep control.Report, id string) control.Check {
+func byID(t *testing.T, rep diagnose.Report, id string) diagnose.Check {
 	t.Helper()
 	for _, c := range rep.Checks {
 		if c.ID == id {
@@ -169,11 +170,11 @@ func byID(t *testing.T, rep control.Report, id string) control.Check {
 		}
 	}
 	t.Fatalf("no check %q in the report", id)
-	return control.Check{}
+	return diagnose.Check{}
 }
 
 // wantStatuses checks the status of every check, in checkIDs order.
-func wantStatuses(t *testing.T, rep control.Report, want ...string) {
+func wantStatuses(t *testing.T, rep diagnose.Report, want ...string) {
 	t.Helper()
 	var got []string
 	for _, c := range rep.Checks {
@@ -188,7 +189,7 @@ func wantStatuses(t *testing.T, rep control.Report, want ...string) {
 }
 
 // wantSummary checks that the summary points at check id.
-func wantSummary(t *testing.T, rep control.Report, status, id string) {
+func wantSummary(t *testing.T, rep diagnose.Report, status, id string) {
 	t.Helper()
 	s := rep.Summary
 	if s.Status != status {
@@ -214,7 +215,7 @@ func TestDiagnoseWaitingWithoutCNAME(t *testing.T) {
 	if cname.Remediation == nil || cname.Remediation.Type != "dns" {
 		t.Fatalf("cname remediation %+v, want type dns", cname.Remediation)
 	}
-	want := []control.DNSRecord{{Name: "diag.shop.example.com", Type: "CNAME", Value: rec.TargetCNAME}}
+	want := []diagnose.DNSRecord{{Name: "diag.shop.example.com", Type: "CNAME", Value: rec.TargetCNAME}}
 	if got := cname.Remediation.Records; !slices.Equal(got, want) {
 		t.Errorf("cname remediation records %+v, want %+v", got, want)
 	}
@@ -261,7 +262,7 @@ func TestDiagnoseCAAForbids(t *testing.T) {
 	if caa.Remediation == nil || caa.Remediation.Type != "dns" {
 		t.Fatalf("caa remediation %+v, want type dns", caa.Remediation)
 	}
-	want := []control.DNSRecord{{Name: "shop.example.com", Type: "CAA", Value: `0 issue "` + certstest.CAAIdentity + `"`}}
+	want := []diagnose.DNSRecord{{Name: "shop.example.com", Type: "CAA", Value: `0 issue "` + certstest.CAAIdentity + `"`}}
 	if got := caa.Remediation.Records; !slices.Equal(got, want) {
 		t.Errorf("caa remediation records %+v, want %+v", got, want)
 	}
@@ -326,9 +327,9 @@ func TestDiagnoseCertificateExpiry(t *testing.T) {
 		{notAfter.Add(-10 * 24 * time.Hour), "warn"},
 		{notAfter.Add(time.Hour), "fail"},
 	} {
-		d := *env.diag
+		d := clone(env.diag)
 		d.Now = func() time.Time { return tt.now }
-		rep := d.Diagnose(context.Background(), r)
+		rep := d.Run(context.Background(), r)
 		if c := byID(t, rep, "certificate"); c.Status != tt.want || !strings.Contains(c.Detail, notAfter.UTC().Format(time.RFC3339)) {
 			t.Errorf("%v before expiry: certificate %s %q, want %s naming the expiry", notAfter.Sub(tt.now), c.Status, c.Detail, tt.want)
 		}
@@ -374,12 +375,12 @@ func TestDiagnoseBounded(t *testing.T) {
 		}
 	}()
 
-	d := *env.diag
+	d := clone(env.diag)
 	d.DNS = verifier
 	d.HTTPAddr = hang.Addr().String()
 	d.HTTPSAddr = hang.Addr().String()
 	start := time.Now()
-	rep := d.Diagnose(context.Background(), r)
+	rep := d.Run(context.Background(), r)
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
 		t.Errorf("the diagnosis took %v, want at most 5 s", elapsed)
 	}
@@ -476,13 +477,13 @@ func mustOrgOf(t *testing.T, env *lifecycleEnv, id string) string {
 }
 
 func TestProbes(t *testing.T) {
-	get := func(p *control.Probes, method, path string) (bool, *httptest.ResponseRecorder) {
+	get := func(p *diagnose.Probes, method, path string) (bool, *httptest.ResponseRecorder) {
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(method, "http://e.example.com"+path, nil)
 		return p.Handle(w, r), w
 	}
 	const prefix = "/.well-known/acme-challenge/edgeproxy-probe-"
-	var p control.Probes
+	var p diagnose.Probes
 	token, release := p.Register(time.Minute)
 	if token == "" {
 		t.Fatal("empty token")
@@ -517,8 +518,14 @@ func TestProbes(t *testing.T) {
 	if ok, _ := get(&p, http.MethodGet, prefix+other); !ok {
 		t.Error("releasing one token dropped another")
 	}
-	var none *control.Probes
+	var none *diagnose.Probes
 	if ok, _ := get(none, http.MethodGet, prefix+other); ok {
 		t.Error("a nil Probes answered")
 	}
+}
+
+// clone is a Diagnoser configured as d, with limits of its own.
+func clone(d *diagnose.Diagnoser) *diagnose.Diagnoser {
+	return &diagnose.Diagnoser{DNS: d.DNS, Certs: d.Certs, CAAIdentities: d.CAAIdentities,
+		HTTPAddr: d.HTTPAddr, HTTPSAddr: d.HTTPSAddr, Probes: d.Probes, Now: d.Now}
 }

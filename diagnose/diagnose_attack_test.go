@@ -1,4 +1,4 @@
-package control_test
+package diagnose_test
 
 import (
 	"encoding/json"
@@ -21,8 +21,9 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/diagnose"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -122,7 +123,7 @@ func newSSRFEnv(t *testing.T) *ssrfEnv {
 
 	internalLn, ownLn, ownLn3 := listenTrio(t)
 	env.port = strconv.Itoa(ownLn.Addr().(*net.TCPAddr).Port)
-	probes := &control.Probes{}
+	probes := &diagnose.Probes{}
 	for i, ln := range []net.Listener{ownLn, ownLn3} {
 		env.own[i] = &countingListener{Listener: ln}
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -157,7 +158,7 @@ func newSSRFEnv(t *testing.T) *ssrfEnv {
 	env.api = httptest.NewServer(control.NewAPI(st, control.Config{
 		TargetCNAMEBase: ssrfBase,
 		MaxProxyRecords: 20,
-		Diagnoser: &control.Diagnoser{
+		Diagnoser: &diagnose.Diagnoser{
 			DNS:      verifier,
 			Certs:    cm,
 			HTTPAddr: net.JoinHostPort("127.0.0.1", env.port),
@@ -259,7 +260,7 @@ func (env *ssrfEnv) diagnoseAs(key, orgID, recID string) (code int, retryAfter s
 }
 
 // report runs a diagnosis of rec as the attacker and returns the report.
-func (env *ssrfEnv) report(t *testing.T, rec store.Record) (control.Report, string) {
+func (env *ssrfEnv) report(t *testing.T, rec store.Record) (diagnose.Report, string) {
 	t.Helper()
 	code, _, body, err := env.diagnoseAs(env.readKey, env.orgID, rec.ID)
 	if err != nil {
@@ -269,7 +270,7 @@ func (env *ssrfEnv) report(t *testing.T, rec store.Record) (control.Report, stri
 		t.Fatalf("diagnose: %d %s", code, body)
 	}
 	checkReportShape(t, body)
-	var rep control.Report
+	var rep diagnose.Report
 	if err := json.Unmarshal(body, &rep); err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +388,7 @@ func TestDiagnoseRebindingRefusedAtDial(t *testing.T) {
 	env.dns.SetScript(rec.Domain, dns.TypeAAAA, cname)
 	env.dns.SetScript(rec.Domain, dns.TypeA, cname, []string{rec.Domain + ". A 127.0.0.2"})
 
-	var last control.Check
+	var last diagnose.Check
 	for i := range 2 {
 		rep, body := env.report(t, rec)
 		wantNoLeak(t, body)

@@ -1,4 +1,4 @@
-package control_test
+package lifecycle_test
 
 import (
 	"strings"

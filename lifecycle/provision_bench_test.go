@@ -1,4 +1,4 @@
-package control
+package lifecycle
 
 import (
 	"bytes"
@@ -28,8 +28,9 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 	"github.com/edgeproxy/edgeproxy/internal/cpustat"
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -46,7 +47,7 @@ import (
 //
 // EDGEPROXY_BENCH_DEADLINE (a duration, default 20m) bounds the wait for
 // valid records; the test fails when it passes. EDGEPROXY_BENCH_WORKERS and
-// EDGEPROXY_BENCH_ACME_WORKERS override EngineConfig.Workers and
+// EDGEPROXY_BENCH_ACME_WORKERS override Config.Workers and
 // ACMEWorkers, to see which bound the rate (with 32 ACME workers and
 // 10,000 records Pebble v2.10.3 deadlocks; see the doc). With EDGEPROXY_BENCH_MEMPROFILE
 // set to a file name, the heap at the end is written there.
@@ -112,7 +113,7 @@ func TestProvisionBurst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := EngineConfig{
+	cfg := Config{
 		CAAIdentities: []string{certstest.CAAIdentity},
 		ProbeAddr:     tlsLn.Addr().String(),
 		Logger:        log,
@@ -141,7 +142,7 @@ func TestProvisionBurst(t *testing.T) {
 	domains := make([]string, n)
 	for i := range domains {
 		domains[i] = fmt.Sprintf("r%06d.burst.example.com", i)
-		target := TargetCNAME(org.ID, domains[i], "proxy.example.net")
+		target := control.TargetCNAME(org.ID, domains[i], "proxy.example.net")
 		dns.SetCNAME(domains[i], target)
 		dns.SetA(target, "127.0.0.1")
 	}
@@ -185,7 +186,7 @@ func TestProvisionBurst(t *testing.T) {
 				if _, err := st.CreateRecord(store.Record{
 					OrgID:        org.ID,
 					Domain:       domains[i],
-					TargetCNAME:  TargetCNAME(org.ID, domains[i], "proxy.example.net"),
+					TargetCNAME:  control.TargetCNAME(org.ID, domains[i], "proxy.example.net"),
 					Status:       store.StatusWaiting,
 					CreatedBy:    &user.ID,
 					NextCheckAt:  now,
@@ -255,7 +256,7 @@ func TestProvisionBurst(t *testing.T) {
 		float64(s.heap)/(1<<20), hwmBefore, provisionHWM(t))
 	// The engine's share: the checks of one record, alone.
 	q0 := dns.Queries()
-	verifier.CheckCNAME(context.Background(), domains[0], TargetCNAME(org.ID, domains[0], "proxy.example.net"))
+	verifier.CheckCNAME(context.Background(), domains[0], control.TargetCNAME(org.ID, domains[0], "proxy.example.net"))
 	verifier.CheckCAA(context.Background(), domains[0], cfg.CAAIdentities)
 	t.Logf("DNS queries: %d (%.1f per record; the engine's and Pebble's together, of which the engine's CNAME and CAA checks make %d); Pebble orders: %d",
 		queries, float64(queries)/float64(n), dns.Queries()-q0, pebble.Orders())

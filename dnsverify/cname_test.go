@@ -11,7 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
 )
 
 const (

@@ -1,4 +1,4 @@
-package control_test
+package lifecycle_test
 
 import (
 	"bytes"
@@ -21,8 +21,9 @@ import (
 	"github.com/edgeproxy/edgeproxy/certs"
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -56,7 +57,7 @@ type lifecycleEnv struct {
 	dns     *dnstest.Server
 	pebble  *certstest.Pebble
 	cm      *certs.Manager
-	engine  *control.Engine
+	engine  *lifecycle.Engine
 	api     *httptest.Server
 	key     string
 	orgID   string
@@ -65,11 +66,13 @@ type lifecycleEnv struct {
 	logs    *syncBuffer
 	stopRun func()
 
-	// http is the plain HTTP listener's address; it answers probes
-	// first, as cmd/edgeproxy does. diag is the API's Diagnoser.
-	http   string
-	probes *control.Probes
-	diag   *control.Diagnoser
+	// http is the plain HTTP listener's address.
+	http string
+
+	// verifier and engineCfg build the engine; restartEngine builds a new
+	// one from them.
+	verifier  *dnsverify.Verifier
+	engineCfg lifecycle.Config
 }
 
 type syncBuffer struct {
@@ -89,7 +92,7 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycleEnv {
+func newLifecycleEnv(t *testing.T, tweak func(*lifecycle.Config)) *lifecycleEnv {
 	t.Helper()
 	return newLifecycleEnvCA(t, tweak, nil)
 }
@@ -97,7 +100,7 @@ func newLifecycleEnv(t *testing.T, tweak func(*control.EngineConfig)) *lifecycle
 // newLifecycleEnvCA is newLifecycleEnv with the certificate manager talking
 // to the CA that front returns (its directory URL and roots), given
 // Pebble; with front nil, to Pebble itself.
-func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front func(*certstest.Pebble) (string, *x509.CertPool)) *lifecycleEnv {
+func newLifecycleEnvCA(t *testing.T, tweak func(*lifecycle.Config), front func(*certstest.Pebble) (string, *x509.CertPool)) *lifecycleEnv {
 	t.Helper()
 	env := &lifecycleEnv{clock: &testClock{}, logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(env.logs, nil))
@@ -141,11 +144,7 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	}
 	t.Cleanup(func() { cm.Close() })
 	env.cm = cm
-	env.probes = &control.Probes{}
 	httpSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if env.probes.Handle(w, r) {
-			return
-		}
 		if !cm.HandleHTTPChallenge(w, r) {
 			http.NotFound(w, r)
 		}
@@ -160,7 +159,7 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := control.EngineConfig{
+	cfg := lifecycle.Config{
 		DNSWaitTimeout:  time.Hour,
 		IssueTimeout:    time.Hour,
 		FirstRecheck:    50 * time.Millisecond,
@@ -174,16 +173,8 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	env.engine = control.NewEngine(st, verifier, cm, cfg)
-	env.diag = &control.Diagnoser{
-		DNS:           verifier,
-		Certs:         cm,
-		CAAIdentities: []string{certstest.CAAIdentity},
-		HTTPAddr:      env.http,
-		HTTPSAddr:     env.https,
-		Probes:        env.probes,
-		Now:           env.clock.Now,
-	}
+	env.engine = lifecycle.NewEngine(st, verifier, cm, cfg)
+	env.verifier, env.engineCfg = verifier, cfg
 	env.startEngine(t)
 
 	limit := 100
@@ -200,7 +191,7 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*control.EngineConfig), front fu
 	}
 	env.key = value
 	env.api = httptest.NewServer(control.NewAPI(st, control.Config{
-		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log, Diagnoser: env.diag}))
+		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log}))
 	t.Cleanup(env.api.Close)
 	t.Cleanup(func() {
 		if strings.Contains(env.logs.String(), "phx_") {
@@ -246,6 +237,19 @@ func (env *lifecycleEnv) startEngine(t *testing.T) {
 	t.Cleanup(env.stopRun)
 }
 
+// restartEngine stops the engine and runs a new one over the same store,
+// certificate manager and configuration (its metrics unregistered), as a
+// restart of the process would: nothing of the old engine's memory is
+// kept.
+func (env *lifecycleEnv) restartEngine(t *testing.T) {
+	t.Helper()
+	env.stopRun()
+	cfg := env.engineCfg
+	cfg.Registerer = nil
+	env.engine = lifecycle.NewEngine(env.st, env.verifier, env.cm, cfg)
+	env.startEngine(t)
+}
+
 type apiRecord struct {
 	ID          string  `json:"id"`
 	Domain      string  `json:"domain"`
@@ -254,10 +258,47 @@ type apiRecord struct {
 	Message     *string `json:"message"`
 }
 
+// tenant is an organization with an owner whose API key reaches it.
+type tenant struct {
+	orgID string
+	key   string
+}
+
+// home is the organization every lifecycle test starts with.
+func (env *lifecycleEnv) home() tenant { return tenant{orgID: env.orgID, key: env.key} }
+
+// newTenant adds an organization (limit 100) with its own owner and key.
+func (env *lifecycleEnv) newTenant(t *testing.T, name string) tenant {
+	t.Helper()
+	limit := 100
+	org, err := env.st.CreateOrg(name, &limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, err := env.st.CreateUser("ops@" + strings.ReplaceAll(strings.ToLower(name), " ", "-") + ".test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.st.SetMembership(org.ID, user.ID, store.LevelOwner); err != nil {
+		t.Fatal(err)
+	}
+	k, value := control.NewKey(user.ID, "test", []string{control.ScopeAll}, nil)
+	if _, err := env.st.CreateKey(k); err != nil {
+		t.Fatal(err)
+	}
+	return tenant{orgID: org.ID, key: value}
+}
+
 func (env *lifecycleEnv) call(t *testing.T, method, path, body string) (int, apiRecord) {
 	t.Helper()
+	return env.callAs(t, env.home(), method, path, body)
+}
+
+// callAs calls the API with the tenant's key, on its organization.
+func (env *lifecycleEnv) callAs(t *testing.T, tn tenant, method, path, body string) (int, apiRecord) {
+	t.Helper()
 	req, _ := http.NewRequest(method, env.api.URL+"/api/organizations/@current/proxy_records/"+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+env.key)
+	req.Header.Set("Authorization", "Bearer "+tn.key)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -446,8 +487,11 @@ func TestLifecycleTimedOutThenRetry(t *testing.T) {
 	env.mustServe(t, "late.shop.example.com")
 }
 
+// TestLifecycleDeleteValid: a deleted record's certificate stops being
+// served at once but stays in storage for the retention (never served),
+// then is removed.
 func TestLifecycleDeleteValid(t *testing.T) {
-	env := newLifecycleEnv(t, nil)
+	env := newLifecycleEnv(t, func(c *lifecycle.Config) { c.CertRetention = 2 * time.Hour })
 	rec := env.create(t, "gone.shop.example.com")
 	env.dns.SetCNAME("gone.shop.example.com", rec.TargetCNAME)
 	env.waitStatus(t, rec.ID, store.StatusValid)
@@ -458,14 +502,42 @@ func TestLifecycleDeleteValid(t *testing.T) {
 	}
 	env.waitFor(t, rec.ID, "gone", func(r store.Record, err error) bool { return err == store.ErrNotFound })
 	env.mustNotServe(t, "gone.shop.example.com")
-	stored, err := env.cm.StoredDomains(context.Background())
-	if err != nil {
-		t.Fatal(err)
+	stored := func() []string {
+		t.Helper()
+		stored, err := env.cm.StoredDomains(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stored
 	}
-	if slices.Contains(stored, "gone.shop.example.com") {
-		t.Errorf("certificate still in storage after delete: %v", stored)
+	if !slices.Contains(stored(), "gone.shop.example.com") {
+		t.Errorf("certificate removed from storage at the delete, want it kept for the retention: %v", stored())
 	}
 	env.waitLog(t, "from=valid to=deleting", "from=deleting to=gone")
+
+	env.clock.Advance(time.Hour)
+	env.engine.Wake()
+	env.mustNotServe(t, "gone.shop.example.com")
+	if !slices.Contains(stored(), "gone.shop.example.com") {
+		t.Errorf("certificate removed from storage within its retention: %v", stored())
+	}
+	env.clock.Advance(time.Hour + time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		released, err := env.st.ReleasedDomains()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(stored(), "gone.shop.example.com") && len(released) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after its retention: stored %v, released %v; want the certificate and its mark gone", stored(), released)
+		}
+		env.engine.Wake()
+		time.Sleep(20 * time.Millisecond)
+	}
+	env.waitLog(t, "certificate of a deleted record removed after its retention")
 }
 
 func TestLifecycleCAUnreachable(t *testing.T) {

@@ -1,29 +1,26 @@
-package control
+package lifecycle
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/certs"
-	"github.com/edgeproxy/edgeproxy/control/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/store"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// EngineConfig configures the lifecycle engine. Zero durations take the
-// defaults of CONTRACT §2.
-type EngineConfig struct {
+// Config configures the lifecycle engine. Zero durations take the
+// defaults below.
+type Config struct {
 	// DNSWaitTimeout: a record still waiting this long after it entered
 	// waiting goes to timed_out. Default 168h.
 	DNSWaitTimeout time.Duration
@@ -47,6 +44,14 @@ type EngineConfig struct {
 	// ACMEWorkers bounds how many of those talk to the CA at once.
 	// Default 4.
 	ACMEWorkers int
+	// OrgOrdersPerHour is how many certificate orders one organization's
+	// records may place in a rolling hour; a record beyond it stays issuing
+	// until the oldest order leaves the hour. Default 10.
+	OrgOrdersPerHour int
+	// CertRetention is how long a deleted record's certificate is kept in
+	// storage, never served, for a record of the same domain created again
+	// to reuse without an order. Default 168h.
+	CertRetention time.Duration
 	// ProbeAddr is the edge's TLS address; the monitor makes a handshake
 	// there for each live record. Empty skips that check.
 	ProbeAddr string
@@ -64,10 +69,8 @@ const (
 	dnsCheckTimeout = 10 * time.Second
 	maxObtainTime   = 3 * time.Minute
 	deleteTimeout   = 30 * time.Second
-	probeTimeout    = 5 * time.Second
-	// expiryWarning: a certificate this close to expiry is a warning, since
-	// certmagic renews long before it.
-	expiryWarning = 21 * 24 * time.Hour
+	// orderWindow is the rolling window of OrgOrdersPerHour.
+	orderWindow = time.Hour
 )
 
 // Engine moves every proxy record through its lifecycle (see the package
@@ -77,9 +80,9 @@ const (
 // records at once, whatever the number waiting.
 type Engine struct {
 	store   *store.Store
-	dns     *dnsverify.Verifier
-	certs   *certs.Manager
-	cfg     EngineConfig
+	dns     DNS
+	certs   Certs
+	cfg     Config
 	log     *slog.Logger
 	acme    chan struct{} // semaphore of ACMEWorkers
 	wake    chan struct{}
@@ -89,7 +92,11 @@ type Engine struct {
 	mu       sync.Mutex
 	inflight map[string]inflightStep
 
-	gate caGate
+	gate *caGate
+
+	// sweepAt is when the next certificate retention ends (zero: none
+	// known). Start and Run's goroutine use it, one after the other.
+	sweepAt time.Time
 
 	// unwritable is set when a step could not record its outcome because
 	// the disk refuses writes. Such a record is still due, so without a
@@ -111,115 +118,18 @@ type inflightStep struct {
 	cancel context.CancelFunc
 }
 
-// caGate is the engine's hold on every order to the CA. A rate limit is
-// about our ACME account, not one record, and an outage is the CA's, so
-// while either lasts no record orders: a record that comes due meanwhile
-// is put off to the end of the pause without asking, and the first orders
-// after it are the probe. An outage pause starts at FirstRecheck and
-// doubles up to RecheckMax while failures continue (a circuit breaker); a
-// rate limit lasts until the time the CA gave, or as an outage pause when
-// it gave none. The gate is in memory: after a restart, the records put
-// off keep their stored next-check time, and the first order that meets
-// the limit sets the pause again.
-type caGate struct {
-	mu       sync.Mutex
-	pause    caPause
-	failures int  // consecutive CA-side failures, sizing the next pause
-	logged   bool // a pause was logged and the CA has not answered since
-}
-
-// caPause is one pause of orders to the CA.
-type caPause struct {
-	until  time.Time
-	cause  string // pauseRateLimited or pauseUnavailable
-	fromCA bool   // until is the CA's own "retry after" time
-	reason string // what the CA said (certs.Reason), for messages
-}
-
-// Causes of a pause, also the label of the pauses metric.
+// Causes of a pause of every order, also the label of the pauses metric.
 const (
 	pauseRateLimited = "rate_limited"
 	pauseUnavailable = "ca_unavailable"
 )
 
-// activePause returns the pause in force at now, if any.
-func (e *Engine) activePause(now time.Time) (caPause, bool) {
-	e.gate.mu.Lock()
-	defer e.gate.mu.Unlock()
-	p := e.gate.pause
-	return p, now.Before(p.until)
-}
-
-// noteOrder updates the gate with the outcome of an order that ended at
-// now, and returns the pause in force after it. A rate limit or an outage
-// met while a pause is already in force began before it and does not
-// lengthen it, except a rate limit whose end the CA gives later.
-func (e *Engine) noteOrder(now time.Time, err error) (caPause, bool) {
-	g := &e.gate
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	active := now.Before(g.pause.until)
-	until, limited := certs.RateLimit(err)
-	switch {
-	case err == nil || (!limited && !certs.CAUnavailable(err) &&
-		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)):
-		// The CA answered.
-		g.failures = 0
-		if g.logged && !active {
-			g.logged = false
-			e.log.Info("ACME orders resumed: the certificate authority answers again")
-		}
-	case limited && until.After(now) && until.After(g.pause.until):
-		e.setPause(now, caPause{until: until, cause: pauseRateLimited, fromCA: true, reason: certs.Reason(err)}, active)
-	case active:
-	case limited || certs.CAUnavailable(err):
-		g.failures++
-		cause := pauseUnavailable
-		if limited {
-			cause = pauseRateLimited
-		}
-		e.setPause(now, caPause{until: now.Add(e.backoff(g.failures)), cause: cause, reason: certs.Reason(err)}, false)
-	}
-	return g.pause, now.Before(g.pause.until)
-}
-
-// setPause puts p in force (with gate.mu held). A pause is logged once,
-// not per record: when one begins, or when the CA moves a rate limit's
-// end. An outage pause that only grows while the outage lasts is not
-// logged again.
-func (e *Engine) setPause(now time.Time, p caPause, extending bool) {
-	g := &e.gate
-	g.pause = p
-	if !extending {
-		e.metrics.pauses.WithLabelValues(p.cause).Inc()
-	}
-	if p.cause == pauseUnavailable && g.logged {
-		return
-	}
-	g.logged = true
-	e.log.Warn("ACME orders paused", "cause", p.cause, "until", p.until.UTC().Format(time.RFC3339),
-		"for", p.until.Sub(now).Round(time.Second).String(), "reason", p.reason)
-}
-
-// pauseMessage tells a customer why their record waits for the CA and
-// until when; attempted says whether the record's own order met it.
-func pauseMessage(p caPause, attempted bool) string {
-	at := p.until.UTC().Format(time.RFC3339)
-	switch {
-	case p.cause == pauseRateLimited && p.fromCA:
-		return fmt.Sprintf("The certificate authority is rate limiting us: rate limited until %s; retrying then. The CA said: %s", at, p.reason)
-	case p.cause == pauseRateLimited:
-		return fmt.Sprintf("The certificate authority is rate limiting us without saying until when: rate limited until %s by our estimate; retrying then. The CA said: %s", at, p.reason)
-	case attempted:
-		return fmt.Sprintf("Requesting a certificate failed because the certificate authority is unavailable (%s); nothing is wrong with your domain or DNS. Retrying at %s.", p.reason, at)
-	default:
-		return fmt.Sprintf("Waiting for the certificate authority, which is unavailable (%s); nothing is wrong with your domain or DNS. Next attempt at %s.", p.reason, at)
-	}
-}
+// activePause returns the pause of every order in force at now, if any.
+func (e *Engine) activePause(now time.Time) (caHold, bool) { return e.gate.accountPause(now) }
 
 // NewEngine returns an engine over st that verifies DNS with dns and gets
 // certificates from cm. Call Run to start it.
-func NewEngine(st *store.Store, dns *dnsverify.Verifier, cm *certs.Manager, cfg EngineConfig) *Engine {
+func NewEngine(st *store.Store, dns DNS, cm Certs, cfg Config) *Engine {
 	if cfg.DNSWaitTimeout == 0 {
 		cfg.DNSWaitTimeout = 168 * time.Hour
 	}
@@ -241,6 +151,12 @@ func NewEngine(st *store.Store, dns *dnsverify.Verifier, cm *certs.Manager, cfg 
 	if cfg.Workers == 0 {
 		cfg.Workers = 32
 	}
+	if cfg.OrgOrdersPerHour == 0 {
+		cfg.OrgOrdersPerHour = 10
+	}
+	if cfg.CertRetention == 0 {
+		cfg.CertRetention = 168 * time.Hour
+	}
 	if cfg.ACMEWorkers == 0 {
 		cfg.ACMEWorkers = 4
 	}
@@ -260,6 +176,9 @@ func NewEngine(st *store.Store, dns *dnsverify.Verifier, cm *certs.Manager, cfg 
 		wake:     make(chan struct{}, 1),
 		inflight: map[string]inflightStep{},
 	}
+	e.gate = newCAGate(st, cfg.Logger, e.backoff, cfg.RecheckMax, func(cause string) {
+		e.metrics.pauses.WithLabelValues(cause).Inc()
+	})
 	e.metrics = newEngineMetrics(e, cfg.Registerer)
 	return e
 }
@@ -301,11 +220,15 @@ func (e *Engine) cancelStale(id string, status store.Status, exists bool) {
 	}
 }
 
-// Start loads the certificate of every served record from storage (no
-// ACME traffic), puts those domains on the edge's allowlist and drops
-// certificates that no record holds any more. Run calls it; it is
+// Start takes up the CA's holds stored before a restart, loads the
+// certificate of every served record from storage (no ACME traffic), puts
+// those domains on the edge's allowlist, and drops the certificates that
+// no record holds once their retention has passed. Run calls it; it is
 // separate so the server can report ready only after it.
 func (e *Engine) Start(ctx context.Context) error {
+	if err := e.gate.load(e.cfg.Now()); err != nil {
+		return err
+	}
 	records, err := e.store.Records(nil)
 	if err != nil {
 		return fmt.Errorf("engine: listing records: %w", err)
@@ -348,18 +271,96 @@ func (e *Engine) Start(ctx context.Context) error {
 	close(next)
 	wg.Wait()
 	e.certs.ServeOnly(served)
+	e.sweepAt = e.sweepRetained(ctx, func(domain string) bool { return holders[domain] })
+	return nil
+}
+
+// sweepRetained drops the stored certificates that no record holds and
+// whose retention has passed, and returns when the next retention ends
+// (zero if none). A certificate that no record holds and no release
+// covers (a crash came between a deletion and its release, or the file
+// predates retention) starts its retention now. held reports whether a
+// record holds a domain.
+func (e *Engine) sweepRetained(ctx context.Context, held func(domain string) bool) time.Time {
+	now := e.cfg.Now()
+	retry := now.Add(e.cfg.RecheckMax)
 	stored, err := e.certs.StoredDomains(ctx)
 	if err != nil {
-		return fmt.Errorf("engine: listing stored certificates: %w", err)
+		e.log.Warn("engine: listing stored certificates for the retention", "err", err)
+		return retry
 	}
+	released, err := e.store.ReleasedDomains()
+	if err != nil {
+		e.log.Warn("engine: reading released domains for the retention", "err", err)
+		return retry
+	}
+	var next time.Time
+	soonest := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	isStored := make(map[string]bool, len(stored))
 	for _, d := range stored {
-		if !holders[d] {
-			if err := e.certs.Drop(ctx, d); err != nil {
-				e.log.Warn("dropping orphaned certificate", "domain", d, "err", err)
+		isStored[d] = true
+		if held(d) {
+			continue
+		}
+		at, ok := released[d]
+		if !ok {
+			if err := e.store.MarkReleased(d, now); err != nil {
+				e.log.Warn("engine: starting the retention of a certificate", "domain", d, "err", err)
+			}
+			at = now
+		}
+		if end := at.Add(e.cfg.CertRetention); now.Before(end) {
+			soonest(end)
+			continue
+		}
+		dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+		err := e.certs.Drop(dctx, d)
+		cancel()
+		if err != nil {
+			e.log.Warn("engine: dropping a certificate past its retention", "domain", d, "err", err)
+			soonest(retry)
+			continue
+		}
+		if err := e.store.ForgetReleased(d, at); err != nil {
+			e.log.Warn("engine: forgetting a released domain", "domain", d, "err", err)
+		}
+		e.log.Info("certificate of a deleted record removed after its retention", "domain", d,
+			"released_at", at.UTC().Format(time.RFC3339))
+	}
+	for d, at := range released {
+		if !isStored[d] {
+			if err := e.store.ForgetReleased(d, at); err != nil {
+				e.log.Warn("engine: forgetting a released domain", "domain", d, "err", err)
 			}
 		}
 	}
-	return nil
+	return next
+}
+
+// noteReleased brings the next sweep forward to the end of the domain's
+// retention, which runs from its deletion (marked by the store), not from
+// when the engine heard of it.
+func (e *Engine) noteReleased(domain string) {
+	end := e.cfg.Now().Add(e.cfg.CertRetention)
+	if released, err := e.store.ReleasedDomains(); err == nil {
+		if at, ok := released[domain]; ok {
+			end = at.Add(e.cfg.CertRetention)
+		}
+	}
+	if e.sweepAt.IsZero() || end.Before(e.sweepAt) {
+		e.sweepAt = end
+	}
+}
+
+// recordHolds reports whether a record holds the domain (a failed read
+// counts as held: the certificate is kept).
+func (e *Engine) recordHolds(domain string) bool {
+	_, err := e.store.RecordByDomain(domain)
+	return !errors.Is(err, store.ErrNotFound)
 }
 
 // Run works on due records until ctx is done. It calls Start first unless
@@ -402,12 +403,18 @@ func (e *Engine) Run(ctx context.Context, started bool) error {
 				}(r)
 			}
 		}
+		if !e.sweepAt.IsZero() && !e.cfg.Now().Before(e.sweepAt) && !held {
+			e.sweepAt = e.sweepRetained(ctx, e.recordHolds)
+		}
 		wait := time.Hour
 		if next, ok, err := e.store.NextDue(e.isInflight); err == nil && ok {
 			wait = max(next.Sub(e.cfg.Now()), 0)
 		}
 		if len(slots) == cap(slots) {
 			wait = time.Hour // a finishing step wakes us
+		}
+		if !e.sweepAt.IsZero() {
+			wait = min(wait, max(e.sweepAt.Sub(e.cfg.Now()), 0))
 		}
 		if held {
 			wait = unwritableRecheck
@@ -426,8 +433,10 @@ func (e *Engine) Run(ctx context.Context, started bool) error {
 	}
 }
 
-// applyChanges keeps the edge's allowlist equal to the served records and
-// drops the certificate of a deleted domain that no record holds any more.
+// applyChanges keeps the edge's allowlist equal to the served records
+// and, when the last record of a domain is gone, releases its certificate:
+// out of the cache and never served, but kept in storage for the
+// retention.
 func (e *Engine) applyChanges(ctx context.Context, changes []store.Change) {
 	for _, c := range changes {
 		r, err := e.store.Record(c.ID)
@@ -440,10 +449,11 @@ func (e *Engine) applyChanges(ctx context.Context, changes []store.Change) {
 			e.certs.Serve(c.Domain, false)
 			if _, err := e.store.RecordByDomain(c.Domain); errors.Is(err, store.ErrNotFound) {
 				dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
-				if err := e.certs.Drop(dctx, c.Domain); err != nil {
-					e.log.Warn("dropping certificate of deleted record", "domain", c.Domain, "err", err)
+				if err := e.certs.Release(dctx, c.Domain); err != nil {
+					e.log.Warn("releasing certificate of deleted record", "domain", c.Domain, "err", err)
 				}
 				cancel()
+				e.noteReleased(c.Domain)
 			}
 		default:
 			e.log.Error("engine: reading changed record", "record_id", c.ID, "err", err)
@@ -504,7 +514,7 @@ func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 		return
 	}
 	if op == store.OpSave && before.Status != after.Status {
-		logTransition(e.log, before, after)
+		store.LogTransition(e.log, before, after)
 		e.metrics.transitions.WithLabelValues(string(before.Status), string(after.Status)).Inc()
 	}
 }
@@ -529,16 +539,6 @@ func (e *Engine) storageHeld() bool {
 	e.unwritable.Store(false)
 	e.log.Info("engine: the data store can write again; resuming")
 	return false
-}
-
-// logTransition logs one status change of a record.
-func logTransition(log *slog.Logger, before, after store.Record) {
-	msg := ""
-	if after.Message != nil {
-		msg = *after.Message
-	}
-	log.Info("record status changed", "record_id", after.ID, "org_id", after.OrgID, "domain", after.Domain,
-		"from", string(before.Status), "to", string(after.Status), "message", msg)
 }
 
 func ptr(s string) *string { return &s }
@@ -605,8 +605,9 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	now := e.cfg.Now()
 	deadline := r.IssuingSince.Add(e.cfg.IssueTimeout)
 	// The deadline runs from the first attempt (see the failure branch
-	// below), so records queued behind a burst for a CA slot do not time
-	// out without ever having asked.
+	// below), so records queued behind a burst for a CA slot, or held by a
+	// rate limit or their organization's order budget, do not time out
+	// without ever having asked.
 	if r.Checks > 0 && !now.Before(deadline) {
 		reason := "no certificate could be obtained"
 		if r.Message != nil {
@@ -625,57 +626,51 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	case <-ctx.Done():
 		return
 	}
-	// Looked at with the slot held, so records queued for a slot when a
-	// pause begins see it and do not ask.
-	if p, paused := e.activePause(e.cfg.Now()); paused {
-		<-e.acme
-		e.putOff(r, p, false, e.cfg.Now())
-		return
-	}
-	attemptAt := e.cfg.Now()
-	budget := maxObtainTime
+	limit := maxObtainTime
 	if r.Checks > 0 {
-		budget = min(budget, deadline.Sub(attemptAt))
+		limit = min(limit, deadline.Sub(e.cfg.Now()))
 	}
-	octx, cancel := context.WithTimeout(ctx, budget)
-	notAfter, err := e.certs.Obtain(octx, r.Domain)
-	cancel()
+	// The slot is held while the gate is asked and until the outcome is
+	// noted, so records queued for a slot when a pause begins see it and
+	// do not ask.
+	out := e.order(ctx, r, limit)
+	<-e.acme
 	if ctx.Err() != nil {
-		<-e.acme
 		// Shutting down (the step is due again after restart), or an API
 		// call moved the record on: either way this outcome is not wanted.
 		return
 	}
 	now = e.cfg.Now()
-	// Noted before the slot is freed, so the record that takes it next
-	// sees a pause this order began.
-	p, paused := e.noteOrder(now, err)
-	<-e.acme
-	_, limited := certs.RateLimit(err)
+	_, limited := certs.RateLimit(out.err)
 	switch {
-	case err == nil:
+	case out.kind == orderUnrecorded:
+		// The store failed; the engine holds if the disk refuses writes.
+		e.save(r, func(n *store.Record) { n.NextCheckAt = now.Add(e.backoff(n.Checks + 1)) })
+	case out.kind == orderHeld:
+		e.holdBack(r, out, now)
+	case out.err == nil:
 		e.certs.Serve(r.Domain, true)
 		e.save(r, func(n *store.Record) {
 			n.Status = store.StatusValid
 			n.Message = nil
-			n.CertNotAfter = notAfter
+			n.CertNotAfter = out.notAfter
 			n.NextCheckAt = now.Add(e.cfg.MonitorInterval)
 			n.Checks = 0
 		})
-	case certs.IsPermanent(err):
+	case certs.IsPermanent(out.err):
 		e.save(r, func(n *store.Record) {
 			n.Status = store.StatusErroring
-			n.Message = ptr("The certificate authority refused: " + certs.Reason(err))
+			n.Message = ptr("The certificate authority refused: " + certs.Reason(out.err))
 			n.NextCheckAt = time.Time{}
 			n.Checks = 0
 		})
-	case paused && (limited || certs.CAUnavailable(err)):
-		e.putOff(r, p, true, attemptAt)
+	case out.held && (limited || certs.CAUnavailable(out.err)):
+		e.holdBack(r, out, now)
 	default:
 		e.save(r, func(n *store.Record) {
-			n.Message = ptr("Requesting a certificate failed, retrying: " + certs.Reason(err))
+			n.Message = ptr("Requesting a certificate failed, retrying: " + certs.Reason(out.err))
 			if n.Checks == 0 {
-				n.IssuingSince = attemptAt // the issue deadline starts now
+				n.IssuingSince = out.attemptAt // the issue deadline starts now
 			}
 			n.Checks++
 			n.NextCheckAt = now.Add(e.backoff(n.Checks))
@@ -683,27 +678,118 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 	}
 }
 
-// putOff reschedules an issuing record to the end of the CA pause p, no
-// earlier. Time under a rate limit is not held against the record: the
-// CA did not look at its order, so its check count goes back to zero and
-// the issue deadline starts again at its next real attempt. Time in a CA
-// outage counts like a failed attempt (from attemptAt), so a long outage
-// still ends in erroring with the CA's reason.
-func (e *Engine) putOff(r store.Record, p caPause, attempted bool, attemptAt time.Time) {
+// What came of asking for a record's certificate.
+const (
+	orderStored     = iota + 1 // no order: a certificate was in storage
+	orderHeld                  // no order: the CA gate or the organization's budget holds the record
+	orderUnrecorded            // no order: it could not be counted (the store failed)
+	orderPlaced                // an order went to the CA
+)
+
+// orderOutcome is what order did. For orderHeld, hold says why and
+// until when; for orderPlaced, err is the CA's answer and held says a
+// hold is in force on the record's orders after it.
+type orderOutcome struct {
+	kind      int
+	notAfter  time.Time
+	err       error
+	attemptAt time.Time
+	hold      caHold
+	held      bool
+	budget    bool // held by the organization's order budget
+}
+
+// order gets r's certificate: from storage if one is there (a deleted
+// record's, kept for the retention), else with an order to the CA within
+// limit, unless the CA gate or the organization's order budget holds it.
+// An order the CA never received (it was unreachable or failing) is given
+// back to the budget.
+func (e *Engine) order(ctx context.Context, r store.Record, limit time.Duration) orderOutcome {
 	now := e.cfg.Now()
+	if notAfter, err := e.certs.Load(ctx, r.Domain); err == nil && notAfter.After(now) {
+		return orderOutcome{kind: orderStored, notAfter: notAfter}
+	}
+	if h, held := e.gate.holdFor(r, now); held {
+		by := "account_pause"
+		if h.scope != holdAccount {
+			by = "name_limit"
+		}
+		e.metrics.held.WithLabelValues(by).Inc()
+		return orderOutcome{kind: orderHeld, hold: h, held: true}
+	}
+	spent, ok, next, err := e.store.SpendOrder(r.OrgID, r.Domain, now, orderWindow, e.cfg.OrgOrdersPerHour)
+	if err != nil {
+		e.log.Error("engine: counting an order against the organization's budget", "record_id", r.ID, "org_id", r.OrgID, "err", err)
+		e.noteWriteErr(err)
+		return orderOutcome{kind: orderUnrecorded}
+	}
+	if !ok {
+		e.metrics.held.WithLabelValues("org_budget").Inc()
+		return orderOutcome{kind: orderHeld, hold: caHold{until: next}, held: true, budget: true}
+	}
+	e.metrics.orders.Inc()
+	attemptAt := e.cfg.Now()
+	octx, cancel := context.WithTimeout(ctx, limit)
+	notAfter, err := e.certs.Obtain(octx, r.Domain)
+	cancel()
+	if certs.CAUnavailable(err) {
+		if rerr := e.store.RefundOrder(spent); rerr != nil {
+			e.log.Warn("engine: giving an order back to the organization's budget", "org_id", r.OrgID, "err", rerr)
+		}
+	}
+	if ctx.Err() != nil {
+		return orderOutcome{kind: orderPlaced, err: ctx.Err(), attemptAt: attemptAt}
+	}
+	h, held := e.gate.note(r, e.cfg.Now(), err)
+	return orderOutcome{kind: orderPlaced, notAfter: notAfter, err: err, attemptAt: attemptAt, hold: h, held: held}
+}
+
+// holdBack keeps an issuing record issuing while a hold lasts, telling
+// why and when it will be tried. A record's schedule carries only what
+// its own order or its own organization decided: the end of a rate limit
+// its order met, or of its organization's budget. A pause it did not
+// meet itself (the account's, met by another record's order) is looked
+// at again every RecheckMax, so that nothing of another order is written
+// into its schedule. Time held by a rate limit or the budget is not the
+// record's: its check count goes back to zero and the issue deadline
+// starts again at its next real attempt. Time in a CA outage counts like
+// a failed attempt, so a long outage still ends in erroring with the
+// CA's reason.
+func (e *Engine) holdBack(r store.Record, out orderOutcome, now time.Time) {
+	h := out.hold
+	own := h.recordID == r.ID
 	e.save(r, func(n *store.Record) {
-		n.Message = ptr(pauseMessage(p, attempted))
-		if p.cause == pauseRateLimited {
+		switch {
+		case out.budget:
+			n.Message = ptr(budgetMessage(e.cfg.OrgOrdersPerHour, h.until))
 			n.Checks = 0
-			n.NextCheckAt = p.until
-			return
+			n.NextCheckAt = h.until
+		case h.cause == pauseRateLimited:
+			n.Message = ptr(holdMessage(h, own, out.kind == orderPlaced))
+			n.Checks = 0
+			n.NextCheckAt = h.until
+			if !own {
+				n.NextCheckAt = minTime(h.until, now.Add(e.cfg.RecheckMax))
+			}
+		default:
+			n.Message = ptr(holdMessage(h, own, out.kind == orderPlaced))
+			if n.Checks == 0 {
+				n.IssuingSince = now
+				if out.kind == orderPlaced {
+					n.IssuingSince = out.attemptAt
+				}
+			}
+			n.Checks++
+			n.NextCheckAt = maxTime(h.until, now.Add(e.backoff(n.Checks)))
 		}
-		if n.Checks == 0 {
-			n.IssuingSince = attemptAt
-		}
-		n.Checks++
-		n.NextCheckAt = maxTime(p.until, now.Add(e.backoff(n.Checks)))
 	})
+}
+
+// budgetMessage tells a customer their record waits for their
+// organization's order budget, and when it will be tried.
+func budgetMessage(perHour int, at time.Time) string {
+	return fmt.Sprintf("Held by your organization's certificate order budget (at most %d new certificate orders per hour); this record will be tried at %s.",
+		perHour, at.UTC().Format(time.RFC3339))
 }
 
 func maxTime(a, b time.Time) time.Time {
@@ -713,15 +799,19 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
+// stepDeleting stops serving the record's certificate and removes the
+// record. The certificate stays in storage, never served, for
+// CertRetention (the deletion marks the domain released); sweepRetained
+// removes it then.
 func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 	e.certs.Serve(r.Domain, false)
 	dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
-	err := e.certs.Drop(dctx, r.Domain)
+	err := e.certs.Release(dctx, r.Domain)
 	cancel()
 	if err != nil {
 		now := e.cfg.Now()
 		e.save(r, func(n *store.Record) {
-			n.Message = ptr("Removing the certificate failed, retrying: " + err.Error())
+			n.Message = ptr("Releasing the certificate failed, retrying: " + err.Error())
 			n.Checks++
 			n.NextCheckAt = now.Add(e.backoff(n.Checks))
 		})
@@ -739,8 +829,7 @@ func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 	}
 	if err == nil && op == store.OpDelete {
 		e.metrics.transitions.WithLabelValues(string(store.StatusDeleting), "gone").Inc()
-		e.log.Info("record deleted", "record_id", r.ID, "org_id", r.OrgID, "domain", r.Domain,
-			"from", string(store.StatusDeleting), "to", "gone")
+		store.LogDeleted(e.log, r)
 	}
 }
 
@@ -761,44 +850,52 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 		problems = append(problems, dnsWarning+res.Message)
 	}
 	now := e.cfg.Now()
-	// waitCA is set when the certificate is missing and the CA pause
-	// (its own or met now) keeps a new one from being ordered: a warning
-	// looked at again when the pause ends, not an erroring the customer
-	// must retry.
-	var waitCA *caPause
+	// wait is set when the certificate is missing and a hold (the CA's,
+	// or the organization's order budget) keeps a new one from being
+	// ordered: a warning looked at again at waitUntil, not an erroring the
+	// customer must retry.
+	var (
+		wait      string
+		waitUntil time.Time
+	)
 	notAfter, ok := e.certs.Info(r.Domain)
 	if !ok {
-		if p, paused := e.activePause(now); paused {
-			waitCA = &p
-		} else {
-			lctx, cancel := context.WithTimeout(ctx, maxObtainTime)
-			var err error
-			notAfter, err = e.certs.Obtain(lctx, r.Domain)
-			cancel()
-			p, paused := e.noteOrder(e.cfg.Now(), err)
-			_, limited := certs.RateLimit(err)
-			switch {
-			case err == nil:
-				e.certs.Serve(r.Domain, true)
-			case paused && (limited || certs.CAUnavailable(err)):
-				waitCA = &p
-			default:
-				fatal = "The certificate is missing and a new one could not be obtained: " + certs.Reason(err)
+		out := e.order(ctx, r, maxObtainTime)
+		if ctx.Err() != nil {
+			return // shutting down, or the record moved on
+		}
+		now = e.cfg.Now()
+		_, limited := certs.RateLimit(out.err)
+		h := out.hold
+		switch {
+		case out.kind == orderUnrecorded:
+			wait, waitUntil = "Retrying shortly.", now.Add(e.backoff(1))
+		case out.kind == orderStored || (out.kind == orderPlaced && out.err == nil):
+			notAfter = out.notAfter
+			e.certs.Serve(r.Domain, true)
+		case out.budget:
+			wait, waitUntil = budgetMessage(e.cfg.OrgOrdersPerHour, h.until), h.until
+		case out.kind == orderHeld || (out.held && (limited || certs.CAUnavailable(out.err))):
+			wait, waitUntil = holdMessage(h, h.recordID == r.ID, out.kind == orderPlaced), h.until
+			if h.cause == pauseRateLimited && h.recordID != r.ID {
+				waitUntil = minTime(h.until, now.Add(e.cfg.RecheckMax))
 			}
+		default:
+			fatal = "The certificate is missing and a new one could not be obtained: " + certs.Reason(out.err)
 		}
 	}
-	if waitCA != nil {
-		problems = append(problems, "The certificate is missing and a new one cannot be requested yet. "+pauseMessage(*waitCA, false))
+	if wait != "" {
+		problems = append(problems, "The certificate is missing and a new one cannot be requested yet. "+wait)
 	}
 	switch left := notAfter.Sub(now); {
-	case fatal != "" || waitCA != nil:
+	case fatal != "" || wait != "":
 	case left <= 0:
 		fatal = fmt.Sprintf("The certificate expired at %s and was not renewed.", notAfter.UTC().Format(time.RFC3339))
-	case left < expiryWarning:
+	case left < certs.ExpiryWarning:
 		problems = append(problems, fmt.Sprintf("The certificate expires at %s and has not been renewed yet.", notAfter.UTC().Format(time.RFC3339)))
 	}
-	if fatal == "" && waitCA == nil && e.cfg.ProbeAddr != "" {
-		if err := probeTLS(ctx, e.cfg.ProbeAddr, r.Domain); err != nil {
+	if fatal == "" && wait == "" && e.cfg.ProbeAddr != "" {
+		if err := certs.ProbeServed(ctx, e.cfg.ProbeAddr, r.Domain); err != nil {
 			problems = append(problems, "The edge did not serve the domain: "+err.Error())
 		}
 	}
@@ -824,35 +921,8 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 		switch {
 		case fatal != "":
 			n.NextCheckAt = time.Time{}
-		case waitCA != nil:
-			n.NextCheckAt = waitCA.until
+		case wait != "":
+			n.NextCheckAt = waitUntil
 		}
 	})
-}
-
-// probeTLS makes a TLS handshake with addr for domain and checks that the
-// certificate presented names the domain. It does not verify the chain: the
-// question is whether the edge serves the domain, not whether this machine
-// trusts the CA.
-func probeTLS(ctx context.Context, addr, domain string) error {
-	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
-	defer cancel()
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	d := tls.Dialer{Config: &tls.Config{ServerName: domain, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}}
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
-	if err != nil {
-		return fmt.Errorf("handshake with SNI %s: %w", domain, err)
-	}
-	defer conn.Close()
-	certs := conn.(*tls.Conn).ConnectionState().PeerCertificates
-	if len(certs) == 0 || !slices.Contains(certs[0].DNSNames, domain) {
-		return fmt.Errorf("the certificate presented for %s does not name it", domain)
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package control_test
+package lifecycle_test
 
 import (
 	"crypto/x509"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -25,10 +26,10 @@ type faultEnv struct {
 
 // newFaultEnv is newLifecycleEnv with the manager ordering through a
 // certstest.FaultProxy and the engine's metrics on fe.reg.
-func newFaultEnv(t *testing.T, tweak func(*control.EngineConfig)) *faultEnv {
+func newFaultEnv(t *testing.T, tweak func(*lifecycle.Config)) *faultEnv {
 	t.Helper()
 	fe := &faultEnv{reg: prometheus.NewRegistry()}
-	fe.lifecycleEnv = newLifecycleEnvCA(t, func(cfg *control.EngineConfig) {
+	fe.lifecycleEnv = newLifecycleEnvCA(t, func(cfg *lifecycle.Config) {
 		cfg.Registerer = fe.reg
 		if tweak != nil {
 			tweak(cfg)
@@ -44,10 +45,16 @@ func newFaultEnv(t *testing.T, tweak func(*control.EngineConfig)) *faultEnv {
 // check, so it goes to issuing at once, whatever the backoff.
 func (fe *faultEnv) createPointed(t *testing.T, domain string) apiRecord {
 	t.Helper()
-	target := control.TargetCNAME(fe.orgID, domain, lifecycleBase)
+	return fe.createPointedAs(t, fe.home(), domain)
+}
+
+// createPointedAs is createPointed in the tenant's organization.
+func (fe *faultEnv) createPointedAs(t *testing.T, tn tenant, domain string) apiRecord {
+	t.Helper()
+	target := control.TargetCNAME(tn.orgID, domain, lifecycleBase)
 	fe.dns.SetA(target, "127.0.0.1")
 	fe.dns.SetCNAME(domain, target)
-	code, rec := fe.call(t, "POST", "", `{"domain":"`+domain+`"}`)
+	code, rec := fe.callAs(t, tn, "POST", "", `{"domain":"`+domain+`"}`)
 	if code != 201 {
 		t.Fatalf("create %s: %d", domain, code)
 	}
@@ -158,7 +165,7 @@ func TestCAOutageBacksOff(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			fe := newFaultEnv(t, func(c *control.EngineConfig) {
+			fe := newFaultEnv(t, func(c *lifecycle.Config) {
 				c.ACMEWorkers = acmeWorkers
 				c.FirstRecheck = first
 				c.RecheckMax = 4 * first
@@ -221,21 +228,25 @@ func TestCAOutageBacksOff(t *testing.T) {
 	}
 }
 
-// TestCARateLimitPausesAllOrders: a 429 rateLimited answer to one order
-// pauses every order until the time the CA gave, whatever each record's
-// own backoff; records that come due meanwhile are told why and when
-// without a request; the time under the limit does not count against the
-// issue deadline; and everything reaches valid by itself afterwards.
+// TestCARateLimitPausesAllOrders: a limit on the whole ACME account (new
+// orders per account) met by one order pauses every order until the time
+// the CA gave, whatever each record's own backoff. Records that come due
+// meanwhile are told why and when without a request; their messages do
+// not carry the CA's words, which were about another record's order, and
+// their schedule does not carry the pause (they look again every
+// RecheckMax). The time under the limit does not count against the issue
+// deadline, and everything reaches valid by itself afterwards.
 func TestCARateLimitPausesAllOrders(t *testing.T) {
 	t.Parallel()
 	fe := newFaultEnv(t, nil) // backoff 50 ms to 200 ms: only the pause holds orders back
 	until := fe.clock.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
 	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, Until: until, Paths: []string{certstest.NewOrderPath}})
-	want := "The certificate authority is rate limiting us: rate limited until " + until.Format(time.RFC3339) + "; retrying then."
+	paused := "The certificate authority is rate limiting this service's ACME account, not your domain: every certificate order is rate limited until " +
+		until.Format(time.RFC3339) + "; retrying then."
 
 	first := fe.createPointed(t, "first.shop.example.com")
-	limited := func(m string) bool { return strings.HasPrefix(m, want) }
-	r := fe.settled(t, []string{first.ID}, fe.clock.Now().Add(-time.Second), time.Hour, limited)[0]
+	own := func(m string) bool { return strings.HasPrefix(m, paused+" The CA said: too many new orders") }
+	r := fe.settled(t, []string{first.ID}, fe.clock.Now().Add(-time.Second), time.Hour, own)[0]
 	t.Logf("message: %s", msg(r))
 	if !r.NextCheckAt.Equal(until) {
 		t.Errorf("next attempt at %v, want the CA's %v", r.NextCheckAt, until)
@@ -248,12 +259,15 @@ func TestCARateLimitPausesAllOrders(t *testing.T) {
 	}
 	costAfterFirst := fe.caCost()
 
-	// Records that come due during the pause do not ask.
+	// Records that come due during the pause do not ask, and are told
+	// without another order's words.
 	more := []apiRecord{fe.createPointed(t, "second.shop.example.com"), fe.createPointed(t, "third.shop.example.com")}
 	for _, rec := range more {
-		r := fe.settled(t, []string{rec.ID}, fe.clock.Now().Add(-time.Second), time.Hour, limited)[0]
-		if !r.NextCheckAt.Equal(until) {
-			t.Errorf("%s: next attempt at %v, want %v", r.Domain, r.NextCheckAt, until)
+		r := fe.waitFor(t, rec.ID, "held by the pause", func(r store.Record, err error) bool {
+			return err == nil && r.Status == store.StatusIssuing && msg(r) == paused
+		})
+		if !r.NextCheckAt.Before(until.Add(-time.Hour)) {
+			t.Errorf("%s: next check at %v, the pause's end %v: another order's pause written into its schedule", r.Domain, r.NextCheckAt, until)
 		}
 	}
 	if got := fe.caCost(); got != costAfterFirst {
@@ -265,6 +279,9 @@ func TestCARateLimitPausesAllOrders(t *testing.T) {
 	}
 	if got := fe.counter(t, "edgeproxy_acme_pauses_total", "cause", "rate_limited"); got != 1 {
 		t.Errorf("edgeproxy_acme_pauses_total{cause=rate_limited} = %v, want 1", got)
+	}
+	if got := fe.counter(t, "edgeproxy_acme_orders_held_total", "by", "account_pause"); got < 2 {
+		t.Errorf("edgeproxy_acme_orders_held_total{by=account_pause} = %v, want at least 2", got)
 	}
 
 	// The CA would answer now, but its time has not come: nothing is asked.
@@ -289,13 +306,13 @@ func TestCARateLimitPausesAllOrders(t *testing.T) {
 	}
 }
 
-// TestCARateLimitWithoutTime: a rate limit whose detail names no time
-// (the Retry-After header alone is out of reach: acmez drops it) pauses
-// orders for the engine's own backoff, says so, and recovers.
+// TestCARateLimitWithoutTime: a limit on the account whose detail names
+// no time (the Retry-After header alone is out of reach: acmez drops it)
+// pauses orders for the engine's own backoff, says so, and recovers.
 func TestCARateLimitWithoutTime(t *testing.T) {
 	t.Parallel()
 	const first = time.Minute
-	fe := newFaultEnv(t, func(c *control.EngineConfig) {
+	fe := newFaultEnv(t, func(c *lifecycle.Config) {
 		c.FirstRecheck = first
 		c.RecheckMax = 4 * first
 	})
@@ -303,7 +320,7 @@ func TestCARateLimitWithoutTime(t *testing.T) {
 	rec := fe.createPointed(t, "untimed.shop.example.com")
 	start := fe.clock.Now()
 	r := fe.settled(t, []string{rec.ID}, start.Add(-time.Second), first, func(m string) bool {
-		return strings.Contains(m, "rate limiting us without saying until when: rate limited until ")
+		return strings.Contains(m, "every certificate order is rate limited, without saying until when, until ")
 	})[0]
 	t.Logf("message: %s", msg(r))
 	// The first pause is FirstRecheck, ±10% jitter.

@@ -1,4 +1,4 @@
-package control
+package store_test
 
 import (
 	"testing"
@@ -7,8 +7,8 @@ import (
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
-// TestDeleteOp holds DELETE to CONTRACT §4 in every status.
-func TestDeleteOp(t *testing.T) {
+// TestApplyDelete holds DELETE to CONTRACT §4 in every status.
+func TestApplyDelete(t *testing.T) {
 	tests := []struct {
 		status     store.Status
 		op         store.Op
@@ -30,20 +30,20 @@ func TestDeleteOp(t *testing.T) {
 			msg := "certificate renewing"
 			r := &store.Record{Status: tt.status, Message: &msg}
 			now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-			if got, want := deleteOp(r, now), tt.op; got != want {
-				t.Errorf("deleteOp(%s) = %v, want %v", tt.status, got, want)
+			if got, want := r.ApplyDelete(now), tt.op; got != want {
+				t.Errorf("ApplyDelete(%s) = %v, want %v", tt.status, got, want)
 			}
 			if got, want := r.Status, tt.wantStatus; got != want {
-				t.Errorf("status after deleteOp(%s) = %s, want %s", tt.status, got, want)
+				t.Errorf("status after ApplyDelete(%s) = %s, want %s", tt.status, got, want)
 			}
 			if tt.op == store.OpSave && !r.NextCheckAt.Equal(now) {
-				t.Errorf("deleteOp(%s) scheduled the engine at %v, want now", tt.status, r.NextCheckAt)
+				t.Errorf("ApplyDelete(%s) scheduled the engine at %v, want now", tt.status, r.NextCheckAt)
 			}
 			if tt.op == store.OpSave && r.Message != nil {
-				t.Errorf("message after deleteOp(%s) = %q, want nil", tt.status, *r.Message)
+				t.Errorf("message after ApplyDelete(%s) = %q, want nil", tt.status, *r.Message)
 			}
 			if tt.op != store.OpSave && (r.Message == nil || *r.Message != msg) {
-				t.Errorf("deleteOp(%s) changed the message of a record it does not save", tt.status)
+				t.Errorf("ApplyDelete(%s) changed the message of a record it does not save", tt.status)
 			}
 		})
 	}
@@ -52,8 +52,8 @@ func TestDeleteOp(t *testing.T) {
 func TestCanRetry(t *testing.T) {
 	want := map[store.Status]bool{store.StatusErroring: true, store.StatusTimedOut: true}
 	for _, s := range store.Statuses {
-		if got := canRetry(s); got != want[s] {
-			t.Errorf("canRetry(%s) = %v, want %v", s, got, want[s])
+		if got := s.CanRetry(); got != want[s] {
+			t.Errorf("%s.CanRetry() = %v, want %v", s, got, want[s])
 		}
 	}
 }

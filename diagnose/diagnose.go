@@ -1,0 +1,697 @@
+package diagnose
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeproxy/edgeproxy/certs"
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+// Bounds of the diagnosis. The checks run concurrently where they do not
+// depend on each other: the CNAME and CAA checks, the address lookup of
+// the HTTP check and the TLS handshake start together, and only the HTTP
+// request waits for the CNAME check. So a report takes at most about one
+// DNS bound plus one HTTP bound, and diagnoseTimeout caps it whatever
+// happens.
+const (
+	diagnoseDNSTimeout  = 2 * time.Second
+	diagnoseHTTPTimeout = 2 * time.Second
+	diagnoseTLSTimeout  = 2 * time.Second
+	diagnoseTimeout     = 5 * time.Second
+	// probeTTL is how long a probe token is answered: longer than the
+	// HTTP check can take.
+	probeTTL = 10 * time.Second
+	// maxProbeAddrs bounds how many of the domain's addresses the HTTP
+	// check tries.
+	maxProbeAddrs = 4
+)
+
+// The statuses of a check and of a report's summary.
+const (
+	checkPass = "pass"
+	checkWarn = "warn"
+	checkFail = "fail"
+	checkSkip = "skip"
+
+	reportHealthy = "healthy"
+)
+
+// The kinds of remediation: change DNS, change the server's configuration
+// (the operator's part), wait, or retry the record.
+const (
+	remedyDNS    = "dns"
+	remedyConfig = "config"
+	remedyWait   = "wait"
+	remedyRetry  = "retry"
+)
+
+// Report is the diagnostic report of one proxy record, as
+// the API sends it.
+type Report struct {
+	// RanAt is when the diagnosis started, RFC 3339 in UTC.
+	RanAt   string  `json:"ran_at"`
+	Summary Summary `json:"summary"`
+	// Checks are cname, caa, http_challenge, certificate and live, in
+	// that order.
+	Checks []Check `json:"checks"`
+}
+
+// Summary sums up a report: fail if any check failed, warn if any warned,
+// else healthy. PrimaryIssue is the detail of the first failed check (else
+// the first warning) and NextAction its remediation's summary; both are
+// nil when healthy.
+type Summary struct {
+	Status       string  `json:"status"`
+	PrimaryIssue *string `json:"primary_issue"`
+	NextAction   *string `json:"next_action"`
+}
+
+// Check is one check of a report. Status is pass, warn, fail or skip;
+// Remediation is nil when there is nothing to do.
+type Check struct {
+	ID          string       `json:"id"`
+	Name        string       `json:"name"`
+	Status      string       `json:"status"`
+	Detail      string       `json:"detail"`
+	Remediation *Remediation `json:"remediation"`
+}
+
+// Remediation says what would fix a check: Type is dns, config, wait or
+// retry; Records are the DNS records to add (never nil, empty unless Type
+// is dns).
+type Remediation struct {
+	Type    string      `json:"type"`
+	Summary string      `json:"summary"`
+	Records []DNSRecord `json:"records"`
+}
+
+// DNSRecord is a DNS record to add, in presentation form: name without the
+// trailing dot, type such as CNAME, value as written in a zone file.
+type DNSRecord struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+func remedy(typ, summary string, records ...DNSRecord) *Remediation {
+	return &Remediation{Type: typ, Summary: summary, Records: append([]DNSRecord{}, records...)}
+}
+
+// Diagnoser runs the checks of a diagnostic report against the world as it
+// is now: DNS through the same resolvers as the engine, a real HTTP request
+// and a real TLS handshake to this server. It only reads; a diagnosis never
+// changes a record. It is safe for concurrent use, and must not be copied
+// after first use. Admit limits how often it runs, on the Diagnoser's
+// clock.
+type Diagnoser struct {
+	// DNS runs the DNS checks. Required.
+	DNS *dnsverify.Verifier
+	// Certs tells which certificates are held. Required.
+	Certs *certs.Manager
+	// CAAIdentities are the CA's issuer domains for the CAA check. If
+	// empty, letsencrypt.org.
+	CAAIdentities []string
+	// HTTPAddr is the plain HTTP listener's address (--http-addr); the
+	// HTTP check sends its request to the domain's addresses on its port,
+	// to those that are this listener's, the target's or public only
+	// (see dialPolicy). If empty, or if Probes is nil, that check is
+	// skipped.
+	HTTPAddr string
+	// HTTPSAddr is the TLS edge's address (--https-addr); the live check
+	// makes a handshake there (0.0.0.0, :: or no host mean 127.0.0.1). If
+	// empty, that check is skipped.
+	HTTPSAddr string
+	// Probes is the registry of the HTTP check's tokens. The plain HTTP
+	// listener must call its Handle before anything else.
+	Probes *Probes
+	// Now is the clock, of the reports and of the limits on diagnoses.
+	// If nil, time.Now.
+	Now func() time.Time
+
+	limiterOnce sync.Once
+	limiter     *limiter
+}
+
+// Admit starts a diagnosis of record, of organization org, within the
+// limits on diagnoses (see limiter.admit). It returns the func to call
+// once the diagnosis is over, or nil and how long until one may start.
+func (d *Diagnoser) Admit(org, record string) (done func(), wait time.Duration) {
+	d.limiterOnce.Do(func() { d.limiter = newLimiter(d.now) })
+	return d.limiter.admit(org, record)
+}
+
+func (d *Diagnoser) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+func (d *Diagnoser) caaIdentities() []string {
+	if len(d.CAAIdentities) == 0 {
+		return []string{"letsencrypt.org"}
+	}
+	return d.CAAIdentities
+}
+
+// Diagnose is Run for the management API, which sends the report as JSON.
+func (d *Diagnoser) Diagnose(ctx context.Context, rec store.Record) any { return d.Run(ctx, rec) }
+
+// Run runs every check for rec and returns the report, within about five
+// seconds.
+func (d *Diagnoser) Run(ctx context.Context, rec store.Record) Report {
+	ctx, cancel := context.WithTimeout(ctx, diagnoseTimeout)
+	defer cancel()
+	ranAt := d.now()
+	cert, held := d.checkCertificate(rec, ranAt)
+	var cname, caa, httpc, live Check
+	pointing := make(chan bool, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		cname = d.checkCNAME(ctx, rec)
+		pointing <- cname.Status == checkPass
+	})
+	wg.Go(func() { caa = d.checkCAA(ctx, rec) })
+	wg.Go(func() { httpc = d.checkHTTP(ctx, rec, pointing) })
+	wg.Go(func() { live = d.checkLive(ctx, rec, held) })
+	wg.Wait()
+	checks := []Check{cname, caa, httpc, cert, live}
+	return Report{RanAt: ranAt.UTC().Format(store.TimeFormat), Summary: summarize(checks), Checks: checks}
+}
+
+func summarize(checks []Check) Summary {
+	s := Summary{Status: reportHealthy}
+	for _, status := range []string{checkFail, checkWarn} {
+		for _, c := range checks {
+			if c.Status != status {
+				continue
+			}
+			s.Status = status
+			s.PrimaryIssue = ptr(c.Detail)
+			if c.Remediation != nil {
+				s.NextAction = ptr(c.Remediation.Summary)
+			}
+			return s
+		}
+	}
+	return s
+}
+
+// checkCNAME: does the domain point at its target?
+func (d *Diagnoser) checkCNAME(ctx context.Context, rec store.Record) Check {
+	c := Check{ID: "cname", Name: "DNS points at the target"}
+	ctx, cancel := context.WithTimeout(ctx, diagnoseDNSTimeout)
+	res := d.DNS.CheckCNAME(ctx, rec.Domain, rec.TargetCNAME)
+	cancel()
+	c.Detail = res.Message
+	domain, target := rec.Domain, rec.TargetCNAME
+	switch res.Outcome {
+	case dnsverify.Pointing:
+		c.Status = checkPass
+		return c
+	case dnsverify.ResolverFailure:
+		c.Status = checkWarn
+		c.Remediation = remedy(remedyWait, "Run the diagnosis again in a few minutes: the DNS resolver did not answer, "+
+			"which says nothing about your records.")
+		return c
+	}
+	var summary string
+	switch res.Outcome {
+	case dnsverify.WrongTarget:
+		summary = fmt.Sprintf("Change the CNAME record of %s to point at %s.", domain, target)
+	case dnsverify.CloudflareProxied:
+		summary = fmt.Sprintf("In Cloudflare, set the record of %s to \"DNS only\" (grey cloud) and make it a CNAME to %s.", domain, target)
+	case dnsverify.OtherAddresses:
+		summary = fmt.Sprintf("Replace the address records of %s with a CNAME record pointing at %s.", domain, target)
+	default:
+		summary = fmt.Sprintf("Add a CNAME record for %s pointing at %s.", domain, target)
+	}
+	c.Status = checkFail
+	c.Remediation = remedy(remedyDNS, summary, DNSRecord{Name: domain, Type: "CNAME", Value: target})
+	return c
+}
+
+// checkCAA: do the domain's CAA records let the CA issue?
+func (d *Diagnoser) checkCAA(ctx context.Context, rec store.Record) Check {
+	c := Check{ID: "caa", Name: "CAA records allow the certificate authority"}
+	ids := d.caaIdentities()
+	ctx, cancel := context.WithTimeout(ctx, diagnoseDNSTimeout)
+	res := d.DNS.CheckCAA(ctx, rec.Domain, ids)
+	cancel()
+	c.Detail = res.Message
+	switch {
+	case res.Err != nil:
+		c.Status = checkWarn
+		c.Remediation = remedy(remedyWait, "Run the diagnosis again in a few minutes: the DNS resolver did not answer, "+
+			"which says nothing about your records.")
+	case res.Allowed:
+		c.Status = checkPass
+	default:
+		// The set lives at its owner: At, or the target of a CNAME at At.
+		owner := res.At
+		if len(res.Found) > 0 {
+			owner = strings.Fields(res.Found[0])[0]
+		}
+		if owner == "" {
+			owner = rec.Domain
+		}
+		summary := fmt.Sprintf("Add a CAA record at %s that allows %s to issue certificates", owner, ids[0])
+		if rec.Status.CanRetry() {
+			summary += ", then retry the record."
+		} else {
+			summary += "."
+		}
+		c.Status = checkFail
+		c.Remediation = remedy(remedyDNS, summary,
+			DNSRecord{Name: owner, Type: "CAA", Value: fmt.Sprintf("0 issue %q", ids[0])})
+	}
+	return c
+}
+
+// checkHTTP: does an HTTP request for the domain, sent where DNS says the
+// domain is, reach this server? It is the path of the ACME HTTP-01
+// challenge. The address lookups run while the CNAME check does: the
+// domain's, and the target's, whose addresses are this deployment's own.
+// The requests are sent only if that check passed, and only to addresses
+// the dial policy allows: own or public, never an internal address a
+// customer's DNS names.
+func (d *Diagnoser) checkHTTP(ctx context.Context, rec store.Record, pointing <-chan bool) Check {
+	c := Check{ID: "http_challenge", Name: "HTTP requests reach this server"}
+	domain := rec.Domain
+	_, port, err := net.SplitHostPort(d.HTTPAddr)
+	if d.Probes == nil || err != nil || port == "" {
+		c.Status = checkSkip
+		c.Detail = "This server is not set up to check HTTP reachability."
+		return c
+	}
+	lctx, cancel := context.WithTimeout(ctx, diagnoseDNSTimeout)
+	var own []netip.Addr
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		// A failed lookup leaves the target out: its addresses are then
+		// allowed only if public.
+		own, _ = d.DNS.LookupAddrs(lctx, rec.TargetCNAME)
+		own = append(own, listenerAddrs(lctx, d.HTTPAddr)...)
+	})
+	addrs, lookupErr := d.DNS.LookupAddrs(lctx, domain)
+	wg.Wait()
+	cancel()
+	ok := false
+	select {
+	case ok = <-pointing:
+	case <-ctx.Done():
+	}
+	switch {
+	case !ok:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Not checked: until the cname check passes, requests for %s are not known to come here.", domain)
+		return c
+	case len(addrs) == 0 && lookupErr != nil:
+		c.Status = checkWarn
+		c.Detail = fmt.Sprintf("The addresses of %s could not be looked up, so HTTP reachability was not checked.", domain)
+		c.Remediation = remedy(remedyWait, "Run the diagnosis again in a few minutes: the DNS resolver did not answer.")
+		return c
+	case len(addrs) == 0:
+		c.Status = checkFail
+		c.Detail = fmt.Sprintf("%s points at %s, but that name has no A or AAAA record, so no request can reach this server.",
+			domain, rec.TargetCNAME)
+		c.Remediation = remedy(remedyConfig, fmt.Sprintf("The operator of this server must point %s (a wildcard A/AAAA "+
+			"record for its zone) at the server.", rec.TargetCNAME))
+		return c
+	}
+	addrs = addrs[:min(len(addrs), maxProbeAddrs)]
+
+	policy := newDialPolicy(own...)
+	token, release := d.Probes.Register(probeTTL)
+	defer release()
+	results := make([]probeResult, len(addrs))
+	for i, addr := range addrs {
+		wg.Go(func() { results[i] = probeHTTP(ctx, policy, addr, port, domain, token) })
+	}
+	wg.Wait()
+	var reached, failed []string
+	refused := false
+	for i, addr := range addrs {
+		switch results[i] {
+		case probeReached:
+			reached = append(reached, addr.String())
+		case probeRefused:
+			refused = true
+			fallthrough
+		default:
+			failed = append(failed, fmt.Sprintf("%s: %s", addr, results[i]))
+		}
+	}
+	all := make([]string, len(addrs))
+	for i, a := range addrs {
+		all[i] = a.String()
+	}
+	switch {
+	case len(failed) == 0:
+		c.Status = checkPass
+		c.Detail = fmt.Sprintf("An HTTP request for %s to port %s reached this server (at %s).",
+			domain, port, strings.Join(reached, ", "))
+		return c
+	case len(reached) > 0:
+		c.Status = checkWarn
+		c.Detail = fmt.Sprintf("HTTP requests for %s to port %s reach this server at %s, but not at %s.",
+			domain, port, strings.Join(reached, ", "), strings.Join(failed, "; "))
+		c.Remediation = remedy(remedyConfig, fmt.Sprintf("Every address of %s (%s) must reach this server on port %s: "+
+			"the certificate authority may use any of them.", rec.TargetCNAME, strings.Join(all, ", "), port))
+	default:
+		c.Status = checkFail
+		c.Detail = fmt.Sprintf("An HTTP request for %s to port %s did not reach this server: %s.",
+			domain, port, strings.Join(failed, "; "))
+		c.Remediation = remedy(remedyConfig, fmt.Sprintf("Port %s at %s must reach this edgeproxy server, with no firewall, "+
+			"load balancer or other web server in between: the certificate authority validates there.", port, strings.Join(all, ", ")))
+	}
+	if refused {
+		// The domain's DNS gives addresses that are not the target's: the
+		// customer's records are at fault, not the operator's setup.
+		c.Remediation = remedy(remedyDNS, fmt.Sprintf("Every A and AAAA answer for %s must come from its CNAME to %s: "+
+			"remove the other address records of %s, whatever the query type.", domain, rec.TargetCNAME, domain),
+			DNSRecord{Name: domain, Type: "CNAME", Value: rec.TargetCNAME})
+	}
+	return c
+}
+
+// probeResult is what became of the HTTP check's request to one address,
+// in our own words: a report never quotes what a host answered (status
+// line, headers, body), since the host may not be ours.
+type probeResult int
+
+const (
+	// probeReached: this server answered with the probe's token.
+	probeReached probeResult = iota
+	// probeRefused: the dial policy refused the address; nothing was sent.
+	probeRefused
+	// probeNoConnection: the connection could not be made.
+	probeNoConnection
+	// probeNoAnswer: nothing came back within diagnoseHTTPTimeout.
+	probeNoAnswer
+	// probeOtherAnswer: something answered, but not with the token.
+	probeOtherAnswer
+)
+
+func (r probeResult) String() string {
+	switch r {
+	case probeReached:
+		return "reached this server"
+	case probeRefused:
+		return "not contacted, as it is neither an address of this server nor a public one"
+	case probeNoConnection:
+		return "no connection could be made"
+	case probeNoAnswer:
+		return fmt.Sprintf("no answer within %s", diagnoseHTTPTimeout)
+	default:
+		return "something other than this server answered"
+	}
+}
+
+// probeClient returns the client of the HTTP check's requests: it
+// connects only where policy allows, straight to the address (never
+// through an HTTP proxy from the environment), one connection each, and
+// follows no redirect.
+func probeClient(policy dialPolicy) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy:                  nil,
+			DialContext:            policy.dialer(diagnoseHTTPTimeout).DialContext,
+			DisableKeepAlives:      true,
+			ResponseHeaderTimeout:  diagnoseHTTPTimeout,
+			MaxResponseHeaderBytes: 16 << 10,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// probeHTTP asks addr:port for the probe token with Host domain and says
+// whether the answer is the token.
+func probeHTTP(ctx context.Context, policy dialPolicy, addr netip.Addr, port, domain, token string) probeResult {
+	ctx, cancel := context.WithTimeout(ctx, diagnoseHTTPTimeout)
+	defer cancel()
+	u := "http://" + net.JoinHostPort(addr.String(), port) + probePathPrefix + token
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return probeNoConnection
+	}
+	req.Host = domain
+	resp, err := probeClient(policy).Do(req)
+	var nerr net.Error
+	var operr *net.OpError
+	switch {
+	case errors.Is(err, errAddrRefused):
+		return probeRefused
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():
+		return probeNoAnswer
+	case errors.As(err, &operr) && operr.Op == "dial":
+		return probeNoConnection
+	case err != nil:
+		return probeOtherAnswer
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if resp.StatusCode == http.StatusOK && strings.TrimSpace(string(body)) == token {
+		return probeReached
+	}
+	return probeOtherAnswer
+}
+
+// checkCertificate: is a certificate held, and how long until it expires?
+// It also reports whether one is held, for the live check.
+func (d *Diagnoser) checkCertificate(rec store.Record, now time.Time) (Check, bool) {
+	c := Check{ID: "certificate", Name: "Certificate"}
+	domain := rec.Domain
+	notAfter, held := d.Certs.Info(domain)
+	if held {
+		left := notAfter.Sub(now)
+		exp := notAfter.UTC().Format(time.RFC3339)
+		days := int(left.Hours() / 24)
+		switch {
+		case left <= 0:
+			c.Status = checkFail
+			c.Detail = fmt.Sprintf("The certificate for %s expired at %s.", domain, exp)
+			if rec.Status.CanRetry() {
+				c.Remediation = remedy(remedyRetry, "Retry the record so that edgeproxy obtains a new certificate.")
+			} else {
+				c.Remediation = remedy(remedyWait, "edgeproxy replaces an expired certificate on the record's next check; "+
+					"if the record turns erroring, retry it.")
+			}
+		case left < certs.ExpiryWarning:
+			c.Status = checkWarn
+			c.Detail = fmt.Sprintf("The certificate for %s expires at %s (in %d days) and has not been renewed yet.", domain, exp, days)
+			c.Remediation = remedy(remedyWait, "Renewal is automatic and is retried until it succeeds; check again later.")
+		default:
+			c.Status = checkPass
+			c.Detail = fmt.Sprintf("A certificate for %s is held, valid until %s (%d days left).", domain, exp, days)
+		}
+		return c, true
+	}
+	switch rec.Status {
+	case store.StatusWaiting:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Not yet issued: edgeproxy requests a certificate once DNS for %s points at %s.", domain, rec.TargetCNAME)
+		c.Remediation = remedy(remedyWait, "Once DNS points at the target, the certificate follows on its own.")
+	case store.StatusIssuing:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Not yet issued: a certificate for %s is being requested from the certificate authority.", domain)
+		c.Remediation = remedy(remedyWait, "Wait a few minutes: the record turns valid once the certificate is issued.")
+	case store.StatusDeleting:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("The record is being deleted; no certificate is held for %s.", domain)
+	case store.StatusValid, store.StatusWarning:
+		c.Status = checkFail
+		c.Detail = fmt.Sprintf("No certificate is held for %s, so the edge cannot serve it.", domain)
+		c.Remediation = remedy(remedyWait, "edgeproxy obtains a new certificate on the record's next check; "+
+			"if the record turns erroring, retry it.")
+	default: // erroring, timed_out
+		c.Status = checkWarn
+		c.Detail = fmt.Sprintf("No certificate is held for %s.", domain)
+		c.Remediation = remedy(remedyRetry, "Fix what the other checks report, then retry the record.")
+	}
+	return c, false
+}
+
+// checkLive: does the edge complete a TLS handshake for the domain with a
+// certificate naming it?
+func (d *Diagnoser) checkLive(ctx context.Context, rec store.Record, held bool) Check {
+	c := Check{ID: "live", Name: "The edge serves the domain"}
+	domain := rec.Domain
+	switch {
+	case !held:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Not checked: no certificate is held for %s.", domain)
+		return c
+	case d.HTTPSAddr == "":
+		c.Status = checkSkip
+		c.Detail = "This server is not set up to check its TLS edge."
+		return c
+	case rec.Status == store.StatusDeleting:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Not checked: the record is being deleted, so the edge no longer serves %s.", domain)
+		return c
+	}
+	ctx, cancel := context.WithTimeout(ctx, diagnoseTLSTimeout)
+	err := certs.ProbeServed(ctx, d.HTTPSAddr, domain)
+	cancel()
+	if err == nil {
+		c.Status = checkPass
+		c.Detail = fmt.Sprintf("The edge completed a TLS handshake for %s with a certificate naming it.", domain)
+		return c
+	}
+	c.Status = checkFail
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("no TLS handshake within %s", diagnoseTLSTimeout)
+	}
+	c.Detail = fmt.Sprintf("The edge at %s did not serve %s: %v.", d.HTTPSAddr, domain, err)
+	switch rec.Status {
+	case store.StatusWaiting, store.StatusIssuing:
+		c.Remediation = remedy(remedyWait, "The edge serves the domain once the record is valid; check again in a few minutes.")
+	case store.StatusErroring, store.StatusTimedOut:
+		c.Remediation = remedy(remedyRetry, "Fix what the other checks report, then retry the record.")
+	default:
+		c.Remediation = remedy(remedyConfig, "Ask the operator of this edgeproxy server to check its TLS listener "+
+			"(--https-addr) and its log.")
+	}
+	return c
+}
+
+// probePathPrefix is the path of the HTTP check's requests, before the
+// token: under the ACME HTTP-01 path, so it takes the same way through
+// anything in front of the server as the CA's requests do.
+const probePathPrefix = "/.well-known/acme-challenge/edgeproxy-probe-"
+
+// Probes is the registry of the tokens the HTTP check sends to the
+// server's own plain HTTP listener: an in-memory set, each token answered
+// only until it expires. The zero value is ready to use; it is safe for
+// concurrent use. A nil *Probes answers nothing.
+type Probes struct {
+	// mu guards tokens.
+	mu     sync.Mutex
+	tokens map[string]time.Time // token → expiry
+}
+
+// Register adds a new random token, answered by Handle for ttl (never,
+// when ttl is not positive), and returns it with a func that removes it
+// at once. Expired tokens are dropped here.
+func (p *Probes) Register(ttl time.Duration) (token string, release func()) {
+	token = strings.ToLower(rand.Text())
+	now := time.Now()
+	p.mu.Lock()
+	if p.tokens == nil {
+		p.tokens = map[string]time.Time{}
+	}
+	for t, exp := range p.tokens {
+		if !now.Before(exp) {
+			delete(p.tokens, t)
+		}
+	}
+	p.tokens[token] = now.Add(ttl)
+	p.mu.Unlock()
+	return token, func() {
+		p.mu.Lock()
+		delete(p.tokens, token)
+		p.mu.Unlock()
+	}
+}
+
+// Handle answers r, and reports true, if it is
+// GET /.well-known/acme-challenge/edgeproxy-probe-<token> for a registered
+// token that has not expired: 200 with the token as the body, whatever the
+// Host. Anything else it leaves alone and reports false. The plain HTTP
+// listener calls it first, before the ACME challenge handler.
+func (p *Probes) Handle(w http.ResponseWriter, r *http.Request) bool {
+	if p == nil || r.Method != http.MethodGet {
+		return false
+	}
+	token, ok := strings.CutPrefix(r.URL.Path, probePathPrefix)
+	if !ok || token == "" {
+		return false
+	}
+	p.mu.Lock()
+	exp, found := p.tokens[token]
+	p.mu.Unlock()
+	if !found || !time.Now().Before(exp) {
+		return false
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	io.WriteString(w, token)
+	return true
+}
+
+// A diagnosis makes the server send DNS queries and HTTP requests on a
+// customer's behalf, so nobody may run them at will: one at a time per
+// record, and at most diagnosesPerOrg per diagnoseWindow per
+// organization (a sliding window over the start times of its last
+// diagnoses). Beyond that Admit refuses it (the API answers 429 throttled).
+const (
+	diagnosesPerOrg = 10
+	diagnoseWindow  = time.Minute
+)
+
+// limiter keeps the diagnoses running and recently started. It is safe
+// for concurrent use.
+type limiter struct {
+	now func() time.Time
+
+	// mu guards running and started.
+	mu sync.Mutex
+	// running maps each record being diagnosed to when its diagnosis
+	// began.
+	running map[string]time.Time
+	// started maps an organization to the start times of its diagnoses
+	// within the last diagnoseWindow, oldest first: at most
+	// diagnosesPerOrg times for each organization that has diagnosed.
+	started map[string][]time.Time
+}
+
+func newLimiter(now func() time.Time) *limiter {
+	return &limiter{now: now, running: map[string]time.Time{}, started: map[string][]time.Time{}}
+}
+
+// admit starts a diagnosis of record, of organization org. It returns the
+// func to call once the diagnosis is over; or, when record is being
+// diagnosed already or org has started diagnosesPerOrg diagnoses within
+// diagnoseWindow, nil and how long until another may start. A refused
+// diagnosis does not count.
+func (l *limiter) admit(org, record string) (done func(), wait time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if began, busy := l.running[record]; busy {
+		// The running one ends within diagnoseTimeout.
+		return nil, max(began.Add(diagnoseTimeout).Sub(now), time.Second)
+	}
+	recent := l.started[org]
+	expired := 0
+	for expired < len(recent) && !now.Before(recent[expired].Add(diagnoseWindow)) {
+		expired++
+	}
+	recent = slices.Delete(recent, 0, expired)
+	if len(recent) >= diagnosesPerOrg {
+		l.started[org] = recent
+		return nil, max(recent[0].Add(diagnoseWindow).Sub(now), time.Second)
+	}
+	l.started[org] = append(recent, now)
+	l.running[record] = now
+	return func() {
+		l.mu.Lock()
+		delete(l.running, record)
+		l.mu.Unlock()
+	}, 0
+}
+
+func ptr(s string) *string { return &s }

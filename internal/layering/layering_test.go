@@ -1,0 +1,44 @@
+// Package layering holds the test of which of edgeproxy's packages may
+// import which: each stage depends only on the stages below it, so that
+// the management API knows nothing of certificates, DNS or the engine,
+// and the data and serving layers know nothing of the control plane.
+package layering
+
+import (
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/edgeproxy/edgeproxy/"
+
+// forbidden maps a package to the packages it must not depend on,
+// directly or through another.
+var forbidden = map[string][]string{
+	"control":   {"certs", "dnsverify", "lifecycle", "diagnose"},
+	"lifecycle": {"control", "diagnose"},
+	"diagnose":  {"control", "lifecycle"},
+	"dnsverify": {"control", "lifecycle", "diagnose", "certs"},
+	"certs":     {"control", "lifecycle", "diagnose", "dnsverify"},
+	"store":     {"control", "lifecycle", "diagnose", "certs", "dnsverify", "proxy"},
+	"proxy":     {"control", "lifecycle", "diagnose", "dnsverify"},
+}
+
+func TestLayering(t *testing.T) {
+	for pkg, bad := range forbidden {
+		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", module+pkg).Output()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v", pkg, err)
+		}
+		deps := strings.Fields(string(out))
+		if !slices.Contains(deps, module+pkg) {
+			t.Fatalf("go list -deps %s does not list the package itself: %q", pkg, deps)
+		}
+		for _, b := range bad {
+			if slices.Contains(deps, module+b) {
+				t.Errorf("%s depends on %s", pkg, b)
+			}
+		}
+	}
+}

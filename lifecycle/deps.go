@@ -1,0 +1,36 @@
+package lifecycle
+
+import (
+	"context"
+	"time"
+
+	"github.com/edgeproxy/edgeproxy/dnsverify"
+)
+
+// Certs is what the engine needs of the certificate manager
+// (*certs.Manager): get, cache, serve, release and drop the certificate
+// of a domain.
+type Certs interface {
+	// Obtain gets the domain's certificate from the CA (or storage) and
+	// caches it; Load only from storage.
+	Obtain(ctx context.Context, domain string) (notAfter time.Time, err error)
+	Load(ctx context.Context, domain string) (notAfter time.Time, err error)
+	// Info returns the expiry of the domain's cached certificate.
+	Info(domain string) (notAfter time.Time, ok bool)
+	// Serve puts the domain on the edge's allowlist or takes it off;
+	// ServeOnly makes the allowlist exactly domains.
+	Serve(domain string, on bool)
+	ServeOnly(domains []string)
+	// Release drops the domain's certificate from the cache, keeping it
+	// in storage; Drop removes it from storage too.
+	Release(ctx context.Context, domain string) error
+	Drop(ctx context.Context, domain string) error
+	// StoredDomains lists the domains with a certificate in storage.
+	StoredDomains(ctx context.Context) ([]string, error)
+}
+
+// DNS is what the engine needs of the DNS verifier (*dnsverify.Verifier).
+type DNS interface {
+	CheckCNAME(ctx context.Context, domain, target string) dnsverify.CNAMEResult
+	CheckCAA(ctx context.Context, domain string, identities []string) dnsverify.CAAResult
+}

@@ -1,0 +1,41 @@
+// Package lifecycle is the engine that moves every proxy record through
+// its statuses over time: it checks DNS, orders and renews certificates,
+// keeps the edge's allowlist equal to the served records, monitors live
+// records and finishes deletions.
+//
+// # Statuses
+//
+//   - waiting: registered; DNS does not yet point at target_cname.
+//   - issuing: DNS points at us; a certificate is being obtained.
+//   - valid: a certificate is held and the domain is served.
+//   - warning: served, but the last monitor pass found a problem.
+//   - erroring: no certificate could be had, or serving broke; retry allowed.
+//   - timed_out: DNS never pointed at us in time; retry allowed.
+//   - deleting: deletion was asked for while a certificate may exist; the
+//     record disappears once the certificate is no longer served. The
+//     certificate stays in storage, never served, for the retention
+//     (Config.CertRetention), for a new record of the domain.
+//
+// # Model
+//
+// All of the engine's state is in the store: each record carries the time
+// of its next step, and the store indexes records by it, so a restart
+// picks up exactly the steps that were due. A step does the one thing the
+// record's status calls for and saves its outcome only if the record is
+// still in the status the step began with: an API call that moved the
+// record meanwhile wins, and the step in flight is cancelled.
+//
+// # Orders to the CA
+//
+// Before a record orders a certificate, the CA gate (cagate.go) looks at
+// what the CA answered earlier orders: a rate limit on one name or
+// registered domain holds the orders for it only, one on the whole account
+// pauses every order, and an outage pauses every order with a growing
+// backoff. Each organization also has a budget of orders per rolling hour
+// (Config.OrgOrdersPerHour), so that one tenant's burst cannot spend the
+// account's limits for all. A held record stays issuing and tells why and
+// until when; only the record whose own order met a limit quotes the CA.
+//
+// The engine reaches the certificate manager and the DNS verifier through
+// the small interfaces Certs and DNS.
+package lifecycle
