@@ -256,14 +256,15 @@ func TestOpenAPISchemas(t *testing.T) {
 		t.Errorf("ProxyRecord.status enum = %v, the store's statuses are %v", got, want)
 	}
 	for schema, props := range map[string][]string{
-		"ProxyRecord":     {"id", "domain", "target_cname", "status", "message", "created_at", "updated_at", "created_by"},
-		"ProxyRecordList": {"results", "max_proxy_records"},
-		"Organization":    {"id", "name", "created_at", "max_proxy_records"},
-		"Error":           {"type", "code", "detail", "attr"},
-		"DiagnoseReport":  {"ran_at", "summary", "checks"},
-		"DiagnoseSummary": {"status", "primary_issue", "next_action"},
-		"DiagnoseCheck":   {"id", "name", "status", "detail", "remediation"},
-		"DNSRecord":       {"name", "type", "value"},
+		"ProxyRecord":               {"id", "domain", "target_cname", "status", "message", "created_at", "updated_at", "created_by"},
+		"ProxyRecordList":           {"results", "max_proxy_records"},
+		"Organization":              {"id", "name", "slug", "created_at", "max_proxy_records"},
+		"PaginatedOrganizationList": {"count", "next", "previous", "results"},
+		"Error":                     {"type", "code", "detail", "attr"},
+		"DiagnoseReport":            {"ran_at", "summary", "checks"},
+		"DiagnoseSummary":           {"status", "primary_issue", "next_action"},
+		"DiagnoseCheck":             {"id", "name", "status", "detail", "remediation"},
+		"DNSRecord":                 {"name", "type", "value"},
 	} {
 		if got := d.props[schema]; !slices.Equal(got, props) {
 			t.Errorf("%s properties = %v, want %v", schema, got, props)
@@ -674,7 +675,7 @@ func TestOpenAPIAgainstServer(t *testing.T) {
 			// Every documented operation succeeds, whichever way the key
 			// comes and whichever way the organization is named.
 			type way struct{ via, orgRef string }
-			ways := []way{{viaHeader, f.org.ID}, {viaQuery, f.org.ID}, {viaHeader, "@current"}}
+			ways := []way{{viaHeader, f.org.ID}, {viaQuery, f.org.ID}, {viaHeader, "@current"}, {viaHeader, f.org.Slug}}
 			if op.method == http.MethodPost {
 				ways = append(ways, way{viaBody, f.org.ID})
 			}
@@ -819,6 +820,38 @@ func TestOpenAPIErrorAnswers(t *testing.T) {
 			}
 		})
 	}
+
+	orgs := "/api/organizations/"
+	t.Run("GET "+orgs+" pages", func(t *testing.T) {
+		// A user in both organizations, so that a page of one has a next
+		// and a previous URL to validate.
+		u, err := f.st.CreateUser("two@example.com")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range []store.Org{f.org, f.other} {
+			if _, err := f.st.SetMembership(o.ID, u.ID, store.LevelMember); err != nil {
+				t.Fatal(err)
+			}
+		}
+		key, value := control.NewKey(u.ID, "test", []string{control.ScopeOrgRead}, nil)
+		if _, err := f.st.CreateKey(key); err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{"?limit=1", "?limit=1&offset=1"} {
+			a := f.do(t, http.MethodGet, f.srv.URL+orgs+q, value, viaHeader, nil)
+			var page struct{ Next, Previous *string }
+			json.Unmarshal(a.body, &page)
+			if a.status != http.StatusOK || (page.Next == nil) == (page.Previous == nil) {
+				t.Errorf("GET %s%s: %d %s, want one of next and previous set", orgs, q, a.status, a.body)
+			}
+		}
+		for _, q := range []string{"?limit=0", "?offset=x"} {
+			if a := f.do(t, http.MethodGet, f.srv.URL+orgs+q, value, viaHeader, nil); a.status != http.StatusBadRequest {
+				t.Errorf("GET %s%s: %d %s, want 400", orgs, q, a.status, a.body)
+			}
+		}
+	})
 
 	t.Run("unknown path", func(t *testing.T) {
 		f.checkError(t, "GET /api/nothing/", f.do(t, http.MethodGet, f.srv.URL+"/api/nothing/", f.ownerKey, viaHeader, nil),
