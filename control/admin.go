@@ -125,6 +125,7 @@ func decode(r *http.Request, v any) error {
 type AdminOrg struct {
 	ID              string `json:"id"`
 	Name            string `json:"name"`
+	Slug            string `json:"slug"`
 	CreatedAt       string `json:"created_at"`
 	MaxProxyRecords int    `json:"max_proxy_records"`
 	// OwnLimit is true when MaxProxyRecords is the organization's own and
@@ -133,7 +134,7 @@ type AdminOrg struct {
 }
 
 func (a *Admin) orgJSON(o store.Org) AdminOrg {
-	return AdminOrg{ID: o.ID, Name: o.Name, CreatedAt: o.CreatedAt.UTC().Format(store.TimeFormat),
+	return AdminOrg{ID: o.ID, Name: o.Name, Slug: o.Slug, CreatedAt: o.CreatedAt.UTC().Format(store.TimeFormat),
 		MaxProxyRecords: o.Limit(a.cfg.MaxProxyRecords), OwnLimit: o.MaxProxyRecords != nil}
 }
 
@@ -156,7 +157,34 @@ func checkLimit(max *int) error {
 
 type orgRequest struct {
 	Name            *string `json:"name"`
+	Slug            *string `json:"slug"`
 	MaxProxyRecords *int    `json:"max_proxy_records"`
+}
+
+// slugError turns the store's refusal of a slug into the admin's, naming
+// the flag and the rule; other errors pass unchanged.
+func slugError(err error, slug string) error {
+	var se *store.SlugError
+	switch {
+	case errors.As(err, &se):
+		return badRequest("--slug: %s", se.Rule)
+	case errors.Is(err, store.ErrSlugTaken):
+		return badRequest("--slug: %q belongs to another organization; choose another", slug)
+	}
+	return err
+}
+
+// orgID is the id of the organization ref names: ref itself, or the id
+// of the organization whose slug it is. A ref that names nothing is
+// returned as it is, for the caller's "no organization" error.
+func (a *Admin) orgID(ref string) string {
+	if store.IsID(ref) || store.CheckSlug(ref) != nil {
+		return ref
+	}
+	if org, err := a.store.OrgBySlug(ref); err == nil {
+		return org.ID
+	}
+	return ref
 }
 
 func (a *Admin) createOrg(w http.ResponseWriter, r *http.Request) {
@@ -171,9 +199,17 @@ func (a *Admin) createOrg(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = checkLimit(req.MaxProxyRecords)
 	}
+	slug := ""
+	if err == nil && req.Slug != nil {
+		slug = *req.Slug
+		if serr := store.CheckSlug(slug); serr != nil {
+			err = slugError(serr, slug)
+		}
+	}
 	var org store.Org
 	if err == nil {
-		org, err = a.store.CreateOrg(strings.TrimSpace(*req.Name), req.MaxProxyRecords)
+		org, err = a.store.CreateOrgSlug(strings.TrimSpace(*req.Name), slug, req.MaxProxyRecords)
+		err = slugError(err, slug)
 	}
 	a.reply(w, http.StatusCreated, a.orgJSON(org), err)
 }
@@ -196,14 +232,22 @@ func (a *Admin) updateOrg(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = checkLimit(req.MaxProxyRecords)
 	}
-	if err == nil && req.Name == nil && req.MaxProxyRecords == nil {
-		err = badRequest("nothing to change: give --name or --max-proxy-records")
+	if err == nil && req.Slug != nil {
+		if serr := store.CheckSlug(*req.Slug); serr != nil {
+			err = slugError(serr, *req.Slug)
+		}
+	}
+	if err == nil && req.Name == nil && req.Slug == nil && req.MaxProxyRecords == nil {
+		err = badRequest("nothing to change: give --name, --slug or --max-proxy-records")
 	}
 	var org store.Org
 	if err == nil {
-		org, err = a.store.UpdateOrg(r.PathValue("id"), func(o *store.Org) {
+		org, err = a.store.UpdateOrg(a.orgID(r.PathValue("id")), func(o *store.Org) {
 			if req.Name != nil {
 				o.Name = strings.TrimSpace(*req.Name)
+			}
+			if req.Slug != nil {
+				o.Slug = *req.Slug
 			}
 			if req.MaxProxyRecords != nil {
 				o.MaxProxyRecords = req.MaxProxyRecords
@@ -211,6 +255,9 @@ func (a *Admin) updateOrg(w http.ResponseWriter, r *http.Request) {
 		})
 		if errors.Is(err, store.ErrNotFound) {
 			err = notFound("--id: no organization %s", r.PathValue("id"))
+		}
+		if req.Slug != nil {
+			err = slugError(err, *req.Slug)
 		}
 	}
 	a.reply(w, http.StatusOK, a.orgJSON(org), err)
@@ -252,7 +299,7 @@ func (a *Admin) addMember(w http.ResponseWriter, r *http.Request) {
 	}
 	var m store.Membership
 	if err == nil {
-		m, err = a.store.SetMembership(req.Org, req.User, level)
+		m, err = a.store.SetMembership(a.orgID(req.Org), req.User, level)
 		if errors.Is(err, store.ErrNotFound) {
 			err = notFound("--org or --user: %v", err)
 		}
@@ -267,7 +314,7 @@ func (a *Admin) addMember(w http.ResponseWriter, r *http.Request) {
 // request. An organization's last owner cannot be removed (409), so no
 // organization is left that nobody can manage.
 func (a *Admin) removeMember(w http.ResponseWriter, r *http.Request) {
-	orgID := r.PathValue("org")
+	orgID := a.orgID(r.PathValue("org"))
 	userID, err := strconv.ParseInt(r.PathValue("user"), 10, 64)
 	if err != nil || userID <= 0 {
 		err = badRequest("--user: %q is not a user id", r.PathValue("user"))
@@ -338,12 +385,15 @@ func (a *Admin) createKey(w http.ResponseWriter, r *http.Request) {
 	if err == nil && len(req.Label) > 100 {
 		err = badRequest("--label: must be at most 100 characters")
 	}
-	for _, id := range req.Orgs {
+	// Slugs become ids: the key stays tied to its organizations when
+	// their slugs change.
+	for i, ref := range req.Orgs {
 		if err != nil {
 			break
 		}
-		if _, oerr := a.store.Org(id); oerr != nil {
-			err = notFound("--orgs: no organization %q", id)
+		req.Orgs[i] = a.orgID(ref)
+		if _, oerr := a.store.Org(req.Orgs[i]); oerr != nil {
+			err = notFound("--orgs: no organization %q", ref)
 		}
 	}
 	var out AdminKey
@@ -394,7 +444,7 @@ type adminRecord struct {
 }
 
 func (a *Admin) listRecords(w http.ResponseWriter, r *http.Request) {
-	org, status := r.URL.Query().Get("org"), store.Status(r.URL.Query().Get("status"))
+	org, status := a.orgID(r.URL.Query().Get("org")), store.Status(r.URL.Query().Get("status"))
 	var err error
 	if status != "" && !status.Valid() {
 		err = badRequest("--status: %q is not one of %v", status, store.Statuses)

@@ -75,6 +75,11 @@ type handlerSpec struct {
 // routes is every route the API answers, besides /api/schema/. The
 // OpenAPI document lists the same set; a test keeps them equal.
 var routes = []route{
+	// The only route without an organization in its path: serve checks
+	// the key's scope and nothing about organizations.
+	{"/api/organizations", map[string]handlerSpec{
+		http.MethodGet: {scope: ScopeOrgRead, fn: (*API).listOrgs},
+	}, "organizations"},
 	{"/api/organizations/{org}", map[string]handlerSpec{
 		http.MethodGet: {scope: ScopeOrgRead, fn: (*API).getOrg},
 	}, "organization"},
@@ -244,6 +249,12 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	if !ok {
 		return methodNotAllowed(r.Method)
 	}
+	if _, inPath := vars["org"]; !inPath {
+		if !hasScope(c.key.Scopes, spec.scope) {
+			return scopeMissing(spec.scope)
+		}
+		return spec.fn(a, c)
+	}
 	if c.org, aerr = a.resolveOrg(c.key, vars["org"]); aerr != nil {
 		return aerr
 	}
@@ -266,36 +277,45 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) *apiError {
 	return spec.fn(a, c)
 }
 
-// resolveOrg finds the organization a path names: its id, or @current for
-// the one organization the key is scoped to, else the user's first
-// membership (among the key's organizations, when it has several).
+// resolveOrg finds the organization a path names: its id, its slug, or
+// @current for the one organization the key is scoped to, else the user's
+// first membership (among the key's organizations, when it has several).
+// Whatever names it, membership is checked afterwards by the caller, so a
+// slug reveals no more than an id: an organization the caller is not in
+// answers as an unknown one.
 func (a *API) resolveOrg(key store.APIKey, ref string) (store.Org, *apiError) {
-	id := ref
-	if ref == "@current" {
-		switch {
-		case len(key.Orgs) == 1:
+	var (
+		org store.Org
+		err error
+	)
+	switch {
+	case ref == "@current":
+		id := ""
+		if len(key.Orgs) == 1 {
 			id = key.Orgs[0]
-		default:
+		} else {
 			ms, err := a.store.UserMemberships(key.UserID)
 			if err != nil {
 				return store.Org{}, internalError(fmt.Errorf("listing memberships: %w", err))
 			}
-			id = ""
 			for _, m := range ms {
 				if len(key.Orgs) == 0 || slices.Contains(key.Orgs, m.OrgID) {
 					id = m.OrgID
 					break
 				}
 			}
-			if id == "" {
-				return store.Org{}, errOrgNotFound
-			}
 		}
-	}
-	if !store.IsID(id) {
+		if !store.IsID(id) {
+			return store.Org{}, errOrgNotFound
+		}
+		org, err = a.store.Org(id)
+	case store.IsID(ref):
+		org, err = a.store.Org(ref)
+	case store.CheckSlug(ref) == nil:
+		org, err = a.store.OrgBySlug(ref)
+	default:
 		return store.Org{}, errOrgNotFound
 	}
-	org, err := a.store.Org(id)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Org{}, errOrgNotFound
 	}
@@ -330,13 +350,21 @@ func toJSON(r store.Record) recordJSON {
 	}
 }
 
+// orgJSON is an organization exactly as the API shows it.
+type orgJSON struct {
+	ID              string `json:"id"`
+	Name            string `json:"name"`
+	Slug            string `json:"slug"`
+	CreatedAt       string `json:"created_at"`
+	MaxProxyRecords int    `json:"max_proxy_records"`
+}
+
+func (a *API) orgJSON(o store.Org) orgJSON {
+	return orgJSON{o.ID, o.Name, o.Slug, o.CreatedAt.UTC().Format(store.TimeFormat), o.Limit(a.cfg.MaxProxyRecords)}
+}
+
 func (a *API) getOrg(c *call) *apiError {
-	writeJSON(c.w, http.StatusOK, struct {
-		ID              string `json:"id"`
-		Name            string `json:"name"`
-		CreatedAt       string `json:"created_at"`
-		MaxProxyRecords int    `json:"max_proxy_records"`
-	}{c.org.ID, c.org.Name, c.org.CreatedAt.UTC().Format(store.TimeFormat), c.org.Limit(a.cfg.MaxProxyRecords)})
+	writeJSON(c.w, http.StatusOK, a.orgJSON(c.org))
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/control"
+	"github.com/edgeproxy/edgeproxy/internal/openapitest"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -64,7 +65,8 @@ func newAPIFixtureConfig(t *testing.T, cfg control.Config) *apiFixture {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
 	}
-	srv := httptest.NewServer(control.NewAPI(st, cfg))
+	// Every answer of every test is held to docs/openapi.yaml.
+	srv := httptest.NewServer(openapitest.Load(t).Handler(t, control.NewAPI(st, cfg)))
 	t.Cleanup(srv.Close)
 	return &apiFixture{st: st, srv: srv}
 }
@@ -1052,7 +1054,7 @@ func TestGetOrg(t *testing.T) {
 	if err := json.Unmarshal(res.body, &fields); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strings.Join(slices.Sorted(mapKeys(fields)), ","), "created_at,id,max_proxy_records,name"; got != want {
+	if got, want := strings.Join(slices.Sorted(mapKeys(fields)), ","), "created_at,id,max_proxy_records,name,slug"; got != want {
 		t.Errorf("org fields %s, want %s", got, want)
 	}
 	var org struct {
@@ -1060,10 +1062,14 @@ func TestGetOrg(t *testing.T) {
 		Name            string `json:"name"`
 		CreatedAt       string `json:"created_at"`
 		MaxProxyRecords int    `json:"max_proxy_records"`
+		Slug            string `json:"slug"`
 	}
 	json.Unmarshal(res.body, &org)
 	if got, want := org.ID, f.org.ID; got != want {
 		t.Errorf("id %s, want %s", got, want)
+	}
+	if got, want := org.Slug, "acme"; got != want {
+		t.Errorf("slug %q, want %q", got, want)
 	}
 	if got, want := org.Name, "Acme"; got != want {
 		t.Errorf("name %q, want %q", got, want)

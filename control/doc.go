@@ -7,12 +7,14 @@
 // Every API request goes through the same checks, in this order: the
 // personal API key (Authorization header, then body, then query
 // string; the first place holding a key is the only one tried), the method,
-// the organization in the path (a UUID or @current), the organizations the
-// key is limited to, the key's scopes (write implies read, "*" implies
-// all), the caller's membership, and for writes the admin level. Each
-// failure has one fixed answer; another organization's record is answered
-// exactly like a missing one, so no caller learns what other organizations
-// hold.
+// the organization in the path (a UUID, a slug or @current), the
+// organizations the key is limited to, the key's scopes (write implies
+// read, "*" implies all), the caller's membership, and for writes the
+// admin level. Each failure has one fixed answer; another organization's
+// record is answered exactly like a missing one, so no caller learns what
+// other organizations hold. GET /api/organizations/, the one route without
+// an organization in its path, checks the key and its scope only, and
+// lists just the organizations the key reaches.
 //
 // A request that fails to authenticate counts against its client address;
 // past the address's allowance such requests get 429 (ratelimit.go). A

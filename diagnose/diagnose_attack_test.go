@@ -24,6 +24,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/diagnose"
 	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/openapitest"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -155,7 +156,9 @@ func newSSRFEnv(t *testing.T) *ssrfEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cm.Close() })
-	env.api = httptest.NewServer(control.NewAPI(st, control.Config{
+	// Every answer, each report and refusal included, is held to
+	// docs/openapi.yaml.
+	env.api = httptest.NewServer(openapitest.Load(t).Handler(t, control.NewAPI(st, control.Config{
 		TargetCNAMEBase: ssrfBase,
 		MaxProxyRecords: 20,
 		Diagnoser: &diagnose.Diagnoser{
@@ -165,7 +168,7 @@ func newSSRFEnv(t *testing.T) *ssrfEnv {
 			Probes:   probes,
 			Now:      env.clock.Now,
 		},
-	}))
+	})))
 	t.Cleanup(env.api.Close)
 	env.orgID, env.readKey = env.newOrg(t, "Attacker")
 	return env

@@ -20,6 +20,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/diagnose"
 	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/openapitest"
 	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -189,8 +190,9 @@ func newLifecycleEnv(t *testing.T, tweak func(*lifecycle.Config)) *lifecycleEnv 
 		t.Fatal(err)
 	}
 	env.key = value
-	env.api = httptest.NewServer(control.NewAPI(st, control.Config{
-		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log, Diagnoser: env.diag}))
+	// Every answer, each report included, is held to docs/openapi.yaml.
+	env.api = httptest.NewServer(openapitest.Load(t).Handler(t, control.NewAPI(st, control.Config{
+		TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2, Logger: log, Diagnoser: env.diag})))
 	t.Cleanup(env.api.Close)
 	t.Cleanup(func() {
 		if strings.Contains(env.logs.String(), "phx_") {

@@ -13,6 +13,9 @@
 //   - records_by_org: organization id + creation sequence, so an
 //     organization's records are listed newest first by a cursor scan whose
 //     cost is proportional to that organization's records, not to the store.
+//   - orgs_by_slug: an organization's slug maps to its id, so a slug
+//     belongs to at most one organization (CheckSlug states the form).
+//     Creates and slug changes check it in their write transaction.
 //   - keys_by_hash: the sha256 hash of a personal API key's value. The value
 //     itself is never stored.
 //   - webhooks_by_org, webhook_delivery_due, webhook_hook_due: an

@@ -72,8 +72,11 @@ func (s Status) Valid() bool {
 
 // Org is an organization: the unit that owns proxy records.
 type Org struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Slug is unique among organizations and passes CheckSlug; API paths
+	// may name the organization by it instead of its id.
+	Slug      string    `json:"slug"`
 	CreatedAt time.Time `json:"created_at"`
 	// MaxProxyRecords overrides the server-wide limit when set.
 	MaxProxyRecords *int `json:"max_proxy_records,omitempty"`

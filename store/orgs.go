@@ -10,12 +10,22 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// CreateOrg adds an organization. maxRecords, when not nil, overrides the
-// server-wide limit of proxy records for it.
+// CreateOrg adds an organization, with the slug made from its name (see
+// CreateOrgSlug). maxRecords, when not nil, overrides the server-wide
+// limit of proxy records for it.
 func (s *Store) CreateOrg(name string, maxRecords *int) (Org, error) {
-	org := Org{ID: NewID(), Name: name, CreatedAt: s.stamp(), MaxProxyRecords: maxRecords}
+	return s.CreateOrgSlug(name, "", maxRecords)
+}
+
+// CreateOrgSlug adds an organization with the slug. An empty slug is made
+// from the name (Slugify), with the smallest free numeric suffix ("acme-2")
+// when another organization holds it; a given slug must pass CheckSlug
+// (else ErrInvalidSlug) and be free (else ErrSlugTaken). The check and the
+// write are one transaction, so concurrent creates never share a slug.
+func (s *Store) CreateOrgSlug(name, slug string, maxRecords *int) (Org, error) {
+	org := Org{ID: NewID(), Name: name, Slug: slug, CreatedAt: s.stamp(), MaxProxyRecords: maxRecords}
 	err := s.update(func(tx *bolt.Tx) error {
-		return putJSON(tx.Bucket(bucketOrgs), []byte(org.ID), org)
+		return createOrgTx(tx, &org)
 	})
 	if err != nil {
 		return Org{}, fmt.Errorf("store: creating organization: %w", err)
@@ -23,11 +33,31 @@ func (s *Store) CreateOrg(name string, maxRecords *int) (Org, error) {
 	return org, nil
 }
 
+func createOrgTx(tx *bolt.Tx, org *Org) error {
+	if err := indexSlugTx(tx, org); err != nil {
+		return err
+	}
+	return putJSON(tx.Bucket(bucketOrgs), []byte(org.ID), *org)
+}
+
 // Org returns the organization with the id, or ErrNotFound.
 func (s *Store) Org(id string) (Org, error) {
 	var org Org
 	err := s.view(func(tx *bolt.Tx) error {
 		return getJSON(tx.Bucket(bucketOrgs), []byte(id), &org)
+	})
+	return org, err
+}
+
+// OrgBySlug returns the organization with the slug, or ErrNotFound.
+func (s *Store) OrgBySlug(slug string) (Org, error) {
+	var org Org
+	err := s.view(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketOrgsBySlug).Get([]byte(slug))
+		if id == nil {
+			return ErrNotFound
+		}
+		return getJSON(tx.Bucket(bucketOrgs), id, &org)
 	})
 	return org, err
 }
@@ -45,12 +75,25 @@ func (s *Store) Orgs() ([]Org, error) {
 			return nil
 		})
 	})
-	sort.SliceStable(orgs, func(i, j int) bool { return orgs[i].CreatedAt.Before(orgs[j].CreatedAt) })
+	sortOrgs(orgs)
 	return orgs, err
 }
 
+// sortOrgs puts orgs oldest first (ids break ties, so the order is
+// always the same).
+func sortOrgs(orgs []Org) {
+	sort.Slice(orgs, func(i, j int) bool {
+		if !orgs[i].CreatedAt.Equal(orgs[j].CreatedAt) {
+			return orgs[i].CreatedAt.Before(orgs[j].CreatedAt)
+		}
+		return orgs[i].ID < orgs[j].ID
+	})
+}
+
 // UpdateOrg applies fn to the organization and saves it. The id cannot
-// change.
+// change. A changed slug must pass CheckSlug (else ErrInvalidSlug) and be
+// free (else ErrSlugTaken); the old one is released in the same
+// transaction.
 func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
 	var org Org
 	err := s.update(func(tx *bolt.Tx) error {
@@ -58,8 +101,22 @@ func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
 		if err := getJSON(b, []byte(id), &org); err != nil {
 			return err
 		}
+		old := org.Slug
 		fn(&org)
 		org.ID = id
+		if org.Slug != old {
+			// Checked here, as indexSlugTx would make an empty slug
+			// from the name.
+			if err := CheckSlug(org.Slug); err != nil {
+				return err
+			}
+			if err := indexSlugTx(tx, &org); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketOrgsBySlug).Delete([]byte(old)); err != nil {
+				return err
+			}
+		}
 		return putJSON(b, []byte(id), org)
 	})
 	return org, err
@@ -256,6 +313,25 @@ func (s *Store) UserMemberships(userID int64) ([]Membership, error) {
 	return ms, err
 }
 
+// MemberOrgs returns the organizations the user is a member of, in the
+// order the memberships were made, read in one transaction.
+func (s *Store) MemberOrgs(userID int64) ([]Org, error) {
+	var orgs []Org
+	err := s.view(func(tx *bolt.Tx) error {
+		prefix := u64(uint64(userID))
+		c := tx.Bucket(bucketUserOrgs).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var org Org
+			if err := getJSON(tx.Bucket(bucketOrgs), v, &org); err != nil {
+				return fmt.Errorf("store: organization %s of user %d: %w", v, userID, err)
+			}
+			orgs = append(orgs, org)
+		}
+		return nil
+	})
+	return orgs, err
+}
+
 // Bootstrap is what the first start of a server creates: an organization, a
 // user who owns it and a personal API key of that user.
 type Bootstrap struct {
@@ -273,7 +349,7 @@ func (s *Store) BootstrapIfEmpty(b Bootstrap) (created bool, key APIKey, err err
 			return nil
 		}
 		org := Org{ID: NewID(), Name: b.OrgName, CreatedAt: s.stamp()}
-		if err := putJSON(tx.Bucket(bucketOrgs), []byte(org.ID), org); err != nil {
+		if err := createOrgTx(tx, &org); err != nil {
 			return err
 		}
 		user, err := s.createUserTx(tx, b.Email)

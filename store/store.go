@@ -22,6 +22,11 @@ var (
 	ErrNotFound = errors.New("store: not found")
 	// ErrDomainTaken: another record (in any organization) holds the domain.
 	ErrDomainTaken = errors.New("store: domain already registered")
+	// ErrSlugTaken: another organization has the slug.
+	ErrSlugTaken = errors.New("store: slug already taken")
+	// ErrInvalidSlug: the slug breaks CheckSlug's rule; the error is a
+	// *SlugError, which states the rule.
+	ErrInvalidSlug = errors.New("store: invalid slug")
 	// ErrEmailTaken: another user has the email.
 	ErrEmailTaken = errors.New("store: email already registered")
 	// ErrLastOwner: the membership to remove is the organization's only
@@ -50,7 +55,7 @@ func (e *LimitError) Error() string {
 const batchDelay = 2 * time.Millisecond
 
 // SchemaVersion is the version of the file layout this program writes.
-const SchemaVersion = 4
+const SchemaVersion = 5
 
 // migrations[i] moves a file from schema version i to i+1. Version 0 is an
 // empty file. Each runs inside the one transaction that also records the new
@@ -108,8 +113,37 @@ var migrations = []func(tx *bolt.Tx) error{
 		}
 		return nil
 	},
-	// 4: webhooks and their outbox (webhooks.go).
+	// 4: organization slugs and their index. Every organization gets the
+	// slug made from its name, the oldest first, so that of two
+	// organizations with one name the older keeps the plain slug.
 	3: func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketOrgsBySlug); err != nil {
+			return fmt.Errorf("creating bucket %s: %w", bucketOrgsBySlug, err)
+		}
+		var orgs []Org
+		if err := tx.Bucket(bucketOrgs).ForEach(func(k, v []byte) error {
+			var org Org
+			if err := json.Unmarshal(v, &org); err != nil {
+				return fmt.Errorf("decoding organization %s: %w", k, err)
+			}
+			orgs = append(orgs, org)
+			return nil
+		}); err != nil {
+			return err
+		}
+		sortOrgs(orgs)
+		for i := range orgs {
+			if err := indexSlugTx(tx, &orgs[i]); err != nil {
+				return fmt.Errorf("organization %s: %w", orgs[i].ID, err)
+			}
+			if err := putJSON(tx.Bucket(bucketOrgs), []byte(orgs[i].ID), orgs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	},
+	// 5: webhooks and their outbox (webhooks.go).
+	4: func(tx *bolt.Tx) error {
 		for _, name := range webhookBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("creating bucket %s: %w", name, err)
@@ -122,6 +156,7 @@ var migrations = []func(tx *bolt.Tx) error{
 var (
 	bucketMeta            = []byte("meta")
 	bucketOrgs            = []byte("orgs")
+	bucketOrgsBySlug      = []byte("orgs_by_slug")
 	bucketUsers           = []byte("users")
 	bucketUsersByEmail    = []byte("users_by_email")
 	bucketMembers         = []byte("members")

@@ -184,29 +184,33 @@ func required(flagName, value string) error {
 var adminCommands = map[string]adminCommand{
 	"org create": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
 		name := fs.String("name", "", "organization name")
+		var slug stringFlag
+		fs.Var(&slug, "slug", "the organization's slug, unique: lower-case letters, digits and '-' (default: made from the name)")
 		var max optionalInt
 		fs.Var(&max, "max-proxy-records", "this organization's limit (default: the server's --max-proxy-records)")
 		return func(c *adminClient, out io.Writer) error {
 			if err := required("name", *name); err != nil {
 				return err
 			}
-			return c.call(out, "POST", "/orgs", map[string]any{"name": *name, "max_proxy_records": max.ptr()})
+			return c.call(out, "POST", "/orgs", map[string]any{"name": *name, "slug": slug.ptr(), "max_proxy_records": max.ptr()})
 		}
 	},
 	"org list": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
 		return func(c *adminClient, out io.Writer) error { return c.call(out, "GET", "/orgs", nil) }
 	},
 	"org update": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
-		id := fs.String("id", "", "organization id")
+		id := fs.String("id", "", "organization id or slug")
 		var name stringFlag
 		fs.Var(&name, "name", "new name")
+		var slug stringFlag
+		fs.Var(&slug, "slug", "new slug (API paths that use the old one stop working)")
 		var max optionalInt
 		fs.Var(&max, "max-proxy-records", "new limit")
 		return func(c *adminClient, out io.Writer) error {
 			if err := required("id", *id); err != nil {
 				return err
 			}
-			return c.call(out, "PATCH", "/orgs/"+url.PathEscape(*id), map[string]any{"name": name.ptr(), "max_proxy_records": max.ptr()})
+			return c.call(out, "PATCH", "/orgs/"+url.PathEscape(*id), map[string]any{"name": name.ptr(), "slug": slug.ptr(), "max_proxy_records": max.ptr()})
 		}
 	},
 	"user create": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
@@ -219,7 +223,7 @@ var adminCommands = map[string]adminCommand{
 		}
 	},
 	"member add": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
-		org := fs.String("org", "", "organization id")
+		org := fs.String("org", "", "organization id or slug")
 		user := fs.Int64("user", 0, "user id")
 		level := fs.String("level", "", "member, admin or owner")
 		return func(c *adminClient, out io.Writer) error {
@@ -236,7 +240,7 @@ var adminCommands = map[string]adminCommand{
 		}
 	},
 	"member remove": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
-		org := fs.String("org", "", "organization id")
+		org := fs.String("org", "", "organization id or slug")
 		user := fs.Int64("user", 0, "user id")
 		return func(c *adminClient, out io.Writer) error {
 			if err := required("org", *org); err != nil {
@@ -251,7 +255,7 @@ var adminCommands = map[string]adminCommand{
 	"key create": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
 		user := fs.Int64("user", 0, "user id")
 		scopes := fs.String("scopes", "*", "comma-separated scopes, e.g. organization:read,organization:write")
-		orgs := fs.String("orgs", "", "comma-separated organization ids the key is limited to (default: all of the user's)")
+		orgs := fs.String("orgs", "", "comma-separated organization ids or slugs the key is limited to (default: all of the user's)")
 		label := fs.String("label", "", "a name for the key")
 		return func(c *adminClient, out io.Writer) error {
 			if *user <= 0 {
@@ -282,7 +286,7 @@ var adminCommands = map[string]adminCommand{
 		}
 	},
 	"records list": func(fs *flag.FlagSet) func(*adminClient, io.Writer) error {
-		org := fs.String("org", "", "only this organization's records")
+		org := fs.String("org", "", "only this organization's records (id or slug)")
 		status := fs.String("status", "", "only records in this status")
 		return func(c *adminClient, out io.Writer) error {
 			q := url.Values{}

@@ -95,11 +95,19 @@ func Tool(tb testing.TB, name, makeTarget string) string {
 	if err == nil {
 		return p
 	}
-	if os.Getenv(RequireToolsEnv) == "1" {
-		tb.Fatalf("%s is not on PATH and %s=1: `make %s` installs it", name, RequireToolsEnv, makeTarget)
-	}
-	tb.Skipf("%s is not on PATH: `make %s` installs it (with %s=1 this is a failure, not a skip)", name, makeTarget, RequireToolsEnv)
+	Missing(tb, name+" is not on PATH", makeTarget)
 	return ""
+}
+
+// Missing ends the test for want of something external that makeTarget
+// installs (what says what is missing): a skip, or a failure when
+// RequireToolsEnv is 1.
+func Missing(tb testing.TB, what, makeTarget string) {
+	tb.Helper()
+	if os.Getenv(RequireToolsEnv) == "1" {
+		tb.Fatalf("%s and %s=1: `make %s` installs it", what, RequireToolsEnv, makeTarget)
+	}
+	tb.Skipf("%s: `make %s` installs it (with %s=1 this is a failure, not a skip)", what, makeTarget, RequireToolsEnv)
 }
 
 // FreeAddr returns a loopback address whose port is free right now.
