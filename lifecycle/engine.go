@@ -120,6 +120,9 @@ type Engine struct {
 	// hold the engine would redo its step (a DNS query, an order) in a
 	// tight loop; Run holds every step until the store can write again.
 	unwritable atomic.Bool
+
+	// idlePasses counts the passes of Run that ended with no step running.
+	idlePasses atomic.Uint64
 }
 
 // unwritableRecheck is how often a held engine asks the store whether it
@@ -219,6 +222,12 @@ func (e *Engine) Wake() {
 	default:
 	}
 }
+
+// IdlePasses is how many times Run has finished looking for due records
+// with no step running: at each, every step due when the pass began had
+// been done. A test that calls Wake and then waits for this to grow knows
+// the engine has acted on its clock, however slow the machine.
+func (e *Engine) IdlePasses() uint64 { return e.idlePasses.Load() }
 
 func (e *Engine) isInflight(id string) bool {
 	e.mu.Lock()
@@ -435,6 +444,9 @@ func (e *Engine) Run(ctx context.Context, started bool) error {
 		}
 		if held {
 			wait = unwritableRecheck
+		}
+		if len(slots) == 0 {
+			e.idlePasses.Add(1)
 		}
 		timer := time.NewTimer(wait)
 		select {

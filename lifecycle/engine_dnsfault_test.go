@@ -21,13 +21,17 @@ import (
 const (
 	faultFirstRecheck = 100 * time.Millisecond
 	faultRecheckMax   = time.Second
-	// faultWindow is how long a fault is held while the engine's checks
-	// are counted.
+	// faultWindow is how far the test moves the engine's frozen clock
+	// while a fault is held and the engine's checks are counted, in steps
+	// of faultStep, shorter than the shortest pause (FirstRecheck less
+	// its 10% jitter): a step may see one check, never two.
 	faultWindow = 5 * time.Second
-	// faultMaxChecks bounds the checks of one record over faultWindow.
-	// With the backoff (0.1, 0.2, 0.4, 0.8, then 1 s, ±10%) about 9 fit;
-	// a fixed first pause would allow 50, and a retry loop without a
-	// pause thousands.
+	faultStep   = 50 * time.Millisecond
+	// faultMinChecks and faultMaxChecks bound the checks of one record
+	// over faultWindow. With the backoff (0.1, 0.2, 0.4, 0.8, then 1 s,
+	// ±10%, each check up to a step late) 6 to 8 fit; a fixed first pause
+	// would allow 50, and a retry loop without a pause one per step.
+	faultMinChecks = 4
 	faultMaxChecks = 12
 	// notBlaming is in the message of a check our resolver could not
 	// complete (dnsverify's resolverFailure).
@@ -106,6 +110,16 @@ func (env *dnsFaultEnv) waitChecks(t *testing.T, id, result string, n int, want 
 	t.Helper()
 	return env.waitFor(t, id, "checked again", func(r store.Record, err error) bool {
 		return err == nil && (r.Status != want || env.checks(t, result) >= n && r.Message != nil)
+	})
+}
+
+// waitNotDue wakes the engine until the record is no longer due on its
+// clock: the check that was due, if any, is done and its outcome saved
+// with the time of the next one.
+func (env *dnsFaultEnv) waitNotDue(t *testing.T, id string) {
+	t.Helper()
+	env.waitFor(t, id, "checked", func(r store.Record, err error) bool {
+		return err == nil && (r.Status != store.StatusWaiting || r.NextCheckAt.After(env.clock.Now()))
 	})
 }
 
@@ -276,28 +290,38 @@ func TestEngineDNSFaults(t *testing.T) {
 			})
 			domain := "fault.shop.example.com"
 			fault.breakDNS(t, env, relay, domain)
+			// The fault window runs on the frozen clock, from the first
+			// failed check: what the engine does in it depends on the
+			// backoff alone, not on how fast the machine runs.
+			env.clock.Freeze()
 			rec := env.create(t, domain)
 			env.dns.SetCNAME(domain, rec.TargetCNAME)
-
-			// The fault window, from the first failed check.
-			r := env.waitChecks(t, rec.ID, "resolver_failure", 1, store.StatusWaiting)
-			checks0, queries0, start := env.checks(t, "resolver_failure"), env.dns.Queries(), time.Now()
-			time.Sleep(faultWindow)
+			env.waitChecks(t, rec.ID, "resolver_failure", 1, store.StatusWaiting)
+			checks0, queries0 := env.checks(t, "resolver_failure"), env.dns.Queries()
+			for moved := time.Duration(0); moved < faultWindow; moved += faultStep {
+				before := env.checks(t, "resolver_failure")
+				env.clock.Advance(faultStep)
+				env.waitNotDue(t, rec.ID)
+				if got := env.checks(t, "resolver_failure") - before; got > 1 {
+					t.Fatalf("%d checks within one step of %s of the clock, shorter than the first pause: the engine does not pause", got, faultStep)
+				}
+			}
 			r, err := env.st.Record(rec.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
+			env.clock.Thaw()
 			checks, queries := env.checks(t, "resolver_failure")-checks0, env.dns.Queries()-queries0
-			t.Logf("over %s of %s: %d checks, %d queries reached the DNS server; status %s, message %q",
-				time.Since(start).Round(time.Millisecond), fault.name, checks, queries, r.Status, msg(r))
+			t.Logf("over %s of the engine's clock with %s: %d checks, %d queries reached the DNS server; status %s, message %q",
+				faultWindow, fault.name, checks, queries, r.Status, msg(r))
 			if r.Status != store.StatusWaiting {
 				t.Fatalf("status %s during the fault, want waiting (message %q)", r.Status, msg(r))
 			}
 			if m := msg(r); !strings.Contains(m, notBlaming) || strings.Contains(m, "Add this record") {
 				t.Errorf("message %q blames the customer's DNS for our resolver's failure", m)
 			}
-			if checks < 2 {
-				t.Errorf("%d checks over %s: the engine stopped checking", checks, faultWindow)
+			if checks < faultMinChecks {
+				t.Errorf("%d checks over %s, want at least %d: the engine stopped checking", checks, faultWindow, faultMinChecks)
 			}
 			if checks > faultMaxChecks {
 				t.Errorf("%d checks over %s, want at most %d: the engine does not back off", checks, faultWindow, faultMaxChecks)

@@ -31,22 +31,49 @@ const lifecycleBase = "proxy.example.net"
 
 // testClock runs at real speed from an offset the test can move forward,
 // so deadlines of hours pass without sleeping while short pauses still
-// elapse on their own.
+// elapse on their own. Frozen, it moves only when the test advances it,
+// so that what the engine does between two steps of the clock does not
+// depend on how fast the machine is.
 type testClock struct {
+	// mu guards offset, frozen and at.
 	mu     sync.Mutex
 	offset time.Duration
+	frozen bool
+	at     time.Time // the time while frozen
 }
 
 func (c *testClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.frozen {
+		return c.at
+	}
 	return time.Now().Add(c.offset)
 }
 
 func (c *testClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.offset += d
+	c.at = c.at.Add(d)
 	c.mu.Unlock()
+}
+
+// Freeze stops the clock at its present time.
+func (c *testClock) Freeze() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.frozen {
+		c.frozen, c.at = true, time.Now().Add(c.offset)
+	}
+}
+
+// Thaw lets the clock run again at real speed from where it stands.
+func (c *testClock) Thaw() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.frozen {
+		c.frozen, c.offset = false, time.Until(c.at)
+	}
 }
 
 // lifecycleEnv is the whole control plane on loopback: a store, the API,
@@ -204,12 +231,12 @@ func newLifecycleEnvCA(t *testing.T, tweak func(*lifecycle.Config), front func(*
 	return env
 }
 
-// waitLog waits a few seconds for each line to appear in the logs: the
-// engine logs a transition just after it commits, so a test can see the
-// new status a moment before the line.
+// waitLog waits for each line to appear in the logs, up to a generous
+// bound: the engine logs a transition just after it commits, so a test
+// can see the new status a moment before the line.
 func (env *lifecycleEnv) waitLog(t *testing.T, wants ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for _, want := range wants {
 		for !strings.Contains(env.logs.String(), want) {
 			if time.Now().After(deadline) {
@@ -218,6 +245,21 @@ func (env *lifecycleEnv) waitLog(t *testing.T, wants ...string) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// waitIdlePass wakes the engine and waits until it has finished a pass
+// over the due records with no step left running (see IdlePasses).
+func (env *lifecycleEnv) waitIdlePass(t *testing.T) {
+	t.Helper()
+	n := env.engine.IdlePasses()
+	env.engine.Wake()
+	deadline := time.Now().Add(30 * time.Second)
+	for env.engine.IdlePasses() == n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the engine finished no idle pass within 30s of a wake")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
