@@ -25,9 +25,10 @@ test: tools
 	EDGEPROXY_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) fuzz-ci
 
-## tools: install the programs the deploy tests run when missing (promtool, prometheus: Debian's prometheus package; needs root)
+## tools: install the programs the tests run when missing (promtool, prometheus: Debian's prometheus package; curl), with apt-get; needs root
 tools:
 	sh scripts/ensure-prometheus.sh
+	sh scripts/ensure-curl.sh
 
 ## e2e: the built binary against Pebble, a loopback DNS server and upstream; prints each status of one record
 e2e: build
