@@ -83,9 +83,9 @@ func wantFields(t *testing.T, what string, obj map[string]json.RawMessage, want 
 	}
 }
 
-// checkReportShape holds a report to CONTRACT §4: exactly these fields at
-// every level, the checks in order, statuses from their sets, null where
-// the contract allows null and nowhere else.
+// checkReportShape holds a report to its documented shape: exactly these
+// fields at every level, the checks in order, statuses from their sets,
+// null where docs/API.md allows null and nowhere else.
 func checkReportShape(t *testing.T, body []byte) {
 	t.Helper()
 	rep := fields(t, "the report", body)

@@ -15,7 +15,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
-// These tests play one organization against another (CONTRACT §7): a
+// These tests play one organization against another: a
 // tenant that makes the CA rate limit its own names, or that orders
 // without end, must not hold back another tenant's certificates, nor put
 // its CA's words in another tenant's messages. The CA is Pebble behind
