@@ -25,9 +25,10 @@ test: tools
 	EDGEPROXY_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) fuzz-ci
 
-## tools: install the programs some tests run when missing (promtool, prometheus: Debian's prometheus package; node and the npm packages of scripts/openapi-check; needs root for apt-get)
+## tools: install the programs the tests run when missing (promtool, prometheus: Debian's prometheus package; curl; node and the npm packages of scripts/openapi-check), with apt-get and npm; needs root for apt-get
 tools:
 	sh scripts/ensure-prometheus.sh
+	sh scripts/ensure-curl.sh
 	sh scripts/ensure-openapi-tools.sh
 
 ## e2e: the built binary against Pebble, a loopback DNS server and upstream; prints each status of one record

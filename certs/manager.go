@@ -21,11 +21,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// DefaultCA is Let's Encrypt's production ACME directory, and
+// DefaultCAAIdentity the issuer domain its CAA records must name: the CAA
+// pre-flight checks a domain's CAA records against it unless told the
+// identities of another CA.
+const (
+	DefaultCA          = certmagic.LetsEncryptProductionCA
+	DefaultCAAIdentity = "letsencrypt.org"
+)
+
 // Config configures New. The zero value works (Let's Encrypt production,
 // system roots, no contact, ports 80 and 443, no logging).
 type Config struct {
-	// CA is the ACME directory URL. If empty, Let's Encrypt's production
-	// directory.
+	// CA is the ACME directory URL. If empty, DefaultCA.
 	CA string
 	// CARoots are the roots trusted when talking to the CA. If nil, the
 	// system's roots.
@@ -91,7 +99,7 @@ func New(st *store.Store, cfg Config) (*Manager, error) {
 		return nil, errors.New("certs: nil store")
 	}
 	if cfg.CA == "" {
-		cfg.CA = certmagic.LetsEncryptProductionCA
+		cfg.CA = DefaultCA
 	}
 	if u, err := url.Parse(cfg.CA); err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("certs: ACME directory %q: not an https URL", cfg.CA)

@@ -2,19 +2,13 @@ package certs
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"reflect"
@@ -28,6 +22,7 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/testcert"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -555,27 +550,14 @@ func TestObtainRenewsExpired(t *testing.T) {
 	const name = "expired.example.com"
 	e.point(name)
 
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		DNSNames:     []string{name},
-		NotBefore:    time.Now().Add(-100 * 24 * time.Hour),
-		NotAfter:     time.Now().Add(-10 * 24 * time.Hour),
-	}, &x509.Certificate{SerialNumber: big.NewInt(1)}, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err := certmagic.PEMEncodePrivateKey(key)
+	expired, _, err := testcert.SelfSigned(time.Now().Add(-100*24*time.Hour), time.Now().Add(-10*24*time.Hour), name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	iss := m.acme.IssuerKey()
 	for k, v := range map[string][]byte{
-		certmagic.StorageKeys.SiteCert(iss, name):       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		certmagic.StorageKeys.SitePrivateKey(iss, name): keyPEM,
+		certmagic.StorageKeys.SiteCert(iss, name):       expired.ChainPEM,
+		certmagic.StorageKeys.SitePrivateKey(iss, name): expired.KeyPEM,
 		certmagic.StorageKeys.SiteMeta(iss, name):       []byte(`{"sans":["` + name + `"]}`),
 	} {
 		if err := e.st.PutBlob(k, v); err != nil {

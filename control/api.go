@@ -36,7 +36,8 @@ type Config struct {
 	Webhooks WebhookConfig
 }
 
-// API is the management API of CONTRACT §3 as an http.Handler.
+// API is the management API (proxy records and the organization, under
+// /api/organizations/{organization_id}/) as an http.Handler.
 type API struct {
 	store   *store.Store
 	cfg     Config
@@ -205,7 +206,7 @@ func allowed(rt *route) []string {
 	return ms
 }
 
-// serve runs the checks of CONTRACT §3 in order: authentication, body
+// serve runs the checks of every request in order: authentication, body
 // size, method, organization, membership, the key's organizations, scope,
 // level; then the handler. Membership comes before the key's organizations
 // so that a key learns nothing about organizations its user is not in.

@@ -230,13 +230,15 @@ func jsonBody(domain string, extra ...string) string {
 	return string(data)
 }
 
-// wantTarget computes target_cname from its definition in CONTRACT §3.
+// wantTarget computes target_cname as the API documents it: the first 20
+// hex digits of sha256(organization id + domain), a dot, the base.
 func wantTarget(orgID, domain string) string {
 	sum := sha256.Sum256([]byte(orgID + domain))
 	return hex.EncodeToString(sum[:])[:20] + "." + testBase
 }
 
-// apiErr is an error answer of CONTRACT §3.
+// apiErr is an error answer: a status and the body's type, code, detail
+// and attr.
 type apiErr struct {
 	status int
 	typ    string
@@ -350,8 +352,9 @@ func decodeRecord(t *testing.T, data []byte) recordView {
 	return r
 }
 
-// TestErrors holds every row of the error table of CONTRACT §3 to its
-// status and its whole body.
+// TestErrors holds every kind of error the management API answers, from
+// a missing key to a retry in a state that allows none, to its status and
+// its whole body (docs/API.md lists them).
 func TestErrors(t *testing.T) {
 	f := newAPIFixture(t)
 	one, ten := 1, 10
@@ -617,8 +620,8 @@ func TestSchemaMethodNotAllowed(t *testing.T) {
 	}
 }
 
-// TestCreateRejectsBadDomains sends every refusal rule of CONTRACT §3
-// (Domains) through the API.
+// TestCreateRejectsBadDomains sends every rule a domain must meet (see
+// NormalizeDomain) through the API.
 func TestCreateRejectsBadDomains(t *testing.T) {
 	f := newAPIFixture(t)
 	org := f.addOrg(t, "A", nil)
@@ -1085,7 +1088,9 @@ func TestGetOrg(t *testing.T) {
 	}
 }
 
-// TestDelete follows CONTRACT §4's delete rules from every status.
+// TestDelete follows the delete rules from every status: waiting,
+// erroring and timed_out go at once; issuing, valid and warning go to
+// deleting; a record already deleting answers 204 again.
 func TestDelete(t *testing.T) {
 	f := newOwnerFixture(t, nil)
 	tests := []struct {
@@ -1158,7 +1163,9 @@ func TestDelete(t *testing.T) {
 	}
 }
 
-// TestRetry follows CONTRACT §4's retry rule from every status.
+// TestRetry follows the retry rule from every status: erroring and
+// timed_out go back to waiting with no message; every other status
+// refuses with invalid_state.
 func TestRetry(t *testing.T) {
 	f := newOwnerFixture(t, nil)
 	for _, status := range store.Statuses {

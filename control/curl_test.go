@@ -3,10 +3,12 @@ package control_test
 import (
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -14,10 +16,11 @@ import (
 // (/work/shared/seed/proxy-records-api.txt) through /bin/sh, as a user
 // would paste it, with the key in $POSTHOG_PERSONAL_API_KEY and
 // <ph_app_host>, :organization_id and :id filled in. The real curl binary
-// sends the request; a few flags are added after "curl" to read the status
-// (-w), keep quiet (-sS), ignore ~/.curlrc (-q) and any proxy of the
-// environment (--noproxy). It returns the status and the body.
-func curlExample(t *testing.T, f *apiFixture, key, example string, vars map[string]string) (int, string) {
+// (at the path curl, from testbin.Tool) sends the request; a few flags
+// are added after "curl" to read the status (-w), keep quiet (-sS),
+// ignore ~/.curlrc (-q) and any proxy of the environment (--noproxy). It
+// returns the status and the body.
+func curlExample(t *testing.T, f *apiFixture, curl, key, example string, vars map[string]string) (int, string) {
 	t.Helper()
 	cmdline := strings.ReplaceAll(example, "<ph_app_host>", f.srv.URL)
 	cmdline = strings.ReplaceAll(cmdline, ":organization_id", vars["organization_id"])
@@ -28,7 +31,8 @@ func curlExample(t *testing.T, f *apiFixture, key, example string, vars map[stri
 	}
 	cmdline = `curl -q -sS --noproxy '*' -w '\n%{http_code}' ` + rest
 	cmd := exec.Command("/bin/sh", "-c", cmdline)
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "POSTHOG_PERSONAL_API_KEY=" + key}
+	// The curl testbin.Tool found comes first on the shell's PATH.
+	cmd.Env = []string{"PATH=" + filepath.Dir(curl) + ":/usr/local/bin:/usr/bin:/bin", "POSTHOG_PERSONAL_API_KEY=" + key}
 	out, err := cmd.Output()
 	if err != nil {
 		msg := ""
@@ -52,9 +56,7 @@ func curlExample(t *testing.T, f *apiFixture, key, example string, vars map[stri
 // against a real server, in the order a user would: create, retrieve,
 // list, retry (after the record failed), delete.
 func TestSeedCurlExamples(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("no curl binary:", err)
-	}
+	curl := testbin.Tool(t, "curl", "tools")
 	f := newOwnerFixture(t, nil)
 	vars := map[string]string{"organization_id": f.org.ID}
 
@@ -69,7 +71,7 @@ func TestSeedCurlExamples(t *testing.T) {
 		del         = `curl -X DELETE -H "Authorization: Bearer $POSTHOG_PERSONAL_API_KEY" <ph_app_host>/api/organizations/:organization_id/proxy_records/:id/`
 	)
 
-	status, body := curlExample(t, f.apiFixture, f.key, create, vars)
+	status, body := curlExample(t, f.apiFixture, curl, f.key, create, vars)
 	if got, want := status, http.StatusCreated; got != want {
 		t.Fatalf("create: status %d, want %d (%s)", got, want, body)
 	}
@@ -85,7 +87,7 @@ func TestSeedCurlExamples(t *testing.T) {
 	}
 	vars["id"] = rec.ID
 
-	status, body = curlExample(t, f.apiFixture, f.key, retrieve, vars)
+	status, body = curlExample(t, f.apiFixture, curl, f.key, retrieve, vars)
 	if got, want := status, http.StatusOK; got != want {
 		t.Fatalf("retrieve: status %d, want %d (%s)", got, want, body)
 	}
@@ -93,7 +95,7 @@ func TestSeedCurlExamples(t *testing.T) {
 		t.Errorf("retrieve: id %s, want %s", got, want)
 	}
 
-	status, body = curlExample(t, f.apiFixture, f.key, list, vars)
+	status, body = curlExample(t, f.apiFixture, curl, f.key, list, vars)
 	if got, want := status, http.StatusOK; got != want {
 		t.Fatalf("list: status %d, want %d (%s)", got, want, body)
 	}
@@ -102,11 +104,11 @@ func TestSeedCurlExamples(t *testing.T) {
 	}
 
 	f.setStatus(t, rec.ID, store.StatusErroring)
-	status, body = curlExample(t, f.apiFixture, f.key, retryAsSeed, vars)
+	status, body = curlExample(t, f.apiFixture, curl, f.key, retryAsSeed, vars)
 	if got, want := status, http.StatusMethodNotAllowed; got != want {
 		t.Errorf("retry as the seed prints it (a GET): status %d, want %d (%s)", got, want, body)
 	}
-	status, body = curlExample(t, f.apiFixture, f.key, retry, vars)
+	status, body = curlExample(t, f.apiFixture, curl, f.key, retry, vars)
 	if got, want := status, http.StatusOK; got != want {
 		t.Fatalf("retry: status %d, want %d (%s)", got, want, body)
 	}
@@ -118,7 +120,7 @@ func TestSeedCurlExamples(t *testing.T) {
 		t.Errorf("retry: message %q, want null", *retried.Message)
 	}
 
-	status, body = curlExample(t, f.apiFixture, f.key, del, vars)
+	status, body = curlExample(t, f.apiFixture, curl, f.key, del, vars)
 	if got, want := status, http.StatusNoContent; got != want {
 		t.Fatalf("delete: status %d, want %d (%s)", got, want, body)
 	}

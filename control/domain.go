@@ -40,15 +40,15 @@ func invalidDomain(format string, args ...any) *domainError {
 }
 
 // NormalizeDomain turns what a customer typed into the domain edgeproxy
-// stores, or says which rule it breaks (CONTRACT §3, Domains): trimmed,
-// lower-cased, one trailing dot dropped, Unicode turned into punycode;
-// refused when empty, when it carries a scheme, path, port, user info,
-// space or '*', when it is an IP address, a single label, a name whose
-// top-level label the public suffix list does not know, a public suffix
-// or a registrable domain (a CNAME cannot sit at a zone apex), when a label
-// is longer than 63 bytes or the name longer than 253, when it holds
-// anything but letters, digits, '-' and dots, when a label starts or ends
-// with '-', and when it is targetBase or a name under it.
+// stores, or says which rule it breaks: trimmed, lower-cased, one
+// trailing dot dropped, Unicode turned into punycode; refused when empty,
+// when it carries a scheme, path, port, user info, space or '*', when it
+// is an IP address, a single label, a name whose top-level label the
+// public suffix list does not know, a public suffix or a registrable
+// domain (a CNAME cannot sit at a zone apex), when a label is longer than
+// 63 bytes or the name longer than 253, when it holds anything but
+// letters, digits, '-' and dots, when a label starts or ends with '-', and
+// when it is targetBase or a name under it.
 func NormalizeDomain(raw, targetBase string) (string, error) {
 	d := strings.TrimSpace(raw)
 	if d == "" {

@@ -10,8 +10,9 @@ import (
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
-// apiError is an error as the client sees it (CONTRACT §3: type, code,
-// detail, attr) together with the cause that only the log sees.
+// apiError is an error as the client sees it (a status and a body of
+// type, code, detail and attr) together with the cause that only the log
+// sees.
 type apiError struct {
 	Status int     `json:"-"`
 	Type   string  `json:"type"`

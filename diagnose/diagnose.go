@@ -122,7 +122,7 @@ type Diagnoser struct {
 	// Certs tells which certificates are held. Required.
 	Certs *certs.Manager
 	// CAAIdentities are the CA's issuer domains for the CAA check. If
-	// empty, letsencrypt.org.
+	// empty, certs.DefaultCAAIdentity.
 	CAAIdentities []string
 	// HTTPAddr is the plain HTTP listener's address (--http-addr); the
 	// HTTP check sends its request to the domain's addresses on its port,
@@ -162,7 +162,7 @@ func (d *Diagnoser) now() time.Time {
 
 func (d *Diagnoser) caaIdentities() []string {
 	if len(d.CAAIdentities) == 0 {
-		return []string{"letsencrypt.org"}
+		return []string{certs.DefaultCAAIdentity}
 	}
 	return d.CAAIdentities
 }

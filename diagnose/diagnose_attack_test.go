@@ -471,7 +471,7 @@ func TestDiagnoseOneAtATimePerRecord(t *testing.T) {
 		first := make(chan answer, 1)
 		go func() { first <- send() }()
 		// The first one runs once its DNS queries arrive.
-		for deadline := time.Now().Add(10 * time.Second); env.dns.Queries() == queries; {
+		for deadline := time.Now().Add(30 * time.Second); env.dns.Queries() == queries; {
 			if time.Now().After(deadline) {
 				t.Fatal("the first diagnosis sent no DNS query")
 			}

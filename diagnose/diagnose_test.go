@@ -44,12 +44,12 @@ func postDiagnose(t *testing.T, srv *httptest.Server, key, org, id string) (int,
 	return resp.StatusCode, resp.Header, body
 }
 
-// diagnose runs the diagnosis of record id through the API, checks the
-// report's exact shape and returns it.
-func (env *lifecycleEnv) diagnose(t *testing.T, id string) diagnose.Report {
+// diagnoseRecord runs the diagnosis of record id through env's API,
+// checks the report's exact shape and returns it.
+func diagnoseRecord(t *testing.T, env *lifecycleEnv, id string) diagnose.Report {
 	t.Helper()
 	start := time.Now()
-	code, _, body := postDiagnose(t, env.api, env.key, "@current", id)
+	code, _, body := postDiagnose(t, env.API, env.Key, "@current", id)
 	if elapsed := time.Since(start); elapsed > 5500*time.Millisecond {
 		t.Errorf("the diagnosis took %v, want about 5 s at most", elapsed)
 	}
@@ -83,9 +83,9 @@ func wantFields(t *testing.T, what string, obj map[string]json.RawMessage, want 
 	}
 }
 
-// checkReportShape holds a report to CONTRACT §4: exactly these fields at
-// every level, the checks in order, statuses from their sets, null where
-// the contract allows null and nowhere else.
+// checkReportShape holds a report to its documented shape: exactly these
+// fields at every level, the checks in order, statuses from their sets,
+// null where docs/API.md allows null and nowhere else.
 func checkReportShape(t *testing.T, body []byte) {
 	t.Helper()
 	rep := fields(t, "the report", body)
@@ -206,8 +206,8 @@ func wantSummary(t *testing.T, rep diagnose.Report, status, id string) {
 
 func TestDiagnoseWaitingWithoutCNAME(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
-	rec := env.create(t, "diag.shop.example.com")
-	rep := env.diagnose(t, rec.ID)
+	rec := env.Create(t, "diag.shop.example.com")
+	rep := diagnoseRecord(t, env, rec.ID)
 
 	wantStatuses(t, rep, "fail", "pass", "skip", "skip", "skip")
 	wantSummary(t, rep, "fail", "cname")
@@ -222,18 +222,18 @@ func TestDiagnoseWaitingWithoutCNAME(t *testing.T) {
 	if cert := byID(t, rep, "certificate"); cert.Remediation == nil || cert.Remediation.Type != "wait" {
 		t.Errorf("certificate of a waiting record: remediation %+v, want type wait", cert.Remediation)
 	}
-	if r, _ := env.st.Record(rec.ID); r.Status != store.StatusWaiting {
+	if r, _ := env.Store.Record(rec.ID); r.Status != store.StatusWaiting {
 		t.Errorf("the diagnosis moved the record to %s", r.Status)
 	}
 }
 
 func TestDiagnoseValidIsHealthy(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
-	rec := env.create(t, "ok.shop.example.com")
-	env.dns.SetCNAME("ok.shop.example.com", rec.TargetCNAME)
-	env.waitStatus(t, rec.ID, store.StatusValid)
+	rec := env.Create(t, "ok.shop.example.com")
+	env.DNS.SetCNAME("ok.shop.example.com", rec.TargetCNAME)
+	env.WaitStatus(t, rec.ID, store.StatusValid)
 
-	rep := env.diagnose(t, rec.ID)
+	rep := diagnoseRecord(t, env, rec.ID)
 	wantStatuses(t, rep, "pass", "pass", "pass", "pass", "pass")
 	if s := rep.Summary; s.Status != "healthy" || s.PrimaryIssue != nil || s.NextAction != nil {
 		t.Errorf("summary %+v, want healthy with nothing to do", s)
@@ -250,12 +250,12 @@ func TestDiagnoseValidIsHealthy(t *testing.T) {
 
 func TestDiagnoseCAAForbids(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
-	rec := env.create(t, "caa.shop.example.com")
-	env.dns.SetCAA("shop.example.com", 0, "issue", "other-ca.example")
-	env.dns.SetCNAME("caa.shop.example.com", rec.TargetCNAME)
-	env.waitStatus(t, rec.ID, store.StatusErroring)
+	rec := env.Create(t, "caa.shop.example.com")
+	env.DNS.SetCAA("shop.example.com", 0, "issue", "other-ca.example")
+	env.DNS.SetCNAME("caa.shop.example.com", rec.TargetCNAME)
+	env.WaitStatus(t, rec.ID, store.StatusErroring)
 
-	rep := env.diagnose(t, rec.ID)
+	rep := diagnoseRecord(t, env, rec.ID)
 	wantStatuses(t, rep, "pass", "fail", "pass", "warn", "skip")
 	wantSummary(t, rep, "fail", "caa")
 	caa := byID(t, rep, "caa")
@@ -276,12 +276,12 @@ func TestDiagnoseCAAForbids(t *testing.T) {
 
 func TestDiagnoseCNAMERemoved(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
-	rec := env.create(t, "gone.shop.example.com")
-	env.dns.SetCNAME("gone.shop.example.com", rec.TargetCNAME)
-	env.waitStatus(t, rec.ID, store.StatusValid)
-	env.dns.Remove("gone.shop.example.com")
+	rec := env.Create(t, "gone.shop.example.com")
+	env.DNS.SetCNAME("gone.shop.example.com", rec.TargetCNAME)
+	env.WaitStatus(t, rec.ID, store.StatusValid)
+	env.DNS.Remove("gone.shop.example.com")
 
-	rep := env.diagnose(t, rec.ID)
+	rep := diagnoseRecord(t, env, rec.ID)
 	wantStatuses(t, rep, "fail", "pass", "skip", "pass", "pass")
 	wantSummary(t, rep, "fail", "cname")
 	if got := byID(t, rep, "cname").Remediation.Records; len(got) != 1 || got[0].Value != rec.TargetCNAME {
@@ -291,10 +291,10 @@ func TestDiagnoseCNAMERemoved(t *testing.T) {
 
 func TestDiagnoseResolverFailure(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
-	rec := env.create(t, "down.shop.example.com")
-	env.dns.SetRcode("down.shop.example.com", dns.RcodeServerFailure)
+	rec := env.Create(t, "down.shop.example.com")
+	env.DNS.SetRcode("down.shop.example.com", dns.RcodeServerFailure)
 
-	rep := env.diagnose(t, rec.ID)
+	rep := diagnoseRecord(t, env, rec.ID)
 	cname := byID(t, rep, "cname")
 	if cname.Status != "warn" || cname.Remediation == nil || cname.Remediation.Type != "wait" || len(cname.Remediation.Records) != 0 {
 		t.Errorf("cname on SERVFAIL: %s, remediation %+v; want warn, type wait, no records", cname.Status, cname.Remediation)
@@ -312,10 +312,10 @@ func TestDiagnoseResolverFailure(t *testing.T) {
 
 func TestDiagnoseCertificateExpiry(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
-	rec := env.create(t, "exp.shop.example.com")
-	env.dns.SetCNAME("exp.shop.example.com", rec.TargetCNAME)
-	r := env.waitStatus(t, rec.ID, store.StatusValid)
-	notAfter, ok := env.cm.Info(r.Domain)
+	rec := env.Create(t, "exp.shop.example.com")
+	env.DNS.SetCNAME("exp.shop.example.com", rec.TargetCNAME)
+	r := env.WaitStatus(t, rec.ID, store.StatusValid)
+	notAfter, ok := env.Certs.Info(r.Domain)
 	if !ok {
 		t.Fatal("no certificate held for a valid record")
 	}
@@ -327,7 +327,7 @@ func TestDiagnoseCertificateExpiry(t *testing.T) {
 		{notAfter.Add(-10 * 24 * time.Hour), "warn"},
 		{notAfter.Add(time.Hour), "fail"},
 	} {
-		d := clone(env.diag)
+		d := clone(env.Diagnoser)
 		d.Now = func() time.Time { return tt.now }
 		rep := d.Run(context.Background(), r)
 		if c := byID(t, rep, "certificate"); c.Status != tt.want || !strings.Contains(c.Detail, notAfter.UTC().Format(time.RFC3339)) {
@@ -342,9 +342,9 @@ func TestDiagnoseCertificateExpiry(t *testing.T) {
 // within 5 s, each slow check reported rather than waited for.
 func TestDiagnoseBounded(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
-	rec := env.create(t, "slow.shop.example.com")
-	env.dns.SetCNAME("slow.shop.example.com", rec.TargetCNAME)
-	r := env.waitStatus(t, rec.ID, store.StatusValid)
+	rec := env.Create(t, "slow.shop.example.com")
+	env.DNS.SetCNAME("slow.shop.example.com", rec.TargetCNAME)
+	r := env.WaitStatus(t, rec.ID, store.StatusValid)
 
 	slow := dnstest.Start(t)
 	slow.SetCNAME("slow.shop.example.com", rec.TargetCNAME)
@@ -375,7 +375,7 @@ func TestDiagnoseBounded(t *testing.T) {
 		}
 	}()
 
-	d := clone(env.diag)
+	d := clone(env.Diagnoser)
 	d.DNS = verifier
 	d.HTTPAddr = hang.Addr().String()
 	d.HTTPSAddr = hang.Addr().String()
@@ -389,20 +389,20 @@ func TestDiagnoseBounded(t *testing.T) {
 
 func TestDiagnoseAuthorization(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
-	rec := env.create(t, "auth.shop.example.com")
-	org, err := env.st.Org(mustOrgOf(t, env, rec.ID))
+	rec := env.Create(t, "auth.shop.example.com")
+	org, err := env.Store.Org(mustOrgOf(t, env, rec.ID))
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("a plain member with a read key", func(t *testing.T) {
-		u, _ := env.st.CreateUser("member@lifecycle.test")
-		env.st.SetMembership(org.ID, u.ID, store.LevelMember)
+		u, _ := env.Store.CreateUser("member@lifecycle.test")
+		env.Store.SetMembership(org.ID, u.ID, store.LevelMember)
 		k, value := control.NewKey(u.ID, "read", []string{control.ScopeOrgRead}, nil)
-		if _, err := env.st.CreateKey(k); err != nil {
+		if _, err := env.Store.CreateKey(k); err != nil {
 			t.Fatal(err)
 		}
-		code, _, body := postDiagnose(t, env.api, value, org.ID, rec.ID)
+		code, _, body := postDiagnose(t, env.API, value, org.ID, rec.ID)
 		if code != http.StatusOK {
 			t.Fatalf("status %d: %s", code, body)
 		}
@@ -410,11 +410,11 @@ func TestDiagnoseAuthorization(t *testing.T) {
 	})
 
 	t.Run("another organization's record", func(t *testing.T) {
-		other, err := env.st.CreateOrg("Other", nil)
+		other, err := env.Store.CreateOrg("Other", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		theirs, err := env.st.CreateRecord(store.Record{
+		theirs, err := env.Store.CreateRecord(store.Record{
 			OrgID:       other.ID,
 			Domain:      "theirs.example.org",
 			TargetCNAME: control.TargetCNAME(other.ID, "theirs.example.org", lifecycleBase),
@@ -424,7 +424,7 @@ func TestDiagnoseAuthorization(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, id := range []string{theirs.ID, store.NewID(), "not-a-uuid"} {
-			code, _, body := postDiagnose(t, env.api, env.key, "@current", id)
+			code, _, body := postDiagnose(t, env.API, env.Key, "@current", id)
 			if want := `{"type":"invalid_request","code":"not_found","detail":"Not found.","attr":null}` + "\n"; code != http.StatusNotFound || string(body) != want {
 				t.Errorf("record %s: %d %s, want 404 %s", id, code, body, want)
 			}
@@ -432,15 +432,15 @@ func TestDiagnoseAuthorization(t *testing.T) {
 	})
 
 	t.Run("no key", func(t *testing.T) {
-		code, _, _ := postDiagnose(t, env.api, "", "@current", rec.ID)
+		code, _, _ := postDiagnose(t, env.API, "", "@current", rec.ID)
 		if code != http.StatusUnauthorized {
 			t.Errorf("status %d, want 401", code)
 		}
 	})
 
 	t.Run("GET is not allowed", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodGet, env.api.URL+"/api/organizations/@current/proxy_records/"+rec.ID+"/diagnose", nil)
-		req.Header.Set("Authorization", "Bearer "+env.key)
+		req, _ := http.NewRequest(http.MethodGet, env.API.URL+"/api/organizations/@current/proxy_records/"+rec.ID+"/diagnose", nil)
+		req.Header.Set("Authorization", "Bearer "+env.Key)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -452,10 +452,10 @@ func TestDiagnoseAuthorization(t *testing.T) {
 	})
 
 	t.Run("no Diagnoser", func(t *testing.T) {
-		srv := httptest.NewServer(control.NewAPI(env.st, control.Config{TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2,
+		srv := httptest.NewServer(control.NewAPI(env.Store, control.Config{TargetCNAMEBase: lifecycleBase, MaxProxyRecords: 2,
 			Logger: slog.New(slog.DiscardHandler)}))
 		defer srv.Close()
-		code, hdr, body := postDiagnose(t, srv, env.key, "@current", rec.ID)
+		code, hdr, body := postDiagnose(t, srv, env.Key, "@current", rec.ID)
 		want := `{"type":"server_error","code":"unavailable","detail":"Diagnostics are not available on this server.","attr":null}` + "\n"
 		if code != http.StatusServiceUnavailable || string(body) != want {
 			t.Errorf("%d %s, want 503 %s", code, body, want)
@@ -469,7 +469,7 @@ func TestDiagnoseAuthorization(t *testing.T) {
 // mustOrgOf returns the organization of record id.
 func mustOrgOf(t *testing.T, env *lifecycleEnv, id string) string {
 	t.Helper()
-	r, err := env.st.Record(id)
+	r, err := env.Store.Record(id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,8 @@ type CAAResult struct {
 	Err error
 }
 
-// defaultValidationMethods are the ACME challenges edgeproxy answers (CONTRACT §1, §4).
+// defaultValidationMethods are the ACME challenges edgeproxy answers: HTTP-01 on its plain
+// HTTP listener and TLS-ALPN-01 on its TLS edge.
 var defaultValidationMethods = []string{"http-01", "tls-alpn-01"}
 
 // knownCAATags are the property tags a CA is expected to understand (RFC 8659 §4). A record

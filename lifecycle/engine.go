@@ -18,39 +18,42 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Config configures the lifecycle engine. Zero durations take the
-// defaults below.
+// Config configures the lifecycle engine. Its zero value works: each zero
+// field takes the default named on it.
 type Config struct {
 	// DNSWaitTimeout: a record still waiting this long after it entered
-	// waiting goes to timed_out. Default 168h.
+	// waiting goes to timed_out. If zero, DefaultDNSWaitTimeout.
 	DNSWaitTimeout time.Duration
 	// IssueTimeout: a record issuing this long without a certificate goes
-	// to erroring. Default 1h.
+	// to erroring. If zero, DefaultIssueTimeout.
 	IssueTimeout time.Duration
 	// RecheckMax is the longest pause between two checks of a waiting or
-	// issuing record. Default 5m.
+	// issuing record. If zero, DefaultRecheckMax.
 	RecheckMax time.Duration
 	// FirstRecheck is the pause before the second check of a waiting or
-	// issuing record; later pauses double up to RecheckMax. Default 5s.
+	// issuing record; later pauses double up to RecheckMax. If zero,
+	// DefaultFirstRecheck.
 	FirstRecheck time.Duration
 	// MonitorInterval is how often a valid or warning record is checked.
-	// Default 24h.
+	// If zero, DefaultMonitorInterval.
 	MonitorInterval time.Duration
 	// CAAIdentities are the CA's issuer domains for the CAA pre-flight.
-	// Default letsencrypt.org.
+	// If empty, certs.DefaultCAAIdentity.
 	CAAIdentities []string
-	// Workers bounds how many records are worked on at once. Default 32.
+	// Workers bounds how many records are worked on at once. If zero,
+	// DefaultWorkers.
 	Workers int
-	// ACMEWorkers bounds how many of those talk to the CA at once.
-	// Default 4.
+	// ACMEWorkers bounds how many of those talk to the CA at once. If
+	// zero, DefaultACMEWorkers.
 	ACMEWorkers int
 	// OrgOrdersPerHour is how many certificate orders one organization's
 	// records may place in a rolling hour; a record beyond it stays issuing
-	// until the oldest order leaves the hour. Default 10.
+	// until the oldest order leaves the hour. If zero,
+	// DefaultOrgOrdersPerHour.
 	OrgOrdersPerHour int
 	// CertRetention is how long a deleted record's certificate is kept in
 	// storage, never served, for a record of the same domain created again
-	// to reuse without an order. Default 168h.
+	// to reuse without an order. If zero, DefaultCertRetention.
 	CertRetention time.Duration
 	// ProbeAddr is the edge's TLS address; the monitor makes a handshake
 	// there for each live record. Empty skips that check.
@@ -63,6 +66,20 @@ type Config struct {
 	// If nil, they are not registered.
 	Registerer prometheus.Registerer
 }
+
+// The defaults of Config's zero fields; the flags of `edgeproxy serve`
+// start from the same values.
+const (
+	DefaultDNSWaitTimeout   = 168 * time.Hour
+	DefaultIssueTimeout     = time.Hour
+	DefaultRecheckMax       = 5 * time.Minute
+	DefaultFirstRecheck     = 5 * time.Second
+	DefaultMonitorInterval  = 24 * time.Hour
+	DefaultWorkers          = 32
+	DefaultACMEWorkers      = 4
+	DefaultOrgOrdersPerHour = 10
+	DefaultCertRetention    = 168 * time.Hour
+)
 
 // Timing of the checks.
 const (
@@ -103,6 +120,9 @@ type Engine struct {
 	// hold the engine would redo its step (a DNS query, an order) in a
 	// tight loop; Run holds every step until the store can write again.
 	unwritable atomic.Bool
+
+	// idlePasses counts the passes of Run that ended with no step running.
+	idlePasses atomic.Uint64
 }
 
 // unwritableRecheck is how often a held engine asks the store whether it
@@ -131,34 +151,34 @@ func (e *Engine) activePause(now time.Time) (caHold, bool) { return e.gate.accou
 // certificates from cm. Call Run to start it.
 func NewEngine(st *store.Store, dns DNS, cm Certs, cfg Config) *Engine {
 	if cfg.DNSWaitTimeout == 0 {
-		cfg.DNSWaitTimeout = 168 * time.Hour
+		cfg.DNSWaitTimeout = DefaultDNSWaitTimeout
 	}
 	if cfg.IssueTimeout == 0 {
-		cfg.IssueTimeout = time.Hour
+		cfg.IssueTimeout = DefaultIssueTimeout
 	}
 	if cfg.RecheckMax == 0 {
-		cfg.RecheckMax = 5 * time.Minute
+		cfg.RecheckMax = DefaultRecheckMax
 	}
 	if cfg.FirstRecheck == 0 {
-		cfg.FirstRecheck = 5 * time.Second
+		cfg.FirstRecheck = DefaultFirstRecheck
 	}
 	if cfg.MonitorInterval == 0 {
-		cfg.MonitorInterval = 24 * time.Hour
+		cfg.MonitorInterval = DefaultMonitorInterval
 	}
 	if len(cfg.CAAIdentities) == 0 {
-		cfg.CAAIdentities = []string{"letsencrypt.org"}
+		cfg.CAAIdentities = []string{certs.DefaultCAAIdentity}
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = 32
+		cfg.Workers = DefaultWorkers
 	}
 	if cfg.OrgOrdersPerHour == 0 {
-		cfg.OrgOrdersPerHour = 10
+		cfg.OrgOrdersPerHour = DefaultOrgOrdersPerHour
 	}
 	if cfg.CertRetention == 0 {
-		cfg.CertRetention = 168 * time.Hour
+		cfg.CertRetention = DefaultCertRetention
 	}
 	if cfg.ACMEWorkers == 0 {
-		cfg.ACMEWorkers = 4
+		cfg.ACMEWorkers = DefaultACMEWorkers
 	}
 	if cfg.Now == nil {
 		cfg.Now = st.Now
@@ -202,6 +222,12 @@ func (e *Engine) Wake() {
 	default:
 	}
 }
+
+// IdlePasses is how many times Run has finished looking for due records
+// with no step running: at each, every step due when the pass began had
+// been done. A test that calls Wake and then waits for this to grow knows
+// the engine has acted on its clock, however slow the machine.
+func (e *Engine) IdlePasses() uint64 { return e.idlePasses.Load() }
 
 func (e *Engine) isInflight(id string) bool {
 	e.mu.Lock()
@@ -418,6 +444,9 @@ func (e *Engine) Run(ctx context.Context, started bool) error {
 		}
 		if held {
 			wait = unwritableRecheck
+		}
+		if len(slots) == 0 {
+			e.idlePasses.Add(1)
 		}
 		timer := time.NewTimer(wait)
 		select {

@@ -45,16 +45,16 @@ func newFaultEnv(t *testing.T, tweak func(*lifecycle.Config)) *faultEnv {
 // check, so it goes to issuing at once, whatever the backoff.
 func (fe *faultEnv) createPointed(t *testing.T, domain string) apiRecord {
 	t.Helper()
-	return fe.createPointedAs(t, fe.home(), domain)
+	return fe.createPointedAs(t, fe.Home(), domain)
 }
 
 // createPointedAs is createPointed in the tenant's organization.
 func (fe *faultEnv) createPointedAs(t *testing.T, tn tenant, domain string) apiRecord {
 	t.Helper()
-	target := control.TargetCNAME(tn.orgID, domain, lifecycleBase)
-	fe.dns.SetA(target, "127.0.0.1")
-	fe.dns.SetCNAME(domain, target)
-	code, rec := fe.callAs(t, tn, "POST", "", `{"domain":"`+domain+`"}`)
+	target := control.TargetCNAME(tn.OrgID, domain, lifecycleBase)
+	fe.DNS.SetA(target, "127.0.0.1")
+	fe.DNS.SetCNAME(domain, target)
+	code, rec := fe.CallAs(t, tn, "POST", "", `{"domain":"`+domain+`"}`)
 	if code != 201 {
 		t.Fatalf("create %s: %d", domain, code)
 	}
@@ -75,7 +75,7 @@ func (fe *faultEnv) settled(t *testing.T, ids []string, after time.Time, minGap 
 	t.Helper()
 	out := make([]store.Record, len(ids))
 	for i, id := range ids {
-		out[i] = fe.waitFor(t, id, "put off", func(r store.Record, err error) bool {
+		out[i] = fe.WaitFor(t, id, "put off", func(r store.Record, err error) bool {
 			return err == nil && r.Status == store.StatusIssuing && ok(msg(r)) &&
 				r.NextCheckAt.After(after.Add(minGap/2)) && r.UpdatedAt.After(after)
 		})
@@ -83,17 +83,21 @@ func (fe *faultEnv) settled(t *testing.T, ids []string, after time.Time, minGap 
 	return out
 }
 
-// quiet checks that the CA receives nothing for a while of real time,
-// while the engine is woken repeatedly.
+// quietPasses is how many passes of the engine quiet covers.
+const quietPasses = 20
+
+// quiet checks that the CA receives nothing while the engine, woken
+// again and again, makes quietPasses passes over the due records, each
+// ending with every step it started done: however slow the machine, the
+// engine had every chance to contact the CA.
 func (fe *faultEnv) quiet(t *testing.T, why string) {
 	t.Helper()
 	before := fe.caCost()
-	for range 20 {
-		fe.engine.Wake()
-		time.Sleep(75 * time.Millisecond)
+	for range quietPasses {
+		fe.WaitIdlePass(t)
 	}
 	if got := fe.caCost(); got != before {
-		t.Errorf("%s: the CA received %d more requests or connections", why, got-before)
+		t.Errorf("%s: the CA received %d more requests or connections over %d passes of the engine", why, got-before, quietPasses)
 	}
 }
 
@@ -171,7 +175,7 @@ func TestCAOutageBacksOff(t *testing.T) {
 				c.RecheckMax = 4 * first
 			})
 			fe.proxy.Set(tt.fault)
-			start := fe.clock.Now()
+			start := fe.Clock.Now()
 			var ids []string
 			for i := range records {
 				ids = append(ids, fe.createPointed(t, strings.ReplaceAll(tt.name, " ", "-")+string(rune('a'+i))+".shop.example.com").ID)
@@ -192,8 +196,8 @@ func TestCAOutageBacksOff(t *testing.T) {
 			fe.quiet(t, "during the first pause")
 
 			// The next pause: again at most ACMEWorkers orders.
-			fe.clock.Advance(2 * first)
-			second := fe.clock.Now()
+			fe.Clock.Advance(2 * first)
+			second := fe.Clock.Now()
 			fe.settled(t, ids, second, first, outage)
 			cost2 := fe.caCost() - cost1
 			t.Logf("second pause: %d requests and refused connections", cost2)
@@ -209,12 +213,12 @@ func TestCAOutageBacksOff(t *testing.T) {
 			}
 
 			fe.proxy.Set(certstest.Fault{Mode: certstest.Pass})
-			fe.clock.Advance(10 * first)
+			fe.Clock.Advance(10 * first)
 			for _, id := range ids {
-				r := fe.waitStatus(t, id, store.StatusValid)
-				fe.mustServe(t, r.Domain)
+				r := fe.WaitStatus(t, id, store.StatusValid)
+				fe.MustServe(t, r.Domain)
 			}
-			logs := fe.logs.String()
+			logs := fe.Logs.String()
 			if n := strings.Count(logs, `msg="ACME orders paused"`); n != 1 {
 				t.Errorf("the pause was logged %d times, want once", n)
 			}
@@ -239,14 +243,14 @@ func TestCAOutageBacksOff(t *testing.T) {
 func TestCARateLimitPausesAllOrders(t *testing.T) {
 	t.Parallel()
 	fe := newFaultEnv(t, nil) // backoff 50 ms to 200 ms: only the pause holds orders back
-	until := fe.clock.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
+	until := fe.Clock.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
 	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, Until: until, Paths: []string{certstest.NewOrderPath}})
 	paused := "The certificate authority is rate limiting this service's ACME account, not your domain: every certificate order is rate limited until " +
 		until.Format(time.RFC3339) + "; retrying then."
 
 	first := fe.createPointed(t, "first.shop.example.com")
 	own := func(m string) bool { return strings.HasPrefix(m, paused+" The CA said: too many new orders") }
-	r := fe.settled(t, []string{first.ID}, fe.clock.Now().Add(-time.Second), time.Hour, own)[0]
+	r := fe.settled(t, []string{first.ID}, fe.Clock.Now().Add(-time.Second), time.Hour, own)[0]
 	t.Logf("message: %s", msg(r))
 	if !r.NextCheckAt.Equal(until) {
 		t.Errorf("next attempt at %v, want the CA's %v", r.NextCheckAt, until)
@@ -263,7 +267,7 @@ func TestCARateLimitPausesAllOrders(t *testing.T) {
 	// without another order's words.
 	more := []apiRecord{fe.createPointed(t, "second.shop.example.com"), fe.createPointed(t, "third.shop.example.com")}
 	for _, rec := range more {
-		r := fe.waitFor(t, rec.ID, "held by the pause", func(r store.Record, err error) bool {
+		r := fe.WaitFor(t, rec.ID, "held by the pause", func(r store.Record, err error) bool {
 			return err == nil && r.Status == store.StatusIssuing && msg(r) == paused
 		})
 		if !r.NextCheckAt.Before(until.Add(-time.Hour)) {
@@ -289,12 +293,12 @@ func TestCARateLimitPausesAllOrders(t *testing.T) {
 	fe.quiet(t, "before the CA's time, the limit lifted early")
 
 	// Past the CA's time, and past the one-hour issue timeout.
-	fe.clock.Advance(2*time.Hour + time.Second)
+	fe.Clock.Advance(2*time.Hour + time.Second)
 	for _, id := range []string{first.ID, more[0].ID, more[1].ID} {
-		r := fe.waitStatus(t, id, store.StatusValid)
-		fe.mustServe(t, r.Domain)
+		r := fe.WaitStatus(t, id, store.StatusValid)
+		fe.MustServe(t, r.Domain)
 	}
-	logs := fe.logs.String()
+	logs := fe.Logs.String()
 	if n := strings.Count(logs, `msg="ACME orders paused"`); n != 1 {
 		t.Errorf("the pause was logged %d times, want once", n)
 	}
@@ -318,7 +322,7 @@ func TestCARateLimitWithoutTime(t *testing.T) {
 	})
 	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, NoTimeInDetail: true, Paths: []string{certstest.NewOrderPath}})
 	rec := fe.createPointed(t, "untimed.shop.example.com")
-	start := fe.clock.Now()
+	start := fe.Clock.Now()
 	r := fe.settled(t, []string{rec.ID}, start.Add(-time.Second), first, func(m string) bool {
 		return strings.Contains(m, "every certificate order is rate limited, without saying until when, until ")
 	})[0]
@@ -329,8 +333,8 @@ func TestCARateLimitWithoutTime(t *testing.T) {
 	}
 	fe.quiet(t, "during the estimated pause")
 	fe.proxy.Set(certstest.Fault{Mode: certstest.Pass})
-	fe.clock.Advance(2 * first)
-	fe.waitStatus(t, rec.ID, store.StatusValid)
+	fe.Clock.Advance(2 * first)
+	fe.WaitStatus(t, rec.ID, store.StatusValid)
 }
 
 // TestMonitorMissingCertificateUnderRateLimit: a live record whose
@@ -341,15 +345,15 @@ func TestMonitorMissingCertificateUnderRateLimit(t *testing.T) {
 	t.Parallel()
 	fe := newFaultEnv(t, nil)
 	rec := fe.createPointed(t, "lost.shop.example.com")
-	fe.waitStatus(t, rec.ID, store.StatusValid)
+	fe.WaitStatus(t, rec.ID, store.StatusValid)
 	ctx := t.Context()
-	if err := fe.cm.Drop(ctx, "lost.shop.example.com"); err != nil {
+	if err := fe.Certs.Drop(ctx, "lost.shop.example.com"); err != nil {
 		t.Fatal(err)
 	}
-	until := fe.clock.Now().Add(3 * time.Hour).UTC().Truncate(time.Second)
+	until := fe.Clock.Now().Add(3 * time.Hour).UTC().Truncate(time.Second)
 	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, Until: until, Paths: []string{certstest.NewOrderPath}})
-	fe.clock.Advance(2 * time.Hour) // past the one-hour monitor interval
-	r := fe.waitFor(t, rec.ID, "a warning about the rate limit", func(r store.Record, err error) bool {
+	fe.Clock.Advance(2 * time.Hour) // past the one-hour monitor interval
+	r := fe.WaitFor(t, rec.ID, "a warning about the rate limit", func(r store.Record, err error) bool {
 		return err == nil && r.Status == store.StatusWarning && strings.Contains(msg(r), "rate limited until "+until.Format(time.RFC3339))
 	})
 	t.Logf("message: %s", msg(r))
@@ -358,7 +362,7 @@ func TestMonitorMissingCertificateUnderRateLimit(t *testing.T) {
 	}
 	fe.proxy.Set(certstest.Fault{Mode: certstest.Pass})
 	fe.quiet(t, "before the CA's time")
-	fe.clock.Advance(time.Hour + time.Second)
-	fe.waitStatus(t, rec.ID, store.StatusValid)
-	fe.mustServe(t, "lost.shop.example.com")
+	fe.Clock.Advance(time.Hour + time.Second)
+	fe.WaitStatus(t, rec.ID, store.StatusValid)
+	fe.MustServe(t, "lost.shop.example.com")
 }

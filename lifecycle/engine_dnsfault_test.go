@@ -21,20 +21,24 @@ import (
 const (
 	faultFirstRecheck = 100 * time.Millisecond
 	faultRecheckMax   = time.Second
-	// faultWindow is how long a fault is held while the engine's checks
-	// are counted.
+	// faultWindow is how far the test moves the engine's frozen clock
+	// while a fault is held and the engine's checks are counted, in steps
+	// of faultStep, shorter than the shortest pause (FirstRecheck less
+	// its 10% jitter): a step may see one check, never two.
 	faultWindow = 5 * time.Second
-	// faultMaxChecks bounds the checks of one record over faultWindow.
-	// With the backoff (0.1, 0.2, 0.4, 0.8, then 1 s, ±10%) about 9 fit;
-	// a fixed first pause would allow 50, and a retry loop without a
-	// pause thousands.
+	faultStep   = 50 * time.Millisecond
+	// faultMinChecks and faultMaxChecks bound the checks of one record
+	// over faultWindow. With the backoff (0.1, 0.2, 0.4, 0.8, then 1 s,
+	// ±10%, each check up to a step late) 6 to 8 fit; a fixed first pause
+	// would allow 50, and a retry loop without a pause one per step.
+	faultMinChecks = 4
 	faultMaxChecks = 12
 	// notBlaming is in the message of a check our resolver could not
 	// complete (dnsverify's resolverFailure).
 	notBlaming = "does not mean your records are wrong"
 )
 
-// dnsFaultEnv is the lifecycle world of engine_test.go with its engine
+// dnsFaultEnv is the lifecycle world of lifecycletest with its engine
 // replaced by one whose verifier asks resolver (the DNS server itself, or
 // a relay in front of it that can go down) and whose metrics the test
 // reads.
@@ -62,7 +66,7 @@ func newDNSFaultEnv(t *testing.T, resolver func(env *lifecycleEnv) string) *dnsF
 	})
 	<-started
 	// The world's engine has worked on no record yet; swap it before any.
-	env.stopRun()
+	env.StopEngine()
 	// The same per-query timeout as the world's own verifier.
 	verifier, err := dnsverify.New([]string{resolver(env)}, 500*time.Millisecond)
 	if err != nil {
@@ -70,8 +74,8 @@ func newDNSFaultEnv(t *testing.T, resolver func(env *lifecycleEnv) string) *dnsF
 	}
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
-	env.engine = lifecycle.NewEngine(env.st, verifier, env.cm, cfg)
-	env.startEngine(t)
+	env.Engine = lifecycle.NewEngine(env.Store, verifier, env.Certs, cfg)
+	env.StartEngine(t)
 	return &dnsFaultEnv{lifecycleEnv: env, reg: reg}
 }
 
@@ -104,8 +108,18 @@ func (env *dnsFaultEnv) checks(t *testing.T, result string) int {
 // record then.
 func (env *dnsFaultEnv) waitChecks(t *testing.T, id, result string, n int, want store.Status) store.Record {
 	t.Helper()
-	return env.waitFor(t, id, "checked again", func(r store.Record, err error) bool {
+	return env.WaitFor(t, id, "checked again", func(r store.Record, err error) bool {
 		return err == nil && (r.Status != want || env.checks(t, result) >= n && r.Message != nil)
+	})
+}
+
+// waitNotDue wakes the engine until the record is no longer due on its
+// clock: the check that was due, if any, is done and its outcome saved
+// with the time of the next one.
+func (env *dnsFaultEnv) waitNotDue(t *testing.T, id string) {
+	t.Helper()
+	env.WaitFor(t, id, "checked", func(r store.Record, err error) bool {
+		return err == nil && (r.Status != store.StatusWaiting || r.NextCheckAt.After(env.Clock.Now()))
 	})
 }
 
@@ -113,7 +127,7 @@ func (env *dnsFaultEnv) waitChecks(t *testing.T, id, result string, n int, want 
 // the test moved the clock past the monitor interval: a finding schedules
 // the next visit an interval (an hour) ahead, or none when it is fatal.
 func (env *dnsFaultEnv) monitored(r store.Record) bool {
-	return r.Status != store.StatusValid || r.NextCheckAt.After(env.clock.Now().Add(30*time.Minute))
+	return r.Status != store.StatusValid || r.NextCheckAt.After(env.Clock.Now().Add(30*time.Minute))
 }
 
 // dnsFaultRelay forwards DNS over UDP from its own loopback port to a
@@ -239,18 +253,18 @@ var dnsFaults = []dnsFault{
 		reachesServer: true,
 		// Three times the verifier's 500 ms per query.
 		breakDNS: func(_ *testing.T, env *dnsFaultEnv, _ *dnsFaultRelay, _ string) {
-			env.dns.SetDelay(1500 * time.Millisecond)
+			env.DNS.SetDelay(1500 * time.Millisecond)
 		},
-		heal: func(_ *testing.T, env *dnsFaultEnv, _ *dnsFaultRelay, _ string) { env.dns.SetDelay(0) },
+		heal: func(_ *testing.T, env *dnsFaultEnv, _ *dnsFaultRelay, _ string) { env.DNS.SetDelay(0) },
 	},
 	{
 		name:          "SERVFAIL",
 		reachesServer: true,
 		breakDNS: func(_ *testing.T, env *dnsFaultEnv, _ *dnsFaultRelay, domain string) {
-			env.dns.SetRcode(domain, dns.RcodeServerFailure)
+			env.DNS.SetRcode(domain, dns.RcodeServerFailure)
 		},
 		heal: func(_ *testing.T, env *dnsFaultEnv, _ *dnsFaultRelay, domain string) {
-			env.dns.SetRcode(domain, dns.RcodeSuccess)
+			env.DNS.SetRcode(domain, dns.RcodeSuccess)
 		},
 	},
 }
@@ -269,35 +283,45 @@ func TestEngineDNSFaults(t *testing.T) {
 			var relay *dnsFaultRelay
 			env := newDNSFaultEnv(t, func(env *lifecycleEnv) string {
 				if fault.viaRelay {
-					relay = startDNSFaultRelay(t, env.dns.Addr())
+					relay = startDNSFaultRelay(t, env.DNS.Addr())
 					return relay.addr
 				}
-				return env.dns.Addr()
+				return env.DNS.Addr()
 			})
 			domain := "fault.shop.example.com"
 			fault.breakDNS(t, env, relay, domain)
-			rec := env.create(t, domain)
-			env.dns.SetCNAME(domain, rec.TargetCNAME)
-
-			// The fault window, from the first failed check.
-			r := env.waitChecks(t, rec.ID, "resolver_failure", 1, store.StatusWaiting)
-			checks0, queries0, start := env.checks(t, "resolver_failure"), env.dns.Queries(), time.Now()
-			time.Sleep(faultWindow)
-			r, err := env.st.Record(rec.ID)
+			// The fault window runs on the frozen clock, from the first
+			// failed check: what the engine does in it depends on the
+			// backoff alone, not on how fast the machine runs.
+			env.Clock.Freeze()
+			rec := env.Create(t, domain)
+			env.DNS.SetCNAME(domain, rec.TargetCNAME)
+			env.waitChecks(t, rec.ID, "resolver_failure", 1, store.StatusWaiting)
+			checks0, queries0 := env.checks(t, "resolver_failure"), env.DNS.Queries()
+			for moved := time.Duration(0); moved < faultWindow; moved += faultStep {
+				before := env.checks(t, "resolver_failure")
+				env.Clock.Advance(faultStep)
+				env.waitNotDue(t, rec.ID)
+				if got := env.checks(t, "resolver_failure") - before; got > 1 {
+					t.Fatalf("%d checks within one step of %s of the clock, shorter than the first pause: the engine does not pause", got, faultStep)
+				}
+			}
+			r, err := env.Store.Record(rec.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
-			checks, queries := env.checks(t, "resolver_failure")-checks0, env.dns.Queries()-queries0
-			t.Logf("over %s of %s: %d checks, %d queries reached the DNS server; status %s, message %q",
-				time.Since(start).Round(time.Millisecond), fault.name, checks, queries, r.Status, msg(r))
+			env.Clock.Thaw()
+			checks, queries := env.checks(t, "resolver_failure")-checks0, env.DNS.Queries()-queries0
+			t.Logf("over %s of the engine's clock with %s: %d checks, %d queries reached the DNS server; status %s, message %q",
+				faultWindow, fault.name, checks, queries, r.Status, msg(r))
 			if r.Status != store.StatusWaiting {
 				t.Fatalf("status %s during the fault, want waiting (message %q)", r.Status, msg(r))
 			}
 			if m := msg(r); !strings.Contains(m, notBlaming) || strings.Contains(m, "Add this record") {
 				t.Errorf("message %q blames the customer's DNS for our resolver's failure", m)
 			}
-			if checks < 2 {
-				t.Errorf("%d checks over %s: the engine stopped checking", checks, faultWindow)
+			if checks < faultMinChecks {
+				t.Errorf("%d checks over %s, want at least %d: the engine stopped checking", checks, faultWindow, faultMinChecks)
 			}
 			if checks > faultMaxChecks {
 				t.Errorf("%d checks over %s, want at most %d: the engine does not back off", checks, faultWindow, faultMaxChecks)
@@ -315,7 +339,7 @@ func TestEngineDNSFaults(t *testing.T) {
 
 			// The DNS wait deadline (one hour) passes while the resolver
 			// still fails: without an answer there is nothing to time out on.
-			env.clock.Advance(2 * time.Hour)
+			env.Clock.Advance(2 * time.Hour)
 			n := env.checks(t, "resolver_failure")
 			r = env.waitChecks(t, rec.ID, "resolver_failure", n+2, store.StatusWaiting)
 			if r.Status != store.StatusWaiting {
@@ -325,23 +349,23 @@ func TestEngineDNSFaults(t *testing.T) {
 
 			// DNS answers again: the record proceeds by itself.
 			fault.heal(t, env, relay, domain)
-			r = env.waitStatus(t, rec.ID, store.StatusValid)
-			env.mustServe(t, domain)
+			r = env.WaitStatus(t, rec.ID, store.StatusValid)
+			env.MustServe(t, domain)
 
 			// The monitor of the valid record meets the same fault.
 			fault.breakDNS(t, env, relay, domain)
 			n = env.checks(t, "resolver_failure")
-			env.clock.Advance(2 * time.Hour) // past the one-hour monitor interval
-			r = env.waitFor(t, rec.ID, "monitored", func(r store.Record, err error) bool {
+			env.Clock.Advance(2 * time.Hour) // past the one-hour monitor interval
+			r = env.WaitFor(t, rec.ID, "monitored", func(r store.Record, err error) bool {
 				return err == nil && env.checks(t, "resolver_failure") > n && env.monitored(r)
 			})
 			if r.Status != store.StatusValid || r.Message != nil {
 				t.Errorf("monitor during %s moved the valid record to %s with message %q", fault.name, r.Status, msg(r))
 			}
-			if due := r.NextCheckAt.Sub(env.clock.Now()); due < 30*time.Minute {
+			if due := r.NextCheckAt.Sub(env.Clock.Now()); due < 30*time.Minute {
 				t.Errorf("after the monitor's run, the next check is due in %s, want about the monitor interval", due)
 			}
-			env.mustServe(t, domain)
+			env.MustServe(t, domain)
 			fault.heal(t, env, relay, domain)
 		})
 	}
@@ -352,17 +376,17 @@ func TestEngineDNSFaults(t *testing.T) {
 // as if nothing were wrong, and its monitor still finds DNS pointing.
 func TestEngineDNSTruncatedUDP(t *testing.T) {
 	t.Parallel()
-	env := newDNSFaultEnv(t, func(env *lifecycleEnv) string { return env.dns.Addr() })
-	env.dns.SetTruncateUDP(true)
+	env := newDNSFaultEnv(t, func(env *lifecycleEnv) string { return env.DNS.Addr() })
+	env.DNS.SetTruncateUDP(true)
 	domain := "tc.shop.example.com"
-	rec := env.create(t, domain)
-	env.dns.SetCNAME(domain, rec.TargetCNAME)
-	env.waitStatus(t, rec.ID, store.StatusValid)
-	env.mustServe(t, domain)
+	rec := env.Create(t, domain)
+	env.DNS.SetCNAME(domain, rec.TargetCNAME)
+	env.WaitStatus(t, rec.ID, store.StatusValid)
+	env.MustServe(t, domain)
 
 	n := env.checks(t, "pointing")
-	env.clock.Advance(2 * time.Hour)
-	r := env.waitFor(t, rec.ID, "monitored", func(r store.Record, err error) bool {
+	env.Clock.Advance(2 * time.Hour)
+	r := env.WaitFor(t, rec.ID, "monitored", func(r store.Record, err error) bool {
 		return err == nil && env.checks(t, "pointing") > n && env.monitored(r)
 	})
 	if r.Status != store.StatusValid {

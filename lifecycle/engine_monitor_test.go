@@ -16,17 +16,17 @@ import (
 func TestMonitorKeepsDNSWarningWhenResolverFails(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
 	const domain = "keepwarn.shop.example.com"
-	rec := env.create(t, domain)
-	env.dns.SetCNAME(domain, rec.TargetCNAME)
-	env.waitStatus(t, rec.ID, store.StatusValid)
+	rec := env.Create(t, domain)
+	env.DNS.SetCNAME(domain, rec.TargetCNAME)
+	env.WaitStatus(t, rec.ID, store.StatusValid)
 
-	env.dns.Remove(domain)
-	env.clock.Advance(2 * time.Hour) // past the one-hour monitor interval
-	warned := env.waitStatus(t, rec.ID, store.StatusWarning)
+	env.DNS.Remove(domain)
+	env.Clock.Advance(2 * time.Hour) // past the one-hour monitor interval
+	warned := env.WaitStatus(t, rec.ID, store.StatusWarning)
 
-	env.dns.SetRcode(domain, dns.RcodeServerFailure)
-	env.clock.Advance(2 * time.Hour)
-	r := env.waitFor(t, rec.ID, "monitored again", func(r store.Record, err error) bool {
+	env.DNS.SetRcode(domain, dns.RcodeServerFailure)
+	env.Clock.Advance(2 * time.Hour)
+	r := env.WaitFor(t, rec.ID, "monitored again", func(r store.Record, err error) bool {
 		return err == nil && r.UpdatedAt.After(warned.UpdatedAt)
 	})
 	if r.Status != store.StatusWarning || msg(r) != msg(warned) {

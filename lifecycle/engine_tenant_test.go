@@ -15,7 +15,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
-// These tests play one organization against another (CONTRACT §7): a
+// These tests play one organization against another: a
 // tenant that makes the CA rate limit its own names, or that orders
 // without end, must not hold back another tenant's certificates, nor put
 // its CA's words in another tenant's messages. The CA is Pebble behind
@@ -94,15 +94,15 @@ func TestTenantNameLimitSparesOthers(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			fe := newFaultEnv(t, nil) // backoff 50 ms to 200 ms: only holds keep orders back
-			a, b := fe.home(), fe.newTenant(t, "Bystander")
-			msgs := watchMessages(t, fe.st)
+			a, b := fe.Home(), fe.NewTenant(t, "Bystander")
+			msgs := watchMessages(t, fe.Store)
 			const aName, aSibling, bName = "www.attacker-shop.com", "cdn.attacker-shop.com", "www.bystander-shop.com"
-			until := fe.clock.Now().Add(3 * time.Hour).UTC().Truncate(time.Second)
+			until := fe.Clock.Now().Add(3 * time.Hour).UTC().Truncate(time.Second)
 			fe.proxy.LimitName(aName, tt.limit, until)
 
 			ra := fe.createPointedAs(t, a, aName)
 			rb := fe.createPointedAs(t, b, bName)
-			held := fe.waitFor(t, ra.ID, "held by the CA's limit", func(r store.Record, err error) bool {
+			held := fe.WaitFor(t, ra.ID, "held by the CA's limit", func(r store.Record, err error) bool {
 				return err == nil && r.Status == store.StatusIssuing && strings.Contains(msg(r), "The CA said: ")
 			})
 			t.Logf("A's message: %s", msg(held))
@@ -113,8 +113,8 @@ func TestTenantNameLimitSparesOthers(t *testing.T) {
 			if !held.NextCheckAt.Equal(until) {
 				t.Errorf("A's next attempt at %v, want the CA's %v", held.NextCheckAt, until)
 			}
-			vb := fe.waitStatus(t, rb.ID, store.StatusValid)
-			fe.mustServe(t, vb.Domain)
+			vb := fe.WaitStatus(t, rb.ID, store.StatusValid)
+			fe.MustServe(t, vb.Domain)
 			if got := fe.gauge(t, "edgeproxy_acme_paused_until_seconds"); got != 0 {
 				t.Errorf("edgeproxy_acme_paused_until_seconds = %v: a limit on A's name paused every order", got)
 			}
@@ -122,7 +122,7 @@ func TestTenantNameLimitSparesOthers(t *testing.T) {
 			// A's other name.
 			sib := fe.createPointedAs(t, a, aSibling)
 			if tt.sibling {
-				r := fe.waitFor(t, sib.ID, "held by the registered domain's limit", func(r store.Record, err error) bool {
+				r := fe.WaitFor(t, sib.ID, "held by the registered domain's limit", func(r store.Record, err error) bool {
 					return err == nil && r.Status == store.StatusIssuing && strings.Contains(msg(r), "registered domain attacker-shop.com")
 				})
 				if strings.Contains(msg(r), "The CA said") || strings.Contains(msg(r), "too many") {
@@ -132,7 +132,7 @@ func TestTenantNameLimitSparesOthers(t *testing.T) {
 					t.Errorf("%d orders for the sibling under the registered domain's limit, want 0", got)
 				}
 			} else {
-				fe.waitStatus(t, sib.ID, store.StatusValid)
+				fe.WaitStatus(t, sib.ID, store.StatusValid)
 			}
 			fe.quiet(t, "while A's name is held")
 			if got := fe.proxy.NewOrders(aName); got != 1 {
@@ -148,8 +148,8 @@ func TestTenantNameLimitSparesOthers(t *testing.T) {
 
 			// The CA's time passes: A orders again and gets its certificate.
 			fe.proxy.LimitName(aName, 0, time.Time{})
-			fe.clock.Advance(3*time.Hour + time.Second)
-			fe.waitStatus(t, ra.ID, store.StatusValid)
+			fe.Clock.Advance(3*time.Hour + time.Second)
+			fe.WaitStatus(t, ra.ID, store.StatusValid)
 			if got := fe.proxy.NewOrders(aName); got != 2 {
 				t.Errorf("%d orders for A's name after its limit, want 2", got)
 			}
@@ -166,15 +166,15 @@ func TestTenantNameLimitSparesOthers(t *testing.T) {
 func TestUnplacedLimitNeedsTwoTenants(t *testing.T) {
 	t.Parallel()
 	fe := newFaultEnv(t, func(c *lifecycle.Config) { c.ACMEWorkers = 1 })
-	a, b, c := fe.home(), fe.newTenant(t, "Second"), fe.newTenant(t, "Third")
-	until := fe.clock.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
+	a, b, c := fe.Home(), fe.NewTenant(t, "Second"), fe.NewTenant(t, "Third")
+	until := fe.Clock.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
 	for _, n := range []string{"one.attacker-shop.com", "two.attacker-shop.com", "www.second-shop.com"} {
 		fe.proxy.LimitName(n, certstest.UnknownLimit, until)
 	}
 	a1 := fe.createPointedAs(t, a, "one.attacker-shop.com")
 	a2 := fe.createPointedAs(t, a, "two.attacker-shop.com")
 	for _, id := range []string{a1.ID, a2.ID} {
-		fe.waitFor(t, id, "held on its name", func(r store.Record, err error) bool {
+		fe.WaitFor(t, id, "held on its name", func(r store.Record, err error) bool {
 			return err == nil && strings.Contains(msg(r), "rate limiting certificates for ") && strings.Contains(msg(r), "The CA said")
 		})
 	}
@@ -187,12 +187,12 @@ func TestUnplacedLimitNeedsTwoTenants(t *testing.T) {
 
 	// A second organization meets it: the account's.
 	b1 := fe.createPointedAs(t, b, "www.second-shop.com")
-	fe.waitFor(t, b1.ID, "pausing every order", func(r store.Record, err error) bool {
+	fe.WaitFor(t, b1.ID, "pausing every order", func(r store.Record, err error) bool {
 		return err == nil && strings.Contains(msg(r), "every certificate order is rate limited until "+until.Format(time.RFC3339)) &&
 			strings.Contains(msg(r), "The CA said")
 	})
 	c1 := fe.createPointedAs(t, c, "www.third-shop.com")
-	r := fe.waitFor(t, c1.ID, "held by the pause", func(r store.Record, err error) bool {
+	r := fe.WaitFor(t, c1.ID, "held by the pause", func(r store.Record, err error) bool {
 		return err == nil && r.Status == store.StatusIssuing && strings.Contains(msg(r), "every certificate order is rate limited")
 	})
 	if m := msg(r); strings.Contains(m, "The CA said") || strings.Contains(m, "refused") {
@@ -201,8 +201,8 @@ func TestUnplacedLimitNeedsTwoTenants(t *testing.T) {
 	if got := fe.proxy.NewOrders("www.third-shop.com"); got != 0 {
 		t.Errorf("%d orders for C's name during the pause, want 0", got)
 	}
-	fe.clock.Advance(2*time.Hour + time.Second)
-	fe.waitStatus(t, c1.ID, store.StatusValid)
+	fe.Clock.Advance(2*time.Hour + time.Second)
+	fe.WaitStatus(t, c1.ID, store.StatusValid)
 }
 
 // TestAccountLimitPauseCapped: a limit on the whole account whose time is
@@ -214,19 +214,19 @@ func TestUnplacedLimitNeedsTwoTenants(t *testing.T) {
 func TestAccountLimitPauseCapped(t *testing.T) {
 	t.Parallel()
 	fe := newFaultEnv(t, func(c *lifecycle.Config) { c.ACMEWorkers = 1 })
-	a, b := fe.home(), fe.newTenant(t, "Bystander")
+	a, b := fe.Home(), fe.NewTenant(t, "Bystander")
 	far := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	fe.proxy.Set(certstest.Fault{Mode: certstest.RateLimited, Until: far, Paths: []string{certstest.NewOrderPath}})
 
-	start := fe.clock.Now()
+	start := fe.Clock.Now()
 	ra := fe.createPointedAs(t, a, "www.first-shop.com")
-	r := fe.waitFor(t, ra.ID, "paused by the account's limit", func(r store.Record, err error) bool {
+	r := fe.WaitFor(t, ra.ID, "paused by the account's limit", func(r store.Record, err error) bool {
 		return err == nil && strings.Contains(msg(r), "The CA said: too many new orders")
 	})
 	t.Logf("A's message: %s", msg(r))
 	capEnd := r.NextCheckAt
-	if capEnd.Before(start.Add(24*time.Hour)) || capEnd.After(fe.clock.Now().Add(24*time.Hour)) {
-		t.Fatalf("pause ends %v, want 24 h after the order (between %v and %v)", capEnd, start.Add(24*time.Hour), fe.clock.Now().Add(24*time.Hour))
+	if capEnd.Before(start.Add(24*time.Hour)) || capEnd.After(fe.Clock.Now().Add(24*time.Hour)) {
+		t.Fatalf("pause ends %v, want 24 h after the order (between %v and %v)", capEnd, start.Add(24*time.Hour), fe.Clock.Now().Add(24*time.Hour))
 	}
 	if want := "rate limited until " + capEnd.UTC().Format(time.RFC3339) + " (the CA asked for longer; one order is tried then)"; !strings.Contains(msg(r), want) {
 		t.Errorf("A's message %q lacks %q", msg(r), want)
@@ -234,13 +234,13 @@ func TestAccountLimitPauseCapped(t *testing.T) {
 	if got := fe.gauge(t, "edgeproxy_acme_paused_until_seconds"); got != float64(capEnd.Unix()) {
 		t.Errorf("edgeproxy_acme_paused_until_seconds = %v, want %d (24 h, not 2030)", got, capEnd.Unix())
 	}
-	holds, err := fe.st.CAHolds(fe.clock.Now())
+	holds, err := fe.Store.CAHolds(fe.Clock.Now())
 	if err != nil || len(holds) != 1 || holds[0].Scope != "account" || !holds[0].Until.Equal(capEnd) {
 		t.Errorf("stored holds = %+v, %v; want the account's, until %v", holds, err, capEnd)
 	}
 
 	rb := fe.createPointedAs(t, b, "www.second-shop.com")
-	r = fe.waitFor(t, rb.ID, "held by the pause", func(r store.Record, err error) bool {
+	r = fe.WaitFor(t, rb.ID, "held by the pause", func(r store.Record, err error) bool {
 		return err == nil && r.Status == store.StatusIssuing && strings.Contains(msg(r), "every certificate order is rate limited until")
 	})
 	if m := msg(r); strings.Contains(m, "The CA said") || strings.Contains(m, "too many") || strings.Contains(m, "first-shop") {
@@ -255,29 +255,29 @@ func TestAccountLimitPauseCapped(t *testing.T) {
 	}
 
 	// 24 hours on: one order, which meets the limit again.
-	fe.clock.Advance(24*time.Hour + time.Second)
+	fe.Clock.Advance(24*time.Hour + time.Second)
 	deadline := time.Now().Add(30 * time.Second)
 	for fe.proxy.NewOrders("") < 2 {
 		if time.Now().After(deadline) {
 			t.Fatal("no order tried 24 h into the pause")
 		}
-		fe.engine.Wake()
+		fe.Engine.Wake()
 		time.Sleep(20 * time.Millisecond)
 	}
 	fe.quiet(t, "after the one order of the day")
 	if got := fe.proxy.NewOrders(""); got != 2 {
 		t.Errorf("%d new orders after 24 h, want 2 (one tried)", got)
 	}
-	if got := fe.gauge(t, "edgeproxy_acme_paused_until_seconds"); got <= float64(capEnd.Unix()) || got > float64(fe.clock.Now().Add(24*time.Hour).Unix()) {
+	if got := fe.gauge(t, "edgeproxy_acme_paused_until_seconds"); got <= float64(capEnd.Unix()) || got > float64(fe.Clock.Now().Add(24*time.Hour).Unix()) {
 		t.Errorf("edgeproxy_acme_paused_until_seconds = %v after the second 429, want a new pause of at most 24 h", got)
 	}
 	t.Logf("figures: Retry-After %s; pause until %s (%.1f h after the order); orders at the CA: 1 in the first 24 h, 1 more after",
 		far.Format(time.RFC3339), capEnd.UTC().Format(time.RFC3339), capEnd.Sub(start).Hours())
 
 	fe.proxy.Set(certstest.Fault{Mode: certstest.Pass})
-	fe.clock.Advance(24*time.Hour + time.Second)
-	fe.waitStatus(t, ra.ID, store.StatusValid)
-	fe.waitStatus(t, rb.ID, store.StatusValid)
+	fe.Clock.Advance(24*time.Hour + time.Second)
+	fe.WaitStatus(t, ra.ID, store.StatusValid)
+	fe.WaitStatus(t, rb.ID, store.StatusValid)
 }
 
 // TestOrgOrderBudget: a tenant that makes new records without end places
@@ -289,8 +289,8 @@ func TestOrgOrderBudget(t *testing.T) {
 	t.Parallel()
 	const budget = 10
 	fe := newFaultEnv(t, func(c *lifecycle.Config) { c.OrgOrdersPerHour = budget })
-	a, b := fe.home(), fe.newTenant(t, "Bystander")
-	start := fe.clock.Now()
+	a, b := fe.Home(), fe.NewTenant(t, "Bystander")
+	start := fe.Clock.Now()
 	var ids []string
 	names := map[string]string{}
 	for i := range budget + 1 {
@@ -303,7 +303,7 @@ func TestOrgOrderBudget(t *testing.T) {
 	for {
 		valid, held := 0, ""
 		for _, id := range ids {
-			r, err := fe.st.Record(id)
+			r, err := fe.Store.Record(id)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -321,10 +321,10 @@ func TestOrgOrderBudget(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("after 90 s: %d valid and held %q; want %d valid and one held", valid, held, budget)
 		}
-		fe.engine.Wake()
+		fe.Engine.Wake()
 		time.Sleep(20 * time.Millisecond)
 	}
-	r, _ := fe.st.Record(heldID)
+	r, _ := fe.Store.Record(heldID)
 	t.Logf("held: %s", msg(r))
 	at, err := time.Parse(time.RFC3339, strings.TrimSuffix(msg(r)[strings.LastIndex(msg(r), " ")+1:], "."))
 	if err != nil {
@@ -333,8 +333,8 @@ func TestOrgOrderBudget(t *testing.T) {
 	if want := "(at most 10 new certificate orders per hour); this record will be tried at "; !strings.Contains(msg(r), want) {
 		t.Errorf("message %q lacks %q", msg(r), want)
 	}
-	if at.Before(start.Add(time.Hour).Truncate(time.Second)) || at.After(fe.clock.Now().Add(time.Hour)) {
-		t.Errorf("tried at %v, want an hour after the first order (%v..%v)", at, start.Add(time.Hour), fe.clock.Now().Add(time.Hour))
+	if at.Before(start.Add(time.Hour).Truncate(time.Second)) || at.After(fe.Clock.Now().Add(time.Hour)) {
+		t.Errorf("tried at %v, want an hour after the first order (%v..%v)", at, start.Add(time.Hour), fe.Clock.Now().Add(time.Hour))
 	}
 	if !r.NextCheckAt.Truncate(time.Second).Equal(at) {
 		t.Errorf("next check %v, message says %v", r.NextCheckAt, at)
@@ -355,20 +355,20 @@ func TestOrgOrderBudget(t *testing.T) {
 
 	// Another organization is not held by it.
 	rb := fe.createPointedAs(t, b, "www.bystander-shop.com")
-	fe.waitStatus(t, rb.ID, store.StatusValid)
+	fe.WaitStatus(t, rb.ID, store.StatusValid)
 
 	// The budget is in the store: a new engine holds the record too.
-	fe.restartEngine(t)
+	fe.RestartEngine(t)
 	fe.quiet(t, "after a restart, within the hour")
 	if got := orders(); got != budget {
 		t.Errorf("after a restart, %d orders for the tenant's names, want %d", got, budget)
 	}
-	if r, _ := fe.st.Record(heldID); r.Status != store.StatusIssuing {
+	if r, _ := fe.Store.Record(heldID); r.Status != store.StatusIssuing {
 		t.Errorf("held record is %s after a restart", r.Status)
 	}
 
-	fe.clock.Advance(time.Hour)
-	fe.waitStatus(t, heldID, store.StatusValid)
+	fe.Clock.Advance(time.Hour)
+	fe.WaitStatus(t, heldID, store.StatusValid)
 	if got := orders(); got != budget+1 {
 		t.Errorf("%d orders once the hour passed, want %d", got, budget+1)
 	}
@@ -386,11 +386,11 @@ func TestRetentionReusesCertificate(t *testing.T) {
 	t.Parallel()
 	const retention = 3 * time.Hour
 	fe := newFaultEnv(t, func(c *lifecycle.Config) { c.CertRetention = retention })
-	a, b := fe.home(), fe.newTenant(t, "Next owner")
+	a, b := fe.Home(), fe.NewTenant(t, "Next owner")
 	const name = "www.churn-shop.com"
 	serial := func() *big.Int {
 		t.Helper()
-		conn, err := fe.handshake(t, name)
+		conn, err := fe.Handshake(t, name)
 		if err != nil {
 			t.Fatalf("handshake for %s: %v", name, err)
 		}
@@ -400,13 +400,13 @@ func TestRetentionReusesCertificate(t *testing.T) {
 	cycle := func(tn tenant) *big.Int {
 		t.Helper()
 		rec := fe.createPointedAs(t, tn, name)
-		fe.waitStatus(t, rec.ID, store.StatusValid)
+		fe.WaitStatus(t, rec.ID, store.StatusValid)
 		s := serial()
-		if code, _ := fe.callAs(t, tn, "DELETE", rec.ID+"/", ""); code != 204 {
+		if code, _ := fe.CallAs(t, tn, "DELETE", rec.ID+"/", ""); code != 204 {
 			t.Fatalf("delete: %d", code)
 		}
-		fe.waitFor(t, rec.ID, "gone", func(r store.Record, err error) bool { return err == store.ErrNotFound })
-		fe.mustNotServe(t, name)
+		fe.WaitFor(t, rec.ID, "gone", func(r store.Record, err error) bool { return err == store.ErrNotFound })
+		fe.MustNotServe(t, name)
 		return s
 	}
 	const cycles = 7
@@ -426,16 +426,16 @@ func TestRetentionReusesCertificate(t *testing.T) {
 	if got := fe.counter(t, "edgeproxy_acme_budget_orders_total", "", ""); got != 1 {
 		t.Errorf("edgeproxy_acme_budget_orders_total = %v, want 1 (a reused certificate spends no budget)", got)
 	}
-	stored, err := fe.cm.StoredDomains(t.Context())
+	stored, err := fe.Certs.StoredDomains(t.Context())
 	if err != nil || !slices.Contains(stored, name) {
 		t.Fatalf("StoredDomains = %v, %v; want the retained certificate", stored, err)
 	}
 
 	// Past the retention: removed, and a new record orders again.
-	fe.clock.Advance(retention + time.Second)
+	fe.Clock.Advance(retention + time.Second)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		stored, err := fe.cm.StoredDomains(t.Context())
+		stored, err := fe.Certs.StoredDomains(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -445,11 +445,11 @@ func TestRetentionReusesCertificate(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("certificate still stored after its retention")
 		}
-		fe.engine.Wake()
+		fe.Engine.Wake()
 		time.Sleep(20 * time.Millisecond)
 	}
 	rec := fe.createPointedAs(t, a, name)
-	fe.waitStatus(t, rec.ID, store.StatusValid)
+	fe.WaitStatus(t, rec.ID, store.StatusValid)
 	if s := serial(); s.Cmp(first) == 0 {
 		t.Error("after the retention the old certificate was served")
 	}

@@ -82,13 +82,18 @@ type Hosts interface {
 	Serving(domain string) bool
 }
 
+// DefaultMaxBodyBytes is the body limit when Config.MaxBodyBytes is zero:
+// 64 MiB.
+const DefaultMaxBodyBytes = 64 << 20
+
 // Config configures an Edge. Upstream and AssetsUpstream are required.
 type Config struct {
 	// Upstream receives every path but /static/*.
 	Upstream *url.URL
 	// AssetsUpstream receives /static/*.
 	AssetsUpstream *url.URL
-	// MaxBodyBytes is the largest request body forwarded. If zero, 64 MiB.
+	// MaxBodyBytes is the largest request body forwarded. If zero,
+	// DefaultMaxBodyBytes.
 	MaxBodyBytes int64
 	// UpstreamTimeout bounds the wait for the upstream's response headers.
 	// If zero, 30 s.
@@ -147,7 +152,7 @@ func New(hosts Hosts, cfg Config) (*Edge, error) {
 		return nil, errors.New("proxy: both upstreams are required")
 	}
 	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = 64 << 20
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	if cfg.UpstreamTimeout == 0 {
 		cfg.UpstreamTimeout = 30 * time.Second

@@ -11,7 +11,8 @@ import (
 )
 
 // What the lifecycle engine keeps about its dealings with the ACME CA, so
-// that a restart forgets none of it (CONTRACT §7):
+// that a restart forgets none of it, and one tenant's dealings cannot be
+// made to spend another's by restarting the server:
 //
 //   - acme_orders: every certificate order placed, by organization and
 //     time, for the per-organization order budget. Entries older than the

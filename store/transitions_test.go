@@ -7,7 +7,9 @@ import (
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
-// TestApplyDelete holds DELETE to CONTRACT §4 in every status.
+// TestApplyDelete holds DELETE to its rules in every status: waiting,
+// erroring and timed_out are removed; issuing, valid and warning go to
+// deleting; deleting stays deleting.
 func TestApplyDelete(t *testing.T) {
 	tests := []struct {
 		status     store.Status

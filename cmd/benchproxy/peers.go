@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/edgeproxy/edgeproxy/certs"
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -318,7 +319,7 @@ type confData struct {
 }
 
 func (b *bench) startUpstream() error {
-	ports, err := freePorts(2)
+	ports, err := testbin.FreePorts(2)
 	if err != nil {
 		return err
 	}
@@ -394,7 +395,7 @@ func (b *bench) newPeerOf(spec, kind, kindBin, envSpec string) (*peer, error) {
 // configuredPeer is a TLS peer of the given kind on a free port, with its
 // own directory and a configuration file rendered there from tmpl.
 func (b *bench) configuredPeer(kind, confName, tmpl string) (p *peer, dir, conf string, err error) {
-	ports, err := freePorts(1)
+	ports, err := testbin.FreePorts(1)
 	if err != nil {
 		return nil, "", "", err
 	}
@@ -460,7 +461,7 @@ func (b *bench) edgePeer(spec, bin string, ownBin bool, env []string) (*peer, er
 	if err := b.seedEdgeData(dataDir); err != nil {
 		return nil, fmt.Errorf("%s: preparing data dir: %w", spec, err)
 	}
-	ports, err := freePorts(4)
+	ports, err := testbin.FreePorts(4)
 	if err != nil {
 		return nil, err
 	}

@@ -106,26 +106,6 @@ func waitListening(ctx context.Context, p *proc, addr string, timeout time.Durat
 	}
 }
 
-// freePorts returns n distinct free loopback ports.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
 // baseEnv is benchproxy's environment without EDGEPROXY_* variables, which
 // would change the edge's flags.
 func baseEnv(extra ...string) []string {

@@ -28,6 +28,7 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
 
 func main() {
@@ -41,16 +42,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		os.Exit(1)
 	}
-}
-
-// freePort returns a loopback address with a port free right now.
-func freePort() (string, int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func run(ctx context.Context, out io.Writer, bin, domain string) error {
@@ -70,18 +61,13 @@ func run(ctx context.Context, out io.Writer, bin, domain string) error {
 	}))
 	defer upstream.Close()
 
-	apiAddr, _, err := freePort()
+	ports, err := testbin.FreePorts(3)
 	if err != nil {
 		return err
 	}
-	httpAddr, httpPort, err := freePort()
-	if err != nil {
-		return err
-	}
-	httpsAddr, httpsPort, err := freePort()
-	if err != nil {
-		return err
-	}
+	httpPort, httpsPort := ports[1], ports[2]
+	apiAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	httpAddr, httpsAddr := fmt.Sprintf("127.0.0.1:%d", httpPort), fmt.Sprintf("127.0.0.1:%d", httpsPort)
 	pebble := certstest.NewPebble(dns.Addr(), httpPort, httpsPort)
 	defer pebble.Close()
 	caRoot := filepath.Join(dir, "pebble-server.pem")

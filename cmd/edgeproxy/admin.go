@@ -120,7 +120,7 @@ func runAdmin(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	dataDir := fs.String("data-dir", "./data", "the server's data directory (holds admin.sock)")
 	exec := cmd(fs)
-	if _, err := parseFlags(fs, rest, getenv); err != nil {
+	if err := parseFlags(fs, rest, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
 			fmt.Fprintf(stdout, "usage: edgeproxy %s [flags]\n", name)

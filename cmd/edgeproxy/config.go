@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"golang.org/x/net/idna"
-)
 
-// letsEncryptProduction is the default ACME directory.
-const letsEncryptProduction = "https://acme-v02.api.letsencrypt.org/directory"
+	"github.com/edgeproxy/edgeproxy/certs"
+	"github.com/edgeproxy/edgeproxy/lifecycle"
+	"github.com/edgeproxy/edgeproxy/proxy"
+)
 
 // config is everything `edgeproxy serve` is told, validated.
 type config struct {
@@ -51,6 +52,26 @@ type config struct {
 	Dev                 bool
 }
 
+// Defaults of the flags that belong to no package: where the server
+// listens and where it proxies to. The others come from the package whose
+// Config field the flag sets.
+const (
+	defaultDataDir         = "./data"
+	defaultAPIAddr         = "127.0.0.1:8080"
+	defaultHTTPAddr        = ":80"
+	defaultHTTPSAddr       = ":443"
+	defaultUpstream        = "https://us.i.posthog.com"
+	defaultAssetsUpstream  = "https://us-assets.i.posthog.com"
+	defaultMaxProxyRecords = 2
+)
+
+// What --dev puts in place of the flags it was not given.
+const (
+	devTargetCNAMEBase = "proxy.localhost"
+	devHTTPAddr        = "127.0.0.1:8081"
+	devHTTPSAddr       = "127.0.0.1:8443"
+)
+
 // flagError is a bad flag value: one line naming the flag and why.
 type flagError struct {
 	flag string
@@ -66,22 +87,35 @@ func envName(flagName string) string {
 
 // parseFlags parses fs from args, then fills every flag not given on the
 // command line from its EDGEPROXY_ variable: a flag beats the environment.
-// It returns the names of the flags that came from the environment.
-func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (map[string]bool, error) {
+// A value a flag refuses is reported as a *flagError naming the flag, the
+// variable when it came from there, and the rule.
+func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
+			return err
 		}
 		if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: "); ok {
-			return nil, fmt.Errorf("%s: unknown flag (see --help)", name)
+			return fmt.Errorf("%s: unknown flag (see --help)", name)
 		}
-		return nil, err
+		// The flag package words a refused value as "invalid value … for
+		// flag -name: rule"; the flag's own value kept the rule.
+		var refused *flagError
+		fs.VisitAll(func(f *flag.Flag) {
+			if r, ok := f.Value.(interface{ refused() error }); ok && refused == nil {
+				if rerr := r.refused(); rerr != nil {
+					refused = &flagError{f.Name, rerr.Error()}
+				}
+			}
+		})
+		if refused != nil {
+			return refused
+		}
+		return err
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	fromEnv := map[string]bool{}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var err error
@@ -90,188 +124,162 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (ma
 			return
 		}
 		if v := getenv(envName(f.Name)); v != "" {
-			fromEnv[f.Name] = true
 			if serr := fs.Set(f.Name, v); serr != nil {
-				err = &flagError{f.Name, fmt.Sprintf("%s=%q: %v", envName(f.Name), v, serr)}
+				err = &flagError{f.Name, "from " + envName(f.Name) + ": " + serr.Error()}
 			}
 		}
 	})
-	return fromEnv, err
+	return err
 }
 
-// serveFlags declares the flags of `edgeproxy serve` on fs and returns a
-// function that validates what they hold once fs is parsed.
-func serveFlags(fs *flag.FlagSet) func(fromEnv map[string]bool) (*config, error) {
-	dataDir := fs.String("data-dir", "./data", "directory holding edgeproxy.db, admin.sock and bootstrap-key")
-	apiAddr := fs.String("api-addr", "127.0.0.1:8080", "management API, /metrics, /healthz, /readyz")
-	httpAddr := fs.String("http-addr", ":80", "plain HTTP: ACME HTTP-01 answers and redirects to HTTPS")
-	httpsAddr := fs.String("https-addr", ":443", "the TLS edge (and ACME TLS-ALPN-01)")
-	base := fs.String("target-cname-base", "", "zone customers point their CNAME into, e.g. proxy.example.net (required outside --dev)")
-	upstream := fs.String("upstream", "https://us.i.posthog.com", "where proxied requests go")
-	assets := fs.String("assets-upstream", "https://us-assets.i.posthog.com", "where /static/* goes")
-	acmeCA := fs.String("acme-ca", letsEncryptProduction, "ACME directory URL")
-	acmeRoot := fs.String("acme-ca-root", "", "PEM file of extra roots trusted when talking to the ACME CA")
-	acmeEmail := fs.String("acme-email", "", "ACME account contact")
-	caa := fs.String("acme-caa-identities", "letsencrypt.org", "the CA's CAA issuer domains, comma-separated")
-	resolvers := fs.String("dns-resolvers", "", "comma-separated host:port resolvers for verification (default: /etc/resolv.conf)")
-	dnsWait := fs.String("dns-wait-timeout", "168h", "a record still unverified after this goes to timed_out")
-	issueTimeout := fs.String("issue-timeout", "1h", "a record without a certificate this long goes to erroring")
-	recheckMax := fs.String("recheck-max", "5m", "longest pause between two DNS checks of a waiting record")
-	monitor := fs.String("monitor-interval", "24h", "how often a live record is re-checked")
-	ordersPerHour := fs.String("org-orders-per-hour", "10", "most new certificate orders one organization's records place in a rolling hour")
-	retention := fs.String("cert-retention", "168h", "how long a deleted record's certificate is kept, never served, for a re-created record of the domain")
-	maxRecords := fs.String("max-proxy-records", "2", "per-organization limit unless the organization has its own")
-	maxBody := fs.String("max-body-bytes", "67108864", "largest proxied request body")
-	logFormat := fs.String("log-format", "text", "text or json")
-	accessLog := fs.String("access-log", "off", "on, off or sample:N")
-	perDomain := fs.Bool("metrics-per-domain", false, "add a capped domain label to the edge's request counters")
-	webhookPrivate := fs.Bool("webhook-allow-private", false, "accept webhook URLs that are http:// or resolve to loopback or private addresses (tests, local trials; --dev implies it)")
-	dev := fs.Bool("dev", false, "local trial: proxy.localhost base, 127.0.0.1:8081 and :8443, bootstrap key printed")
+// typedValue is a flag holding a T. parse checks the text it is set to
+// and turns it into a T, or says which rule the text breaks; show writes
+// a T back, for the default --help prints.
+type typedValue[T any] struct {
+	p     *T
+	parse func(string) (T, error)
+	show  func(T) string
+	// err is the rule the last Set broke, for parseFlags.
+	err error
+}
 
-	return func(fromEnv map[string]bool) (*config, error) {
-		given := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-		c := &config{DataDir: *dataDir, Dev: *dev, MetricsPerDomain: *perDomain, ACMEEmail: *acmeEmail,
-			WebhookAllowPrivate: *webhookPrivate || *dev}
-		// Flags filled from the environment count as given: parseFlags
-		// applies them with fs.Set, which Visit reports.
-		c.APIAddr, c.HTTPAddr, c.HTTPSAddr, c.TargetCNAMEBase = *apiAddr, *httpAddr, *httpsAddr, *base
-		if c.Dev {
-			if !given["target-cname-base"] {
-				c.TargetCNAMEBase = "proxy.localhost"
-			}
-			if !given["http-addr"] {
-				c.HTTPAddr = "127.0.0.1:8081"
-			}
-			if !given["https-addr"] {
-				c.HTTPSAddr = "127.0.0.1:8443"
-			}
-		}
-		var err error
-		check := func(name string, fn func() error) {
-			if err == nil {
-				if ferr := fn(); ferr != nil {
-					why := ferr.Error()
-					if fromEnv[name] {
-						why = "from " + envName(name) + ": " + why
-					}
-					err = &flagError{name, why}
-				}
-			}
-		}
-		check("data-dir", func() error { return nonEmpty(c.DataDir) })
-		check("api-addr", func() error { return checkAddr(c.APIAddr) })
-		check("http-addr", func() error { return checkAddr(c.HTTPAddr) })
-		check("https-addr", func() error { return checkAddr(c.HTTPSAddr) })
-		check("target-cname-base", func() error {
-			if c.TargetCNAMEBase == "" {
-				return errors.New("is required (the zone whose wildcard *.<base> points at this machine); --dev uses proxy.localhost")
-			}
-			name, herr := checkHostname(c.TargetCNAMEBase)
-			c.TargetCNAMEBase = name
-			return herr
-		})
-		check("upstream", func() (err error) { c.Upstream, err = checkUpstream(*upstream); return })
-		check("assets-upstream", func() (err error) { c.AssetsUpstream, err = checkUpstream(*assets); return })
-		check("acme-ca", func() error {
-			u, err := checkHTTPURL(*acmeCA)
-			if err == nil {
-				c.ACMECA = u.String()
-			}
-			return err
-		})
-		check("acme-ca-root", func() error {
-			if *acmeRoot == "" {
-				return nil
-			}
-			pem, err := os.ReadFile(*acmeRoot)
-			if err != nil {
-				return err
-			}
-			c.ACMECARoot, c.ACMECARootFile = x509.NewCertPool(), *acmeRoot
-			if !c.ACMECARoot.AppendCertsFromPEM(pem) {
-				return fmt.Errorf("%s holds no PEM certificate", *acmeRoot)
-			}
-			return nil
-		})
-		check("acme-email", func() error {
-			if c.ACMEEmail != "" && !strings.Contains(c.ACMEEmail, "@") {
-				return fmt.Errorf("%q is not an email address", c.ACMEEmail)
-			}
-			return nil
-		})
-		check("acme-caa-identities", func() error {
-			for _, id := range splitList(*caa) {
-				name, err := checkHostname(id)
-				if err != nil {
-					return err
-				}
-				c.CAAIdentities = append(c.CAAIdentities, name)
-			}
-			if len(c.CAAIdentities) == 0 {
-				return errors.New("must name at least one issuer domain, e.g. letsencrypt.org")
-			}
-			return nil
-		})
-		check("dns-resolvers", func() error {
-			for _, r := range splitList(*resolvers) {
-				host, port, err := net.SplitHostPort(r)
-				if err != nil || host == "" || port == "" {
-					return fmt.Errorf("%q is not host:port (e.g. 1.1.1.1:53 or [::1]:53)", r)
-				}
-				c.DNSResolvers = append(c.DNSResolvers, r)
-			}
-			return nil
-		})
-		check("dns-wait-timeout", func() (err error) { c.DNSWaitTimeout, err = positiveDuration(*dnsWait); return })
-		check("issue-timeout", func() (err error) { c.IssueTimeout, err = positiveDuration(*issueTimeout); return })
-		check("recheck-max", func() (err error) { c.RecheckMax, err = positiveDuration(*recheckMax); return })
-		check("monitor-interval", func() (err error) { c.MonitorInterval, err = positiveDuration(*monitor); return })
-		check("org-orders-per-hour", func() error {
-			n, err := strconv.Atoi(*ordersPerHour)
-			if err != nil || n < 1 {
-				return fmt.Errorf("%q is not a whole number of 1 or more", *ordersPerHour)
-			}
-			c.OrgOrdersPerHour = n
-			return nil
-		})
-		check("cert-retention", func() (err error) { c.CertRetention, err = positiveDuration(*retention); return })
-		check("max-proxy-records", func() error {
-			n, err := strconv.Atoi(*maxRecords)
-			if err != nil || n < 0 {
-				return fmt.Errorf("%q is not a whole number of 0 or more", *maxRecords)
-			}
-			c.MaxProxyRecords = n
-			return nil
-		})
-		check("max-body-bytes", func() error {
-			n, err := strconv.ParseInt(*maxBody, 10, 64)
-			if err != nil || n <= 0 {
-				return fmt.Errorf("%q is not a positive number of bytes", *maxBody)
-			}
-			c.MaxBodyBytes = n
-			return nil
-		})
-		check("log-format", func() error {
-			if *logFormat != "text" && *logFormat != "json" {
-				return fmt.Errorf("%q is not text or json", *logFormat)
-			}
-			c.LogFormat = *logFormat
-			return nil
-		})
-		check("access-log", func() (err error) { c.AccessLogEvery, err = parseAccessLog(*accessLog); return })
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
+// defineFlag declares on fs the flag name, held in *p: its default is
+// what *p holds now.
+func defineFlag[T any](fs *flag.FlagSet, p *T, name, usage string, parse func(string) (T, error), show func(T) string) {
+	fs.Var(&typedValue[T]{p: p, parse: parse, show: show}, name, usage)
+}
+
+func (v *typedValue[T]) Set(s string) error {
+	x, err := v.parse(s)
+	if v.err = err; err != nil {
+		return err
 	}
+	*v.p = x
+	return nil
 }
 
-func nonEmpty(s string) error {
-	if s == "" {
-		return errors.New("must not be empty")
+// String is nil-safe: flag.PrintDefaults calls it on a zero typedValue.
+func (v *typedValue[T]) String() string {
+	if v == nil || v.p == nil {
+		if v.IsBoolFlag() {
+			return "false"
+		}
+		return ""
+	}
+	return v.show(*v.p)
+}
+
+// IsBoolFlag lets a bool flag stand alone (--dev for --dev=true).
+func (v *typedValue[T]) IsBoolFlag() bool {
+	_, ok := any((*T)(nil)).(*bool)
+	return ok
+}
+
+func (v *typedValue[T]) refused() error { return v.err }
+
+// serveFlags declares the flags of `edgeproxy serve` on fs and returns
+// the config they fill: each value is checked and stored as it is set,
+// from the command line or the environment. Once fs is parsed, finish
+// applies --dev and the rules that involve more than one flag.
+func serveFlags(fs *flag.FlagSet) *config {
+	c := &config{
+		DataDir:          defaultDataDir,
+		APIAddr:          defaultAPIAddr,
+		HTTPAddr:         defaultHTTPAddr,
+		HTTPSAddr:        defaultHTTPSAddr,
+		Upstream:         mustUpstream(defaultUpstream),
+		AssetsUpstream:   mustUpstream(defaultAssetsUpstream),
+		ACMECA:           certs.DefaultCA,
+		CAAIdentities:    []string{certs.DefaultCAAIdentity},
+		DNSWaitTimeout:   lifecycle.DefaultDNSWaitTimeout,
+		IssueTimeout:     lifecycle.DefaultIssueTimeout,
+		RecheckMax:       lifecycle.DefaultRecheckMax,
+		MonitorInterval:  lifecycle.DefaultMonitorInterval,
+		OrgOrdersPerHour: lifecycle.DefaultOrgOrdersPerHour,
+		CertRetention:    lifecycle.DefaultCertRetention,
+		MaxProxyRecords:  defaultMaxProxyRecords,
+		MaxBodyBytes:     proxy.DefaultMaxBodyBytes,
+		LogFormat:        "text",
+	}
+	str := func(p *string, name, usage string, parse func(string) (string, error)) {
+		defineFlag(fs, p, name, usage, parse, func(s string) string { return s })
+	}
+	duration := func(p *time.Duration, name, usage string) {
+		defineFlag(fs, p, name, usage, positiveDuration, showDuration)
+	}
+	boolean := func(p *bool, name, usage string) {
+		defineFlag(fs, p, name, usage, parseBool, strconv.FormatBool)
+	}
+	upstream := func(p **url.URL, name, usage string) {
+		defineFlag(fs, p, name, usage, checkUpstream, (*url.URL).String)
+	}
+
+	str(&c.DataDir, "data-dir", "`directory` holding edgeproxy.db, admin.sock and bootstrap-key", nonEmpty)
+	str(&c.APIAddr, "api-addr", "`host:port` of the management API, /metrics, /healthz, /readyz", checkAddr)
+	str(&c.HTTPAddr, "http-addr", "`host:port` of plain HTTP: ACME HTTP-01 answers and redirects to HTTPS", checkAddr)
+	str(&c.HTTPSAddr, "https-addr", "`host:port` of the TLS edge (and ACME TLS-ALPN-01)", checkAddr)
+	str(&c.TargetCNAMEBase, "target-cname-base", "`zone` customers point their CNAME into, e.g. proxy.example.net (required outside --dev)", checkHostname)
+	upstream(&c.Upstream, "upstream", "`URL` where proxied requests go")
+	upstream(&c.AssetsUpstream, "assets-upstream", "`URL` where /static/* goes")
+	str(&c.ACMECA, "acme-ca", "ACME directory `URL`", checkACMECA)
+	str(&c.ACMECARootFile, "acme-ca-root", "PEM `file` of extra roots trusted when talking to the ACME CA", func(file string) (string, error) {
+		pool, err := readRoots(file)
+		if err != nil {
+			return "", err
+		}
+		c.ACMECARoot = pool
+		return file, nil
+	})
+	str(&c.ACMEEmail, "acme-email", "ACME account contact (an `email` address)", checkEmail)
+	defineFlag(fs, &c.CAAIdentities, "acme-caa-identities", "the CA's CAA issuer `domains`, comma-separated", parseCAAIdentities, joinList)
+	defineFlag(fs, &c.DNSResolvers, "dns-resolvers", "comma-separated `host:port` resolvers for verification (default: /etc/resolv.conf)", parseResolvers, joinList)
+	duration(&c.DNSWaitTimeout, "dns-wait-timeout", "a record still unverified after this `duration` goes to timed_out")
+	duration(&c.IssueTimeout, "issue-timeout", "a record without a certificate this long (a `duration`) goes to erroring")
+	duration(&c.RecheckMax, "recheck-max", "longest pause (a `duration`) between two DNS checks of a waiting record")
+	duration(&c.MonitorInterval, "monitor-interval", "how often (a `duration`) a live record is re-checked")
+	defineFlag(fs, &c.OrgOrdersPerHour, "org-orders-per-hour", "most new certificate `orders` one organization's records place in a rolling hour", wholeNumber(1), strconv.Itoa)
+	duration(&c.CertRetention, "cert-retention", "how long (a `duration`) a deleted record's certificate is kept, never served, for a re-created record of the domain")
+	defineFlag(fs, &c.MaxProxyRecords, "max-proxy-records", "per-organization limit (a `number` of records) unless the organization has its own", wholeNumber(0), strconv.Itoa)
+	defineFlag(fs, &c.MaxBodyBytes, "max-body-bytes", "largest proxied request body, in `bytes`", positiveBytes, func(n int64) string { return strconv.FormatInt(n, 10) })
+	str(&c.LogFormat, "log-format", "`format` of the log: text or json", checkLogFormat)
+	defineFlag(fs, &c.AccessLogEvery, "access-log", "access `log`: on, off or sample:N", parseAccessLog, showAccessLog)
+	boolean(&c.MetricsPerDomain, "metrics-per-domain", "add a capped domain label to the edge's request counters")
+	boolean(&c.WebhookAllowPrivate, "webhook-allow-private", "accept webhook URLs that are http:// or resolve to loopback or private addresses (tests, local trials; --dev implies it)")
+	boolean(&c.Dev, "dev", "local trial: proxy.localhost base, 127.0.0.1:8081 and :8443, bootstrap key printed")
+	return c
+}
+
+// finish applies --dev to the flags it was not given and checks what no
+// single flag's value can: that a target CNAME base is known. fs is the
+// parsed set serveFlags declared c on.
+func (c *config) finish(fs *flag.FlagSet) error {
+	// Flags filled from the environment count as given: parseFlags
+	// applies them with fs.Set, which Visit reports.
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if c.Dev {
+		c.WebhookAllowPrivate = true
+		if !given["target-cname-base"] {
+			c.TargetCNAMEBase = devTargetCNAMEBase
+		}
+		if !given["http-addr"] {
+			c.HTTPAddr = devHTTPAddr
+		}
+		if !given["https-addr"] {
+			c.HTTPSAddr = devHTTPSAddr
+		}
+	}
+	if c.TargetCNAMEBase == "" {
+		return &flagError{"target-cname-base", "is required (the zone whose wildcard *.<base> points at this machine); --dev uses " + devTargetCNAMEBase}
 	}
 	return nil
+}
+
+func nonEmpty(s string) (string, error) {
+	if s == "" {
+		return "", errors.New("must not be empty")
+	}
+	return s, nil
 }
 
 func splitList(s string) []string {
@@ -284,18 +292,20 @@ func splitList(s string) []string {
 	return out
 }
 
-func checkAddr(addr string) error {
+func joinList(list []string) string { return strings.Join(list, ",") }
+
+func checkAddr(addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("%q is not host:port (e.g. 127.0.0.1:8080 or :443)", addr)
+		return "", fmt.Errorf("%q is not host:port (e.g. 127.0.0.1:8080 or :443)", addr)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+		return "", fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
 	}
 	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
-		return fmt.Errorf("%q: host must be an IP address, localhost or empty (all interfaces)", addr)
+		return "", fmt.Errorf("%q: host must be an IP address, localhost or empty (all interfaces)", addr)
 	}
-	return nil
+	return addr, nil
 }
 
 // checkHostname lower-cases a DNS name, drops one trailing dot and refuses
@@ -317,6 +327,14 @@ func checkHTTPURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
+func checkACMECA(s string) (string, error) {
+	u, err := checkHTTPURL(s)
+	if err != nil {
+		return "", err
+	}
+	return u.String(), nil
+}
+
 // checkUpstream accepts an http(s) URL of a host, with no path, query or
 // user info: the proxy keeps the request's own path.
 func checkUpstream(s string) (*url.URL, error) {
@@ -331,6 +349,66 @@ func checkUpstream(s string) (*url.URL, error) {
 	return u, nil
 }
 
+// mustUpstream is checkUpstream for the built-in defaults.
+func mustUpstream(s string) *url.URL {
+	u, err := checkUpstream(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+// readRoots reads a PEM file of CA certificates; an empty name means
+// none (nil: the system's roots only).
+func readRoots(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
+}
+
+func checkEmail(s string) (string, error) {
+	if s != "" && !strings.Contains(s, "@") {
+		return "", fmt.Errorf("%q is not an email address", s)
+	}
+	return s, nil
+}
+
+func parseCAAIdentities(s string) ([]string, error) {
+	var ids []string
+	for _, id := range splitList(s) {
+		name, err := checkHostname(id)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, name)
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("must name at least one issuer domain, e.g. %s", certs.DefaultCAAIdentity)
+	}
+	return ids, nil
+}
+
+func parseResolvers(s string) ([]string, error) {
+	var out []string
+	for _, r := range splitList(s) {
+		host, port, err := net.SplitHostPort(r)
+		if err != nil || host == "" || port == "" {
+			return nil, fmt.Errorf("%q is not host:port (e.g. 1.1.1.1:53 or [::1]:53)", r)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 func positiveDuration(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil {
@@ -340,6 +418,53 @@ func positiveDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q must be more than zero", s)
 	}
 	return d, nil
+}
+
+// showDuration writes d as the flags are documented: 168h, 5m, 1h30m
+// rather than time.Duration's 168h0m0s.
+func showDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// wholeNumber parses a whole number of min or more.
+func wholeNumber(min int) func(string) (int, error) {
+	return func(s string) (int, error) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < min {
+			return 0, fmt.Errorf("%q is not a whole number of %d or more", s, min)
+		}
+		return n, nil
+	}
+}
+
+func positiveBytes(s string) (int64, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive number of bytes", s)
+	}
+	return n, nil
+}
+
+func parseBool(s string) (bool, error) {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return false, fmt.Errorf("%q is not true or false", s)
+	}
+	return b, nil
+}
+
+func checkLogFormat(s string) (string, error) {
+	if s != "text" && s != "json" {
+		return "", fmt.Errorf("%q is not text or json", s)
+	}
+	return s, nil
 }
 
 // parseAccessLog turns on, off or sample:N into "one line per N requests"
@@ -357,4 +482,15 @@ func parseAccessLog(s string) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("%q is not on, off or sample:N with N 1 or more", s)
+}
+
+// showAccessLog is parseAccessLog backwards.
+func showAccessLog(every int) string {
+	switch every {
+	case 0:
+		return "off"
+	case 1:
+		return "on"
+	}
+	return "sample:" + strconv.Itoa(every)
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,12 +13,11 @@ import (
 func parseServe(t *testing.T, args []string, env map[string]string) (*config, error) {
 	t.Helper()
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	validate := serveFlags(fs)
-	fromEnv, err := parseFlags(fs, args, func(k string) string { return env[k] })
-	if err != nil {
+	cfg := serveFlags(fs)
+	if err := parseFlags(fs, args, func(k string) string { return env[k] }); err != nil {
 		return nil, err
 	}
-	return validate(fromEnv)
+	return cfg, cfg.finish(fs)
 }
 
 func TestServeDefaults(t *testing.T) {
@@ -50,6 +51,83 @@ func TestServeDefaults(t *testing.T) {
 	}
 	if got, want := cfg.CertRetention, 168*time.Hour; got != want {
 		t.Errorf("cert-retention = %v, want %v", got, want)
+	}
+	if cfg.IssueTimeout != time.Hour || cfg.RecheckMax != 5*time.Minute || cfg.MonitorInterval != 24*time.Hour {
+		t.Errorf("issue-timeout, recheck-max, monitor-interval = %v, %v, %v; want 1h, 5m, 24h", cfg.IssueTimeout, cfg.RecheckMax, cfg.MonitorInterval)
+	}
+	if got, want := cfg.ACMECA, "https://acme-v02.api.letsencrypt.org/directory"; got != want {
+		t.Errorf("acme-ca = %q, want %q", got, want)
+	}
+	if cfg.ACMECARoot != nil || cfg.ACMEEmail != "" || cfg.DNSResolvers != nil {
+		t.Errorf("acme-ca-root, acme-email, dns-resolvers = %v, %q, %q; want none of each", cfg.ACMECARoot, cfg.ACMEEmail, cfg.DNSResolvers)
+	}
+	if cfg.DataDir != "./data" || cfg.APIAddr != "127.0.0.1:8080" || cfg.HTTPAddr != ":80" {
+		t.Errorf("data-dir, api-addr, http-addr = %q, %q, %q", cfg.DataDir, cfg.APIAddr, cfg.HTTPAddr)
+	}
+	if got, want := cfg.AssetsUpstream.String(), "https://us-assets.i.posthog.com"; got != want {
+		t.Errorf("assets-upstream = %q, want %q", got, want)
+	}
+	if cfg.LogFormat != "text" || cfg.AccessLogEvery != 0 || cfg.MetricsPerDomain || cfg.Dev {
+		t.Errorf("log-format, access-log, metrics-per-domain, dev = %q, %d, %v, %v; want text, off, false, false", cfg.LogFormat, cfg.AccessLogEvery, cfg.MetricsPerDomain, cfg.Dev)
+	}
+}
+
+// TestServeHelp checks that --help shows each default as the README's
+// flag table and the example environment file write it (168h, not
+// 168h0m0s), so that a value copied from the help means the same.
+func TestServeHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"serve", "--help"}, &stdout, &stderr, func(string) string { return "" }); code != 0 {
+		t.Fatalf("exit code = %d, stderr %q", code, stderr.String())
+	}
+	help := stdout.String()
+	for _, want := range []string{
+		"(default 168h)", "(default 1h)", "(default 5m)", "(default 24h)", "(default 10)", "(default 67108864)",
+		"(default 2)", "(default off)", "(default text)", "(default letsencrypt.org)",
+		"(default https://acme-v02.api.letsencrypt.org/directory)", "(default https://us.i.posthog.com)",
+	} {
+		if !strings.Contains(help, want) {
+			t.Errorf("serve --help lacks %q:\n%s", want, help)
+		}
+	}
+	if strings.Contains(help, "0m0s") || strings.Contains(help, "(default false)") {
+		t.Errorf("serve --help shows a default in another form than the documented one:\n%s", help)
+	}
+}
+
+// TestFlagValuesRoundTrip checks that every value a flag is set to reads
+// back through the flag as the value the config holds: the environment
+// and the command line go through the same parsing.
+func TestFlagValuesRoundTrip(t *testing.T) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg := serveFlags(fs)
+	args := []string{
+		"--target-cname-base", "P.Example.Org.", "--dns-wait-timeout", "90m", "--access-log", "sample:7",
+		"--acme-caa-identities", " letsencrypt.org , Example.COM ", "--dns-resolvers", "1.1.1.1:53,[::1]:53",
+		"--max-body-bytes", "1024", "--metrics-per-domain", "--upstream", "http://127.0.0.1:9000/",
+	}
+	if err := parseFlags(fs, args, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.finish(fs); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		"target-cname-base":   "p.example.org",
+		"dns-wait-timeout":    "1h30m",
+		"access-log":          "sample:7",
+		"acme-caa-identities": "letsencrypt.org,example.com",
+		"dns-resolvers":       "1.1.1.1:53,[::1]:53",
+		"max-body-bytes":      "1024",
+		"metrics-per-domain":  "true",
+		"upstream":            "http://127.0.0.1:9000",
+	} {
+		if got := fs.Lookup(name).Value.String(); got != want {
+			t.Errorf("--%s reads back %q, want %q", name, got, want)
+		}
+	}
+	if cfg.DNSWaitTimeout != 90*time.Minute || cfg.AccessLogEvery != 7 || cfg.MaxBodyBytes != 1024 || len(cfg.DNSResolvers) != 2 {
+		t.Errorf("config = %v, %d, %d, %q", cfg.DNSWaitTimeout, cfg.AccessLogEvery, cfg.MaxBodyBytes, cfg.DNSResolvers)
 	}
 }
 
@@ -103,6 +181,10 @@ func TestEnvironmentFallback(t *testing.T) {
 // and one line naming the flag.
 func TestBadFlags(t *testing.T) {
 	base := []string{"--target-cname-base", "proxy.example.net"}
+	notPEM := filepath.Join(t.TempDir(), "root.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		args []string
 		env  map[string]string
@@ -134,6 +216,15 @@ func TestBadFlags(t *testing.T) {
 		{append(base, "--log-format", "xml"), nil, "--log-format:"},
 		{append(base, "--access-log", "sample:0"), nil, "--access-log:"},
 		{append(base, "--no-such-flag"), nil, "-no-such-flag: unknown flag"},
+		{append(base, "--data-dir", ""), nil, "--data-dir: must not be empty"},
+		{append(base, "--acme-caa-identities", " , "), nil, "--acme-caa-identities: must name at least one"},
+		{append(base, "--acme-caa-identities", "letsencrypt.org,nodot"), nil, "--acme-caa-identities:"},
+		{append(base, "--acme-ca-root", notPEM), nil, "--acme-ca-root: " + notPEM + " holds no PEM certificate"},
+		{append(base, "--dev=maybe"), nil, `--dev: "maybe" is not true or false`},
+		{base, map[string]string{"EDGEPROXY_METRICS_PER_DOMAIN": "yes please"}, "--metrics-per-domain: from EDGEPROXY_METRICS_PER_DOMAIN:"},
+		{[]string{}, map[string]string{"EDGEPROXY_TARGET_CNAME_BASE": "localhost"}, "--target-cname-base: from EDGEPROXY_TARGET_CNAME_BASE:"},
+		{[]string{"--target-cname-base"}, nil, "flag needs an argument: -target-cname-base"},
+		{append(base, "stray"), nil, `unexpected argument "stray"`},
 		{base, map[string]string{"EDGEPROXY_RECHECK_MAX": "soon"}, "EDGEPROXY_RECHECK_MAX"},
 	}
 	for _, tc := range cases {

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,7 +21,9 @@ import (
 // limit, until the order gave up.
 func TestDeleteWhileOrderHangs(t *testing.T) {
 	hung := make(chan struct{})
+	var arrived atomic.Int64 // requests the CA holds
 	ca := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Add(1)
 		select {
 		case <-hung:
 		case <-r.Context().Done():
@@ -45,7 +48,12 @@ func TestDeleteWhileOrderHangs(t *testing.T) {
 	dns.SetA(rec.TargetCNAME, "127.0.0.1")
 	dns.SetCNAME(rec.Domain, rec.TargetCNAME)
 	s.waitStatus(t, key, rec.ID, "issuing")
-	time.Sleep(300 * time.Millisecond) // the order is under way, and hangs
+	// The order is under way, and hangs: a request of it is held by the CA.
+	for deadline := time.Now().Add(30 * time.Second); arrived.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no request reached the CA within 30s of the record issuing\n%s", s.stderr)
+		}
+	}
 
 	if code := s.request(t, key, "DELETE", "/api/organizations/@current/proxy_records/"+rec.ID+"/", "", nil); code != 204 {
 		t.Fatalf("delete: %d", code)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -318,14 +319,16 @@ func TestKill9Durability(t *testing.T) {
 		}(w)
 	}
 	// Let the writers get going, then kill without warning.
-	for {
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		mu.Lock()
 		n := len(created)
 		mu.Unlock()
 		if n >= 200 {
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("the writers created %d records in 60s, want 200 before the kill\n%s", n, s.stderr)
+		}
 	}
 	s.cmd.Process.Kill()
 	close(stop)
@@ -415,6 +418,7 @@ func TestBackupWhileWriting(t *testing.T) {
 	key := s.key(t)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var created atomic.Int64
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
 		go func(w int) {
@@ -425,11 +429,21 @@ func TestBackupWhileWriting(t *testing.T) {
 					return
 				default:
 				}
-				s.request(t, key, "POST", "/api/organizations/@current/proxy_records/", fmt.Sprintf(`{"domain":"b%d-%d.backup.example.com"}`, w, i), nil)
+				if s.request(t, key, "POST", "/api/organizations/@current/proxy_records/", fmt.Sprintf(`{"domain":"b%d-%d.backup.example.com"}`, w, i), nil) == 201 {
+					created.Add(1)
+				}
 			}
 		}(w)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The backup is taken once the writers are going, and while they go on.
+	const before = 20
+	for deadline := time.Now().Add(30 * time.Second); created.Load() < before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("the writers created %d records in 30s, want %d before the backup", created.Load(), before)
+		}
+	}
 	backup := filepath.Join(t.TempDir(), "copy.db")
 	s.admin(t, nil, "backup", "--out", backup)
 	close(stop)
@@ -446,8 +460,8 @@ func TestBackupWhileWriting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(records) == 0 {
-		t.Fatal("backup holds no record; the writers had not started")
+	if len(records) < before {
+		t.Fatalf("backup holds %d records, fewer than the %d created before it began", len(records), before)
 	}
 	for _, r := range records {
 		if got, err := st.RecordByDomain(r.Domain); err != nil || got.ID != r.ID {

@@ -66,9 +66,8 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 
 func runServe(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	validate := serveFlags(fs)
-	fromEnv, err := parseFlags(fs, args, getenv)
-	if err != nil {
+	cfg := serveFlags(fs)
+	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
 			fmt.Fprintln(stdout, "usage: edgeproxy serve [flags]  (each flag also from EDGEPROXY_<FLAG_NAME>)")
@@ -78,8 +77,7 @@ func runServe(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		fmt.Fprintf(stderr, "edgeproxy: %v\n", err)
 		return 2
 	}
-	cfg, err := validate(fromEnv)
-	if err != nil {
+	if err := cfg.finish(fs); err != nil {
 		fmt.Fprintf(stderr, "edgeproxy: %v\n", err)
 		return 2
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
+	"github.com/edgeproxy/edgeproxy/internal/testcert"
 )
 
 // TestShutdownUnderLoad runs the binary on a data dir of valid records
@@ -372,7 +373,7 @@ func (s *server) waitServing(t *testing.T, c *http.Client, domain string) time.D
 
 // shutdownClient connects to the edge whatever the URL's host, trusting the
 // seeded certificates' CA, speaking proto ("h1" or "h2").
-func shutdownClient(t *testing.T, w *acmeWorld, ca *startupCA, proto string) *http.Client {
+func shutdownClient(t *testing.T, w *acmeWorld, ca *testcert.CA, proto string) *http.Client {
 	var protocols http.Protocols
 	protocols.SetHTTP1(proto == "h1")
 	protocols.SetHTTP2(proto == "h2")
@@ -381,7 +382,7 @@ func shutdownClient(t *testing.T, w *acmeWorld, ca *startupCA, proto string) *ht
 			d := net.Dialer{Timeout: 5 * time.Second}
 			return d.DialContext(ctx, "tcp", w.httpsAddr)
 		},
-		TLSClientConfig:    &tls.Config{RootCAs: ca.roots},
+		TLSClientConfig:    &tls.Config{RootCAs: ca.Pool},
 		Protocols:          &protocols,
 		DisableCompression: true,
 	}

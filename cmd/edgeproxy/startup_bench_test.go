@@ -4,17 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	mathrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -39,6 +32,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/control"
 	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
+	"github.com/edgeproxy/edgeproxy/internal/testcert"
 	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
 )
@@ -97,75 +91,20 @@ func TestStartupWithValidRecords(t *testing.T) {
 	startupInProcess(t, dir, w.pebble.DirectoryURL(), n)
 }
 
-// startupCA is a root and an intermediate, as the leaf certificates'
-// chain; each leaf gets its own P-256 key, as an ACME order does.
-type startupCA struct {
-	roots    *x509.CertPool
-	inter    *x509.Certificate
-	interKey *ecdsa.PrivateKey
-	interPEM []byte
-}
-
-func newStartupCA(t *testing.T) *startupCA {
+// newStartupCA returns an intermediate CA under a root of its own, as
+// the leaf certificates' chain; each leaf gets its own P-256 key, as an
+// ACME order does.
+func newStartupCA(t *testing.T) *testcert.CA {
 	t.Helper()
-	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	root, err := testcert.NewCA("startup bench root")
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	rootTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "startup bench root"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, &rootKey.PublicKey, rootKey)
+	inter, err := root.Intermediate("startup bench intermediate")
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, _ := x509.ParseCertificate(rootDER)
-	interKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	interTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "startup bench intermediate"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	interDER, err := x509.CreateCertificate(rand.Reader, interTmpl, root, &interKey.PublicKey, rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, _ := x509.ParseCertificate(interDER)
-	roots := x509.NewCertPool()
-	roots.AddCert(root)
-	return &startupCA{roots: roots, inter: inter, interKey: interKey,
-		interPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: interDER})}
-}
-
-// issue returns the chain (leaf, then intermediate) and key PEM of a
-// 90-day certificate for domain, issued 10 days ago.
-func (ca *startupCA) issue(domain string, serial int64) (chainPEM, keyPEM []byte, notAfter time.Time, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, time.Time{}, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1000 + serial), Subject: pkix.Name{CommonName: domain}, DNSNames: []string{domain},
-		NotBefore: now.Add(-10 * 24 * time.Hour), NotAfter: now.Add(80 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.inter, &key.PublicKey, ca.interKey)
-	if err != nil {
-		return nil, nil, time.Time{}, err
-	}
-	keyPEM, err = certmagic.PEMEncodePrivateKey(key)
-	if err != nil {
-		return nil, nil, time.Time{}, err
-	}
-	chainPEM = append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca.interPEM...)
-	return chainPEM, keyPEM, tmpl.NotAfter, nil
+	return inter
 }
 
 // buildStartupDataDir fills dir's store with one organization holding n
@@ -173,7 +112,7 @@ func (ca *startupCA) issue(domain string, serial int64) (chainPEM, keyPEM []byte
 // issuer key of the ACME issuer for caURL (what `serve --acme-ca caURL`
 // configures), laid out as certmagic's saveCertResource writes them: key,
 // chain and JSON metadata. It returns the domains.
-func buildStartupDataDir(t *testing.T, dir, caURL string, n int, ca *startupCA) []string {
+func buildStartupDataDir(t *testing.T, dir, caURL string, n int, ca *testcert.CA) []string {
 	t.Helper()
 	st, err := store.Open(filepath.Join(dir, dbFile), store.Options{})
 	if err != nil {
@@ -216,7 +155,8 @@ func buildStartupDataDir(t *testing.T, dir, caURL string, n int, ca *startupCA) 
 					return
 				}
 				d := domains[i]
-				chain, key, notAfter, err := ca.issue(d, int64(i))
+				// 90 days, issued 10 days ago.
+				cert, err := ca.Issue(time.Now().Add(-10*24*time.Hour), time.Now().Add(80*24*time.Hour), d)
 				if err != nil {
 					fail(err)
 					return
@@ -233,8 +173,8 @@ func buildStartupDataDir(t *testing.T, dir, caURL string, n int, ca *startupCA) 
 					key   string
 					value []byte
 				}{
-					{certmagic.StorageKeys.SitePrivateKey(issuerKey, d), key},
-					{certmagic.StorageKeys.SiteCert(issuerKey, d), chain},
+					{certmagic.StorageKeys.SitePrivateKey(issuerKey, d), cert.KeyPEM},
+					{certmagic.StorageKeys.SiteCert(issuerKey, d), cert.ChainPEM},
 					{certmagic.StorageKeys.SiteMeta(issuerKey, d), meta},
 				} {
 					if err := storage.Store(ctx, kv.key, kv.value); err != nil {
@@ -253,7 +193,7 @@ func buildStartupDataDir(t *testing.T, dir, caURL string, n int, ca *startupCA) 
 					CreatedBy:    &user.ID,
 					WaitingSince: now,
 					IssuingSince: now,
-					CertNotAfter: notAfter,
+					CertNotAfter: cert.Leaf.NotAfter,
 					NextCheckAt:  now.Add(time.Hour + mathrand.N(23*time.Hour)),
 				}, n); err != nil {
 					fail(err)
@@ -293,7 +233,7 @@ const startupBase = "proxy.example.net"
 // startupRun starts the binary on dir, times it until /readyz answers 200,
 // reads its memory, checks a handshake for each of the check domains, and
 // stops it with SIGTERM.
-func startupRun(t *testing.T, bin, dir string, w *acmeWorld, ca *startupCA, check []string) (ready time.Duration, rss string) {
+func startupRun(t *testing.T, bin, dir string, w *acmeWorld, ca *testcert.CA, check []string) (ready time.Duration, rss string) {
 	t.Helper()
 	api := testbin.FreeAddr(t)
 	args := append([]string{"serve", "--data-dir", dir, "--api-addr", api, "--target-cname-base", startupBase}, w.args...)
@@ -339,7 +279,7 @@ func startupRun(t *testing.T, bin, dir string, w *acmeWorld, ca *startupCA, chec
 
 	for _, d := range check {
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", w.httpsAddr,
-			&tls.Config{ServerName: d, RootCAs: ca.roots})
+			&tls.Config{ServerName: d, RootCAs: ca.Pool})
 		if err != nil {
 			t.Errorf("handshake for %s: %v", d, err)
 			continue

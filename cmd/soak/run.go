@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
 
 // staticSize is the size of every /static/ answer.
@@ -193,18 +194,13 @@ func start(ctx context.Context, c config, log io.Writer) (*env, error) {
 		w.Write(staticBody)
 	}))
 
-	apiAddr, err := freeAddr()
+	ports, err := testbin.FreePorts(3)
 	if err != nil {
 		return e, err
 	}
-	httpAddr, err := freeAddr()
-	if err != nil {
-		return e, err
-	}
-	if e.httpsAddr, err = freeAddr(); err != nil {
-		return e, err
-	}
-	e.pebble = certstest.NewPebble(e.dns.Addr(), port(httpAddr), port(e.httpsAddr))
+	apiAddr, httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	e.httpsAddr = fmt.Sprintf("127.0.0.1:%d", ports[2])
+	e.pebble = certstest.NewPebble(e.dns.Addr(), ports[1], ports[2])
 	caRoot := filepath.Join(dir, "pebble-server.pem")
 	if err := os.WriteFile(caRoot, e.pebble.ServerCertPEM(), 0o600); err != nil {
 		return e, err
@@ -338,16 +334,6 @@ func waitReady(ctx context.Context, e *env) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// freeAddr returns a loopback address whose port is free right now.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // port is the port of a host:port address.

@@ -131,12 +131,16 @@ func (s *Server) Addr() string { return s.addr }
 // Queries returns how many queries the server has received, over UDP and TCP together.
 func (s *Server) Queries() int { return int(s.queries.Load()) }
 
+// stopShutdownTimeout bounds how long Stop waits for each socket's
+// handlers to return.
+const stopShutdownTimeout = 5 * time.Second
+
 // Stop stops answering: both sockets are closed, so queries fail as against a resolver that
 // is down. Stop may be called more than once.
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stopped)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), stopShutdownTimeout)
 		defer cancel()
 		_ = s.udp.ShutdownContext(ctx)
 		_ = s.tcp.ShutdownContext(ctx)

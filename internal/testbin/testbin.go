@@ -1,8 +1,11 @@
 // Package testbin serves the tests that run the edgeproxy binary or another
 // program as a separate process (cmd/edgeproxy, deploy, cmd/e2e,
 // cmd/soak): it builds the binary once per test process and flavour,
-// finds the external programs some tests run (Tool), and holds the two
-// small helpers every such test needs. Only tests import it.
+// finds the external programs some tests run (Tool), and holds the small
+// helpers every such test needs: free loopback ports and a buffer for a
+// process's output. Tests import it, and so do the programs that drive
+// the binary the way those tests do (cmd/e2e, cmd/soak, cmd/benchproxy),
+// for their ports.
 package testbin
 
 import (
@@ -12,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 )
@@ -113,15 +117,38 @@ func Missing(tb testing.TB, what, makeTarget string) {
 // FreeAddr returns a loopback address whose port is free right now.
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := FreePorts(1)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 }
 
-// LockedBuffer collects a child process's output while the test reads it.
+// FreePorts returns n distinct loopback TCP ports that are free right
+// now, for a program to be told to listen on: the listeners that found
+// them stay open until all n are found, so no two are the same. Another
+// process may still take one before the program listens.
+func FreePorts(n int) ([]int, error) {
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("testbin: free port: %w", err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// LockedBuffer collects output written by one goroutine (a child
+// process's, a logger's) while the test reads it from another.
 type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
