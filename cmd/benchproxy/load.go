@@ -69,6 +69,34 @@ func (b *bench) load(p *peer, test string, d time.Duration) error {
 	return err
 }
 
+// warmUpRounds bounds the warm-up of one load on one peer.
+const warmUpRounds = 6
+
+// warm runs test's load on p for b.o.warmup, again while the proxy keeps
+// opening upstream connections (at most warmUpRounds times): a keep-alive
+// pool grows to the peak concurrency the load reaches, which can take a
+// few runs, and the measured runs must not pay for that growth.
+func (b *bench) warm(p *peer, test string) error {
+	for round := 1; ; round++ {
+		before, err := b.upstreamAccepts()
+		if err != nil {
+			return err
+		}
+		if err := b.load(p, test, b.o.warmup); err != nil {
+			return err
+		}
+		after, err := b.upstreamAccepts()
+		if err != nil {
+			return err
+		}
+		opened := upstreamConnsOpened(before, after)
+		if p.proc == nil || test == testHandshake || opened <= b.o.maxUpConns || b.o.maxUpConns < 0 || round >= warmUpRounds {
+			return nil
+		}
+		logf("warm-up %s %s: %d upstream connections opened; warming up again", p.name, test, opened)
+	}
+}
+
 // wrkRusage runs wrk on the load CPU against p for d and returns its
 // summary and the CPU time wrk used.
 func (b *bench) wrkRusage(p *peer, test string, d time.Duration) (wrkSummary, time.Duration, error) {
@@ -368,7 +396,6 @@ type snapshot struct {
 	self          time.Duration
 	proxyRSS      int64
 	proxyPIDCount int
-	accepts       int64 // the upstream's accepted connections
 }
 
 func (b *bench) snapshot(p *peer) (snapshot, error) {
@@ -383,9 +410,6 @@ func (b *bench) snapshot(p *peer) (snapshot, error) {
 	}
 	if s.up, err = cpuSeconds(b.upstream.pids()); err != nil {
 		return s, fmt.Errorf("upstream: %w", err)
-	}
-	if s.accepts, err = b.upstreamAccepts(); err != nil {
-		return s, err
 	}
 	if s.cpus, err = perCPU(); err != nil {
 		return s, err
@@ -411,9 +435,9 @@ type result struct {
 	// P50ms, P99ms: wrk's latency percentiles (HTTP/1.1 tests); MeanMS:
 	// the mean (every test but handshakes; h2load gives no percentiles).
 	P50ms, P99ms, MeanMS float64
-	// UpstreamConns is how many connections the upstream accepted during
-	// the run: for a proxy, the connections it had to open because its
-	// keep-alive pool had none idle.
+	// UpstreamConns is how many connections the upstream accepted from a
+	// second into the run to its end: for a proxy, the connections it had
+	// to open because its keep-alive pool had none idle.
 	UpstreamConns int64
 	// BytesPer is the average response size wrk read, headers included.
 	BytesPer float64
@@ -545,6 +569,21 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 	if err != nil {
 		return r, err
 	}
+	// The upstream connections are counted from a moment into the run to
+	// its end: when a load ends, its clients close connections with
+	// requests in flight, some proxies then close the upstream connections
+	// of the requests they abandon, and reopen them in the first
+	// milliseconds of the next run. A proxy that reconnects does so all
+	// the way through.
+	countFrom := min(time.Second, b.o.duration/4)
+	startAccepts := make(chan int64, 1)
+	acceptsErr := make(chan error, 1)
+	timer := time.AfterFunc(countFrom, func() {
+		n, err := b.upstreamAccepts()
+		startAccepts <- n
+		acceptsErr <- err
+	})
+	defer timer.Stop()
 	var wrkCPU time.Duration
 	switch test {
 	case testPostH2:
@@ -580,7 +619,16 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 	}
 	wall := after.at.Sub(before.at)
 	r.Seconds = wall.Seconds()
-	r.UpstreamConns = upstreamConnsOpened(before.accepts, after.accepts)
+	if test != testHandshake {
+		if err := <-acceptsErr; err != nil {
+			return r, err
+		}
+		endAccepts, err := b.upstreamAccepts()
+		if err != nil {
+			return r, err
+		}
+		r.UpstreamConns = upstreamConnsOpened(<-startAccepts, endAccepts)
+	}
 	if test == testHandshake {
 		r.PerSec = float64(r.Count) / r.Seconds
 	}

@@ -249,7 +249,7 @@ func run(ctx context.Context, o *options) error {
 		for _, p := range b.peers {
 			logf("warm-up %s (%s of each load, not measured)", p.name, o.warmup)
 			for _, t := range p.tests(o.tests) {
-				if err := b.load(p, t, o.warmup); err != nil {
+				if err := b.warm(p, t); err != nil {
 					return fmt.Errorf("%s: warm-up: %w", p.name, err)
 				}
 			}
