@@ -209,7 +209,16 @@ func report(o *options, b *bench, results []result, mems []memResult) string {
 	w("\nConnections the upstream accepted during each measured run (after the pre-warm; a proxy's pool should leave this near 0):\n\n")
 	header("peer")
 	for _, p := range b.peers {
-		row(p.name, upConns, func(t string) bool { return t == testHandshake })
+		w("| %s |", p.name)
+		for _, t := range tests {
+			s, ok := spreadOf(values(series(results, p.name, upConns(t))))
+			if t == testHandshake || !ok {
+				w(" – |")
+				continue
+			}
+			w(" %s (%s–%s) |", num(s.med), num(s.min), num(s.max))
+		}
+		w("\n")
 	}
 
 	var edges []string
