@@ -212,6 +212,13 @@ func (e *Edge) reverseProxy(target *url.URL, transport http.RoundTripper) *httpu
 			// here so the rule does not hang on that.
 			pr.Out.Header.Del("X-Real-Ip")
 			pr.Out.Header.Del("Forwarded")
+			if n := pr.In.ContentLength; n > 0 && n <= bufferedBodyBytes {
+				// serve read this body whole. ReverseProxy wraps the
+				// outbound body in a reader the transport cannot tell is
+				// in memory, and the transport then flushes the head in a
+				// write of its own; the buffered body itself it can.
+				pr.Out.Body = pr.In.Body
+			}
 		},
 		ModifyResponse: refuseProtocolSwitch,
 		Transport:      transport,
