@@ -39,7 +39,7 @@ e2e: build
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./control/
 
-## bench-proxy: the TLS edge against nginx and Caddy under wrk, a few minutes (installs wrk, nginx, caddy when missing; args in BENCH_PROXY_ARGS)
+## bench-proxy: the TLS edge against nginx and Caddy under wrk and h2load, about 20 minutes (installs wrk, h2load, nginx, caddy when missing; args in BENCH_PROXY_ARGS)
 bench-proxy:
 	./scripts/bench-proxy.sh $(BENCH_PROXY_ARGS)
 

@@ -22,9 +22,12 @@
 // else, Cookie included, passes unchanged. No protocol switch passes:
 // Upgrade is never forwarded, so a websocket handshake reaches the upstream
 // as a plain request, and an upstream that answers 101 anyway gets its
-// connection closed and the client a 502. Bodies
-// stream both ways; a request body longer than the limit is cut off and
-// answered 413, whether or not its length was announced.
+// connection closed and the client a 502. A request body of announced
+// length up to 16 KB (every event post and flag request) is read in full
+// before it is forwarded; longer bodies and those without a length
+// stream, and responses always stream. A request body longer than the
+// limit is cut off and answered 413, whether or not its length was
+// announced.
 //
 // # Errors
 //
@@ -53,6 +56,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -167,9 +171,9 @@ func New(hosts Hosts, cfg Config) (*Edge, error) {
 		failLog:    &logLimiter{every: serverLogEvery, now: time.Now},
 		timeoutLog: &logLimiter{every: serverLogEvery, now: time.Now}}
 	e.metrics = newEdgeMetrics(e, cfg.Registerer, cfg.PerDomainMetrics)
-	var transport http.RoundTripper = timedTransport{next: cfg.Transport}
-	if cfg.Transport == nil {
-		transport = timedTransport{next: newTransport(cfg)}
+	transport := cfg.Transport
+	if transport == nil {
+		transport = newTransport(cfg)
 	}
 	e.ingest = e.reverseProxy(cfg.Upstream, transport)
 	e.static = e.reverseProxy(cfg.AssetsUpstream, transport)
@@ -213,6 +217,13 @@ func (e *Edge) reverseProxy(target *url.URL, transport http.RoundTripper) *httpu
 			// here so the rule does not hang on that.
 			pr.Out.Header.Del("X-Real-Ip")
 			pr.Out.Header.Del("Forwarded")
+			if n := pr.In.ContentLength; n > 0 && n <= bufferedBodyBytes {
+				// serve read this body whole. ReverseProxy wraps the
+				// outbound body in a reader the transport cannot tell is
+				// in memory, and the transport then flushes the head in a
+				// write of its own; the buffered body itself it can.
+				pr.Out.Body = pr.In.Body
+			}
 		},
 		ModifyResponse: refuseProtocolSwitch,
 		Transport:      transport,
@@ -278,7 +289,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.body = body
 	}
 	e.metrics.inFlight.Inc()
-	domain, aborted := e.serveOrAbort(x, withExchange(r, x), route)
+	domain, aborted := e.serveOrAbort(x, r, route)
 
 	e.metrics.inFlight.Dec()
 	status := x.status
@@ -321,7 +332,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // http.ErrAbortHandler panic with which ReverseProxy cuts off a response
 // whose body it could not copy (the upstream broke it, or the client
 // left), so that ServeHTTP still accounts for the request.
-func (e *Edge) serveOrAbort(w http.ResponseWriter, r *http.Request, route Route) (domain string, aborted any) {
+func (e *Edge) serveOrAbort(x *exchange, r *http.Request, route Route) (domain string, aborted any) {
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
@@ -330,13 +341,14 @@ func (e *Edge) serveOrAbort(w http.ResponseWriter, r *http.Request, route Route)
 			domain, aborted = hostOf(r.Host), v
 		}
 	}()
-	return e.serve(w, r, route), nil
+	return e.serve(x, r, route), nil
 }
 
 // serve answers the request and returns the served domain it was for, or
 // overflowDomain when the host is not served (so the metrics' domain label
 // holds served domains only).
-func (e *Edge) serve(w http.ResponseWriter, r *http.Request, route Route) string {
+func (e *Edge) serve(x *exchange, r *http.Request, route Route) string {
+	var w http.ResponseWriter = x
 	// net/http reads a request with both Transfer-Encoding: chunked and
 	// Content-Length as chunked and drops the length, as RFC 9112 §6.1
 	// allows, but keeps the connection open, which it forbids: the request
@@ -396,18 +408,66 @@ func (e *Edge) serve(w http.ResponseWriter, r *http.Request, route Route) string
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, e.cfg.MaxBodyBytes)
 	}
+	if n := r.ContentLength; n > 0 && n <= bufferedBodyBytes {
+		body, err := readWhole(r.Body, n)
+		if err != nil {
+			// The client's doing (a body cut short, or the client gone):
+			// answered as when the transport's read fails, and the
+			// upstream sees nothing.
+			e.upstreamError(w, r, err)
+			return host
+		}
+		// A body known to be in memory goes out in the same write as the
+		// request's head (net/http's transport flushes the head on its own
+		// before any other body).
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
 	// No protocol switch passes: a tunnel would carry bytes past the body
 	// limit and the request rules, straight to the upstream. ReverseProxy
 	// forwards Upgrade whenever Connection names it; without Upgrade it
 	// drops Connection with the other hop-by-hop headers, and the request
 	// goes on as a plain one.
 	r.Header.Del("Upgrade")
+	x.forwarded = time.Now()
 	if route == RouteStatic {
 		e.static.ServeHTTP(w, r)
 	} else {
 		e.ingest.ServeHTTP(w, r)
 	}
 	return host
+}
+
+// bufferedBodyBytes is the largest request body, of announced length, that
+// the edge reads in full before forwarding (as nginx buffers request
+// bodies): event posts and flag requests are a few KB, and a body in
+// memory leaves in one write with the request head instead of two. Longer
+// bodies, and those without a length, stream.
+const bufferedBodyBytes = 16 << 10
+
+// readWhole reads a body of announced length n, and on to its end: net/http
+// watches a connection for its client going away only once the request
+// body has reached EOF.
+func readWhole(body io.Reader, n int64) ([]byte, error) {
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(body, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	var one [1]byte
+	for range 8 {
+		m, err := body.Read(one[:])
+		switch {
+		case m > 0:
+			return nil, errors.New("request body longer than its Content-Length")
+		case err == io.EOF:
+			return buf, nil
+		case err != nil:
+			return nil, err
+		}
+	}
+	return nil, errors.New("request body does not end after its Content-Length")
 }
 
 func (e *Edge) tooLargeDetail() string {
@@ -467,12 +527,12 @@ func (e *Edge) upstreamError(w http.ResponseWriter, r *http.Request, err error) 
 		// The client went away; nobody reads this answer.
 		e.clientGone.Add(1)
 		w.WriteHeader(499)
-	case readError(r.Context()) != nil:
+	case readError(w) != nil:
 		// The client's body broke off or was malformed (chunked framing);
 		// the upstream saw an aborted request, never a complete one.
 		e.badRequest.Add(1)
 		writeError(w, http.StatusBadRequest, "bad_request",
-			fmt.Sprintf("The request body could not be read: %v.", readError(r.Context())))
+			fmt.Sprintf("The request body could not be read: %v.", readError(w)))
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
 		e.gatewayTimeout.Add(1)
 		e.warnLimited(e.timeoutLog, "upstream timed out", "upstream", upstream, "path", r.URL.Path, "err", err)

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -152,15 +151,22 @@ func (m *edgeMetrics) count(route Route, status int, domain string) {
 // for metrics and the access log.
 type exchange struct {
 	http.ResponseWriter
-	status   int
-	written  int64
-	upstream time.Duration // to response headers; 0 when not forwarded
-	body     *countingBody // nil when the request has no body
+	status  int
+	written int64
+	// forwarded is when the request was handed to the upstream's
+	// ReverseProxy, upstream the time from then to the answer's headers
+	// (the upstream's, or the error handler's); 0 when not forwarded.
+	forwarded time.Time
+	upstream  time.Duration
+	body      *countingBody // nil when the request has no body
 }
 
 func (x *exchange) WriteHeader(code int) {
 	if x.status == 0 && code >= 200 {
 		x.status = code
+		if !x.forwarded.IsZero() {
+			x.upstream = time.Since(x.forwarded)
+		}
 	}
 	x.ResponseWriter.WriteHeader(code)
 }
@@ -202,9 +208,10 @@ func (c *countingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// readError is the error reading the body of the request of ctx, or nil.
-func readError(ctx context.Context) error {
-	x, ok := ctx.Value(exchangeKey{}).(*exchange)
+// readError is the error reading the body of the request answered
+// through w, or nil.
+func readError(w http.ResponseWriter) error {
+	x, ok := w.(*exchange)
 	if !ok || x.body == nil {
 		return nil
 	}
@@ -212,27 +219,6 @@ func readError(ctx context.Context) error {
 		return e.error
 	}
 	return nil
-}
-
-type exchangeKey struct{}
-
-// timedTransport measures the upstream's time to response headers into
-// the request's exchange.
-type timedTransport struct {
-	next http.RoundTripper
-}
-
-func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	start := time.Now()
-	resp, err := t.next.RoundTrip(r)
-	if x, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
-		x.upstream = time.Since(start)
-	}
-	return resp, err
-}
-
-func withExchange(r *http.Request, x *exchange) *http.Request {
-	return r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x))
 }
 
 // clientIP is the address of the connection's peer, without the port.

@@ -3,8 +3,8 @@
 # (results in docs/PERFORMANCE.md, section "Edge: the TLS proxy against
 # nginx and Caddy").
 #
-# Installs wrk, nginx and Caddy from the distribution's packages when they
-# are missing (apt-get; needs root or sudo), builds bin/edgeproxy and
+# Installs wrk, h2load (nghttp2-client), nginx and Caddy from the
+# distribution's packages when they are missing (apt-get; needs root or sudo), builds bin/edgeproxy and
 # bin/benchproxy, raises the open-files limit for the idle-connection test
 # and runs benchproxy pinned to the load CPU. The proxy under test is pinned
 # to the proxy CPU by benchproxy itself. Everything listens on 127.0.0.1.
@@ -39,6 +39,7 @@ apt_install() {
 
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v caddy >/dev/null || missing+=(caddy)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -54,18 +55,56 @@ func parseWrkOutput(out string) (wrkSummary, error) {
 	return s, fmt.Errorf("no BENCHJSON line in wrk's output:\n%s", out)
 }
 
-// wrk runs wrk on the load CPU against p for d and returns its summary and
-// the CPU time wrk used.
-func (b *bench) wrk(p *peer, test string, d time.Duration) (wrkSummary, error) {
-	s, _, err := b.wrkRusage(p, test, d)
-	return s, err
+// load runs test's load against p for d, unmeasured.
+func (b *bench) load(p *peer, test string, d time.Duration) error {
+	var err error
+	switch test {
+	case testHandshake:
+		b.handshakes(p, d)
+	case testPostH2:
+		_, _, err = b.h2load(p, d)
+	default:
+		_, _, err = b.wrkRusage(p, test, d)
+	}
+	return err
 }
 
-func (b *bench) wrkRusage(p *peer, test string, d time.Duration) (wrkSummary, time.Duration, error) {
-	script, path := b.postLua, "/i/v0/e/"
-	if test == testStatic {
-		script, path = b.getLua, "/static/array.js"
+// warmUpRounds bounds the warm-up of one load on one peer.
+const warmUpRounds = 6
+
+// warm runs test's load on p for b.o.warmup, again while the proxy keeps
+// opening upstream connections (at most warmUpRounds times): a keep-alive
+// pool grows to the peak concurrency the load reaches, which can take a
+// few runs, and the measured runs must not pay for that growth.
+func (b *bench) warm(p *peer, test string) error {
+	for round := 1; ; round++ {
+		before, err := b.upstreamAccepts()
+		if err != nil {
+			return err
+		}
+		if err := b.load(p, test, b.o.warmup); err != nil {
+			return err
+		}
+		after, err := b.upstreamAccepts()
+		if err != nil {
+			return err
+		}
+		opened := upstreamConnsOpened(before, after)
+		if p.proc == nil || test == testHandshake || opened <= b.o.maxUpConns || b.o.maxUpConns < 0 || round >= warmUpRounds {
+			return nil
+		}
+		logf("warm-up %s %s: %d upstream connections opened; warming up again", p.name, test, opened)
 	}
+}
+
+// wrkRusage runs wrk on the load CPU against p for d and returns its
+// summary and the CPU time wrk used.
+func (b *bench) wrkRusage(p *peer, test string, d time.Duration) (wrkSummary, time.Duration, error) {
+	l := b.loads[test]
+	if l == nil {
+		return wrkSummary{}, 0, fmt.Errorf("no wrk load for test %q", test)
+	}
+	script, path := l.script, l.path
 	ctx, cancel := context.WithTimeout(b.ctx, d+30*time.Second)
 	defer cancel()
 	secs := max(int(d.Round(time.Second)/time.Second), 1)
@@ -90,6 +129,211 @@ func (b *bench) wrkRusage(p *peer, test string, d time.Duration) (wrkSummary, ti
 		return s, used, fmt.Errorf("wrk completed no request:\n%s", out.String())
 	}
 	return s, used, nil
+}
+
+// h2Summary is what h2load reports about one run.
+type h2Summary struct {
+	Seconds                      float64
+	Done, Succeeded, Failed      int64
+	Errored, Timeout, Non2xx     int64
+	MeanMS                       float64
+	Protocol, Cipher, Group, ALP string
+}
+
+func (s h2Summary) errors() int64 { return s.Failed + s.Errored + s.Timeout + s.Non2xx }
+
+// parseH2load reads h2load's summary:
+//
+//	finished in 10.00s, 12345.60 req/s, 2.34MB/s
+//	requests: 123456 total, 123456 started, 123456 done, 123456 succeeded, 0 failed, 0 errored, 0 timeout
+//	status codes: 123456 2xx, 0 3xx, 0 4xx, 0 5xx
+//	time for request:   1.23ms   45.67ms   5.12ms   2.01ms    70.12%
+//
+// and the TLS lines (TLS Protocol, Cipher, Server Temp Key, Application
+// protocol).
+func parseH2load(out string) (h2Summary, error) {
+	var s h2Summary
+	var haveFinished, haveRequests bool
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		k, v, _ := strings.Cut(line, ":")
+		v = strings.TrimSpace(v)
+		switch {
+		case strings.HasPrefix(line, "finished in "):
+			d, _, _ := strings.Cut(strings.TrimPrefix(line, "finished in "), ",")
+			dur, err := time.ParseDuration(strings.TrimSpace(d))
+			if err != nil {
+				return s, fmt.Errorf("h2load: %q: %w", line, err)
+			}
+			s.Seconds, haveFinished = dur.Seconds(), true
+		case k == "requests":
+			for _, f := range strings.Split(v, ",") {
+				var n int64
+				var what string
+				if _, err := fmt.Sscanf(strings.TrimSpace(f), "%d %s", &n, &what); err != nil {
+					return s, fmt.Errorf("h2load: %q: %w", line, err)
+				}
+				switch what {
+				case "done":
+					s.Done = n
+				case "succeeded":
+					s.Succeeded = n
+				case "failed":
+					s.Failed = n
+				case "errored":
+					s.Errored = n
+				case "timeout":
+					s.Timeout = n
+				}
+			}
+			haveRequests = true
+		case k == "status codes":
+			for _, f := range strings.Split(v, ",") {
+				var n int64
+				var class string
+				fmt.Sscanf(strings.TrimSpace(f), "%d %s", &n, &class)
+				if class != "2xx" {
+					s.Non2xx += n
+				}
+			}
+		case k == "time for request":
+			if fields := strings.Fields(v); len(fields) >= 3 {
+				s.MeanMS = durationMS(fields[2])
+			}
+		case k == "TLS Protocol":
+			s.Protocol = v
+		case k == "Cipher":
+			s.Cipher = v
+		case k == "Server Temp Key":
+			s.Group, _, _ = strings.Cut(v, " ")
+		case k == "Application protocol":
+			s.ALP = v
+		}
+	}
+	if !haveFinished || !haveRequests {
+		return s, fmt.Errorf("no summary in h2load's output:\n%s", out)
+	}
+	return s, nil
+}
+
+// durationMS reads one of h2load's durations ("850us", "1.23ms", "2.5s")
+// in milliseconds; 0 if it is none.
+func durationMS(s string) float64 {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0
+	}
+	return float64(d) / 1e6
+}
+
+// h2load runs h2load on the load CPU against p: b.o.conns connections
+// with b.o.h2Streams concurrent streams each, POSTing the 1 KB body, for
+// about d. It fails unless the connections spoke h2 over TLS 1.3 with
+// AES-128-GCM and X25519, the parameters of every other test.
+//
+// The run is a number of requests (-n), from the rate p last reached, not
+// a duration (-D): at the end of a timed run h2load closes its connections
+// with hundreds of streams in flight, each proxy then closes the upstream
+// connections of the requests it abandons, and the next run would be
+// measured reopening them (hundreds, though the pool is right).
+func (b *bench) h2load(p *peer, d time.Duration) (h2Summary, time.Duration, error) {
+	rate := b.h2Rate[p.name]
+	if rate == 0 {
+		rate = 5000
+	}
+	conc := b.o.conns * b.o.h2Streams
+	n := max(int(rate*d.Seconds()), 4*conc)
+	n = (n + conc - 1) / conc * conc
+	ctx, cancel := context.WithTimeout(b.ctx, 4*d+30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "taskset", "-c", b.o.loadCPU, b.o.h2loadBin,
+		"-t1", fmt.Sprintf("-c%d", b.o.conns), fmt.Sprintf("-m%d", b.o.h2Streams), fmt.Sprintf("-n%d", n),
+		"--connect-to", p.addr(), "--tls13-ciphers", "TLS_AES_128_GCM_SHA256", "--groups", "X25519",
+		"-d", b.postFile, "-H", "content-type: application/json",
+		p.baseURL()+"/i/v0/e/")
+	cmd.Env = baseEnv()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return h2Summary{}, 0, fmt.Errorf("h2load: %w\n%s", err, out.String())
+	}
+	s, err := parseH2load(out.String())
+	if err != nil {
+		return s, 0, err
+	}
+	var used time.Duration
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		used = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	if s.Done == 0 || s.Seconds == 0 {
+		return s, used, fmt.Errorf("h2load completed no request:\n%s", out.String())
+	}
+	b.h2Rate[p.name] = float64(s.Done) / s.Seconds
+	if s.Protocol != "TLSv1.3" || s.Cipher != "TLS_AES_128_GCM_SHA256" || s.Group != "X25519" || s.ALP != "h2" {
+		return s, used, fmt.Errorf("h2load negotiated %q %q %q %q, want TLSv1.3, TLS_AES_128_GCM_SHA256, X25519, h2:\n%s",
+			s.Protocol, s.Cipher, s.Group, s.ALP, out.String())
+	}
+	return s, used, nil
+}
+
+// upstreamAccepts is the number of connections the upstream has accepted
+// so far (nginx's stub_status), counting the one this query opens.
+func (b *bench) upstreamAccepts() (int64, error) {
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/status", b.statusPort))
+	if err != nil {
+		return 0, fmt.Errorf("upstream status: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("upstream status: %w", err)
+	}
+	return parseStubStatus(string(body))
+}
+
+// parseStubStatus reads the accepts counter of nginx's stub_status:
+//
+//	Active connections: 3
+//	server accepts handled requests
+//	 17 17 2032
+//	Reading: 0 Writing: 1 Waiting: 2
+func parseStubStatus(text string) (int64, error) {
+	lines := strings.Split(text, "\n")
+	for i, line := range lines {
+		if strings.TrimSpace(line) == "server accepts handled requests" && i+1 < len(lines) {
+			var accepts, handled, requests int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(lines[i+1]), "%d %d %d", &accepts, &handled, &requests); err != nil {
+				return 0, fmt.Errorf("upstream status: %q: %w", lines[i+1], err)
+			}
+			return accepts, nil
+		}
+	}
+	return 0, fmt.Errorf("upstream status: no accepts counter in %q", text)
+}
+
+// upstreamConnsOpened is how many connections were opened to the upstream
+// between two readings of its accepts counter: the later reading counts
+// its own query's connection, which no proxy opened.
+func upstreamConnsOpened(before, after int64) int64 {
+	return max(after-before-1, 0)
+}
+
+// checkUpstreamConns fails a measured run in which a proxy opened more
+// than limit connections to the upstream. A proxy whose keep-alive pool
+// is smaller than the load's concurrency reconnects for most requests and
+// is measured paying for TCP setup that a correctly configured one does
+// not: such a run measures the configuration, not the proxy. A negative
+// limit turns the check off.
+func checkUpstreamConns(r result, isProxy bool, limit int64) error {
+	if !isProxy || limit < 0 || r.Test == testHandshake || r.UpstreamConns <= limit {
+		return nil
+	}
+	return fmt.Errorf("%s %s: the upstream accepted %d new connections during the measured run (limit %d): "+
+		"the proxy reconnects instead of reusing its keep-alive pool; give it a pool of at least the load's concurrency (-upstream-pool)",
+		r.Peer, r.Test, r.UpstreamConns, limit)
 }
 
 // handshakeConfig is a fresh client configuration for each connection: no
@@ -188,8 +432,13 @@ type result struct {
 	Count  int64
 	PerSec float64
 	Errors int64
-	// P50ms, P99ms: wrk's latency percentiles (post, static).
-	P50ms, P99ms float64
+	// P50ms, P99ms: wrk's latency percentiles (HTTP/1.1 tests); MeanMS:
+	// the mean (every test but handshakes; h2load gives no percentiles).
+	P50ms, P99ms, MeanMS float64
+	// UpstreamConns is how many connections the upstream accepted from a
+	// second into the run to its end: for a proxy, the connections it had
+	// to open because its keep-alive pool had none idle.
+	UpstreamConns int64
 	// BytesPer is the average response size wrk read, headers included.
 	BytesPer float64
 	// ProxyUS is the proxy's CPU time per request or handshake, in µs.
@@ -228,8 +477,15 @@ func speedProbe() time.Duration {
 
 func (r result) line() string {
 	s := fmt.Sprintf("rep %d  %-28s %-9s %9.0f/s", r.Repeat, r.Peer, r.Test, r.PerSec)
-	if r.Test != testHandshake {
+	switch r.Test {
+	case testHandshake:
+	case testPostH2:
+		s += fmt.Sprintf("  mean %6.2f ms %28s", r.MeanMS, "")
+	default:
 		s += fmt.Sprintf("  p50 %6.2f ms  p99 %6.2f ms  %6.0f B/resp", r.P50ms, r.P99ms, r.BytesPer)
+	}
+	if r.Test != testHandshake {
+		s += fmt.Sprintf("  upstream conns %4d", r.UpstreamConns)
 	}
 	if r.ProxyBusy > 0 {
 		s += fmt.Sprintf("  proxy %5.0f µs/op, %3.0f%% busy", r.ProxyUS, 100*r.ProxyBusy)
@@ -246,6 +502,11 @@ func (r result) line() string {
 func (b *bench) measureQuiet(p *peer, test string, rep int) (result, error) {
 	var r result
 	for attempt := 0; ; attempt++ {
+		if b.o.prewarm > 0 && test != testHandshake {
+			if err := b.load(p, test, b.o.prewarm); err != nil {
+				return r, fmt.Errorf("pre-warm: %w", err)
+			}
+		}
 		b.waitQuiet()
 		probe := speedProbe()
 		var err error
@@ -254,7 +515,17 @@ func (b *bench) measureQuiet(p *peer, test string, rep int) (result, error) {
 			return r, err
 		}
 		r.Repeat, r.Attempts, r.ProbeMS = rep, attempt+1, probe.Seconds()*1e3
-		if r.Others <= b.o.maxOthers || attempt >= b.o.retries {
+		if attempt >= b.o.retries {
+			return r, nil
+		}
+		if checkUpstreamConns(r, p.proc != nil, b.o.maxUpConns) != nil {
+			// A pool still growing to the load's peak concurrency opens
+			// connections once; a proxy that reconnects opens them in
+			// every run. The run loop fails the last attempt.
+			logf("%s (opened %d upstream connections; running it again)", r.line(), r.UpstreamConns)
+			continue
+		}
+		if r.Others <= b.o.maxOthers {
 			return r, nil
 		}
 		logf("%s (disturbed: other processes used %.0f%% of a core; running it again)", r.line(), 100*r.Others)
@@ -298,9 +569,34 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 	if err != nil {
 		return r, err
 	}
+	// The upstream connections are counted from a moment into the run to
+	// its end: when a load ends, its clients close connections with
+	// requests in flight, some proxies then close the upstream connections
+	// of the requests they abandon, and reopen them in the first
+	// milliseconds of the next run. A proxy that reconnects does so all
+	// the way through.
+	countFrom := min(time.Second, b.o.duration/4)
+	startAccepts := make(chan int64, 1)
+	acceptsErr := make(chan error, 1)
+	timer := time.AfterFunc(countFrom, func() {
+		n, err := b.upstreamAccepts()
+		startAccepts <- n
+		acceptsErr <- err
+	})
+	defer timer.Stop()
 	var wrkCPU time.Duration
 	switch test {
-	case testPost, testStatic:
+	case testPostH2:
+		s, used, err := b.h2load(p, b.o.duration)
+		if err != nil {
+			return r, err
+		}
+		wrkCPU = used
+		r.Count = s.Done
+		r.Errors = s.errors()
+		r.MeanMS = s.MeanMS
+		r.PerSec = float64(s.Done) / s.Seconds
+	case testPost, testBatch, testFlags, testStatic:
 		s, used, err := b.wrkRusage(p, test, b.o.duration)
 		if err != nil {
 			return r, err
@@ -310,6 +606,7 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 		r.Errors = s.errors()
 		r.P50ms = float64(s.P50US) / 1000
 		r.P99ms = float64(s.P99US) / 1000
+		r.MeanMS = s.MeanUS / 1000
 		r.BytesPer = float64(s.Bytes) / float64(s.Requests)
 		r.PerSec = float64(s.Requests) / (float64(s.DurationUS) / 1e6)
 	case testHandshake:
@@ -322,6 +619,16 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 	}
 	wall := after.at.Sub(before.at)
 	r.Seconds = wall.Seconds()
+	if test != testHandshake {
+		if err := <-acceptsErr; err != nil {
+			return r, err
+		}
+		endAccepts, err := b.upstreamAccepts()
+		if err != nil {
+			return r, err
+		}
+		r.UpstreamConns = upstreamConnsOpened(<-startAccepts, endAccepts)
+	}
 	if test == testHandshake {
 		r.PerSec = float64(r.Count) / r.Seconds
 	}
@@ -394,6 +701,22 @@ func (b *bench) check(p *peer) error {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != b.postAnswer {
 		return fmt.Errorf("POST /i/v0/e/: %s %q", resp.Status, body)
+	}
+	for _, test := range []string{testBatch, testFlags} {
+		l := b.loads[test]
+		body, err := os.ReadFile(l.bodyFile)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Post(p.baseURL()+l.path, l.contentType, bytes.NewReader(body))
+		if err != nil {
+			return fmt.Errorf("POST %s: %w", l.path, err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || strings.TrimSpace(string(got)) != l.answer {
+			return fmt.Errorf("POST %s: %s %q", l.path, resp.Status, got)
+		}
 	}
 	resp, err = client.Get(p.baseURL() + "/static/array.js")
 	if err != nil {

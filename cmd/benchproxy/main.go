@@ -10,14 +10,22 @@
 // keep-alive. Peers are measured in turn (A B C A B C ...), and each metric
 // is reported as min / median / max over the repeats.
 //
-// Per peer and repeat:
-//   - 1 KB JSON POST /i/v0/e/ and GET /static/array.js with wrk -t1 -c64
-//     over TLS keep-alive: req/s, p50 and p99 latency, and the proxy's CPU
-//     time per request (utime+stime from /proc/<pid>/stat, for nginx the
-//     master and its workers);
-//   - full TLS 1.3 handshakes per second from a Go client (no resumption:
-//     a fresh tls.Config per connection with session tickets disabled,
-//     X25519 only), and the proxy's CPU time per handshake.
+// Per peer and repeat, the loads browsers and SDKs send, each over TLS
+// keep-alive with 64 connections: a 1 KB JSON POST /i/v0/e/ over HTTP/1.1
+// (wrk) and over HTTP/2 with 10 streams per connection (h2load), a
+// gzip-compressed /e/ batch of ~3 KB, a /flags/ POST, and GET
+// /static/array.js (~60 KB); and full TLS 1.3 handshakes from a Go client
+// (no resumption: a fresh tls.Config per connection with session tickets
+// disabled, X25519 only). For each: operations per second, latency, and
+// the proxy's CPU time per operation (utime+stime from /proc/<pid>/stat,
+// for nginx the master and its workers), the figure to trust on a shared
+// machine.
+//
+// Every proxy keeps a keep-alive pool to the upstream at least as large as
+// the load's concurrency (-upstream-pool), and each measured run counts the
+// connections the upstream accepted (nginx's stub_status): a proxy that
+// opened more than -max-upstream-conns fails the benchmark, since it was
+// measured paying for reconnections, not for proxying.
 //
 // Once per proxy, on a fresh process: memory per idle keep-alive TLS
 // connection, from VmRSS before and after opening -idle-conns connections
@@ -40,6 +48,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -75,6 +84,15 @@ type options struct {
 	cpuProfile string
 	hold       time.Duration
 	tests      []string
+	h2loadBin  string
+	h2Streams  int
+	batchSize  int
+	prewarm    time.Duration
+	// upstreamPool is every proxy's idle keep-alive pool to the upstream
+	// (nginx keepalive, Caddy keepalive_idle_conns and _per_host).
+	upstreamPool int
+	caddyPerHost int
+	maxUpConns   int64
 }
 
 func main() {
@@ -84,14 +102,21 @@ func main() {
 	flag.StringVar(&o.workDir, "workdir", "", "directory for configs, data and logs (default: a new one under $TMPDIR, removed at the end unless -keep)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of each measured run")
-	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "unmeasured POST and GET load on each peer before the first repeat")
+	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "unmeasured load of each test on each peer before the first repeat")
 	flag.IntVar(&o.repeats, "repeats", 3, "interleaved repeats of every peer")
 	flag.IntVar(&o.conns, "c", 64, "wrk connections")
 	flag.IntVar(&o.hsConc, "handshake-concurrency", 32, "concurrent handshaking clients")
 	flag.IntVar(&o.idleConns, "idle-conns", 10000, "idle keep-alive TLS connections for the memory test (0: skip)")
 	flag.StringVar(&peers, "peers", "upstream,upstream-tls,edgeproxy,nginx,caddy",
 		"peers in the order measured: upstream (plain HTTP, direct), upstream-tls (TLS, direct), edgeproxy[@BINARY][+ENV=VALUE...] (another build, environment variables), nginx, caddy")
-	flag.StringVar(&tests, "tests", "post,static,handshake", "tests run on each peer")
+	flag.StringVar(&tests, "tests", strings.Join(allTests, ","), "tests run on each peer: "+strings.Join(allTests, ", "))
+	flag.StringVar(&o.h2loadBin, "h2load", "h2load", "h2load binary (Debian's nghttp2-client)")
+	flag.IntVar(&o.h2Streams, "h2-streams", 10, "concurrent streams per connection in the HTTP/2 test")
+	flag.IntVar(&o.batchSize, "batch-bytes", 3000, "least size of the gzip-compressed /e/ batch")
+	flag.DurationVar(&o.prewarm, "prewarm", 2*time.Second, "unmeasured load of the same test right before each measured run, so that the proxy's upstream pool is full whatever ran before")
+	flag.IntVar(&o.upstreamPool, "upstream-pool", 1024, "idle keep-alive connections each proxy keeps to the upstream (at least the load's concurrency: -c × -h2-streams)")
+	flag.IntVar(&o.caddyPerHost, "caddy-per-host-pool", 1024, "Caddy's keepalive_idle_conns_per_host (0 leaves it out: Go's default of 2, which makes Caddy reconnect under load)")
+	flag.Int64Var(&o.maxUpConns, "max-upstream-conns", 8, "fail when a proxy opens more upstream connections than this during a measured run (-1: do not check)")
 	flag.StringVar(&memPeers, "mem-peers", "edgeproxy,nginx,caddy", "peers (as named in -peers) whose memory per idle connection is measured")
 	flag.StringVar(&o.loadCPU, "load-cpu", "0", "CPU list (taskset -c) of wrk, the handshake clients and the upstream")
 	flag.StringVar(&o.proxyCPU, "proxy-cpu", "1", "CPU list (taskset -c) of the proxy under test")
@@ -112,12 +137,16 @@ func main() {
 	o.memPeers = splitList(memPeers)
 	o.tests = splitList(tests)
 	for _, t := range o.tests {
-		if t != testPost && t != testStatic && t != testHandshake {
-			fatalf("-tests: unknown test %q (post, static, handshake)", t)
+		if !slices.Contains(allTests, t) {
+			fatalf("-tests: unknown test %q (%s)", t, strings.Join(allTests, ", "))
 		}
 	}
-	if o.repeats < 1 || o.duration <= 0 || o.conns < 1 || o.hsConc < 1 {
-		fatalf("-repeats, -duration, -c and -handshake-concurrency must be positive")
+	if o.repeats < 1 || o.duration <= 0 || o.conns < 1 || o.hsConc < 1 || o.h2Streams < 1 {
+		fatalf("-repeats, -duration, -c, -h2-streams and -handshake-concurrency must be positive")
+	}
+	if need := o.conns * o.h2Streams; o.upstreamPool < need && o.maxUpConns >= 0 {
+		fatalf("-upstream-pool %d is smaller than the HTTP/2 test's concurrency (-c %d × -h2-streams %d = %d): the proxies would reconnect",
+			o.upstreamPool, o.conns, o.h2Streams, need)
 	}
 
 	if o.cpuProfile != "" {
@@ -156,7 +185,11 @@ func logf(format string, args ...any) {
 }
 
 func run(ctx context.Context, o *options) error {
-	for _, bin := range []string{o.wrkBin, o.nginxBin, "taskset"} {
+	bins := []string{o.wrkBin, o.nginxBin, "taskset"}
+	if slices.Contains(o.tests, testPostH2) {
+		bins = append(bins, o.h2loadBin)
+	}
+	for _, bin := range bins {
 		if _, err := exec.LookPath(bin); err != nil {
 			return fmt.Errorf("%s not found (scripts/bench-proxy.sh installs it): %w", bin, err)
 		}
@@ -189,7 +222,7 @@ func run(ctx context.Context, o *options) error {
 		logf("warning: benchproxy runs on CPUs %s, not on the load CPU %s alone: start it with taskset -c %s", allowed, o.loadCPU, o.loadCPU)
 	}
 
-	b := &bench{o: o, ctx: ctx}
+	b := &bench{o: o, ctx: ctx, h2Rate: map[string]float64{}}
 	defer b.stopAll()
 	if err := b.prepare(); err != nil {
 		return err
@@ -214,9 +247,9 @@ func run(ctx context.Context, o *options) error {
 
 	if o.warmup > 0 {
 		for _, p := range b.peers {
-			logf("warm-up %s (%s POST + %s GET, not measured)", p.name, o.warmup, o.warmup)
-			for _, t := range []string{testPost, testStatic} {
-				if _, err := b.wrk(p, t, o.warmup); err != nil {
+			logf("warm-up %s (%s of each load, not measured)", p.name, o.warmup)
+			for _, t := range p.tests(o.tests) {
+				if err := b.warm(p, t); err != nil {
 					return fmt.Errorf("%s: warm-up: %w", p.name, err)
 				}
 			}
@@ -236,6 +269,9 @@ func run(ctx context.Context, o *options) error {
 				}
 				results = append(results, r)
 				logf("%s", r.line())
+				if err := checkUpstreamConns(r, p.proc != nil, o.maxUpConns); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -293,6 +329,7 @@ func (b *bench) machine() map[string]string {
 		"nginx":     {b.o.nginxBin, "-v"},
 		"caddy":     {b.o.caddyBin, "version"},
 		"wrk":       {b.o.wrkBin, "-v"},
+		"h2load":    {b.o.h2loadBin, "--version"},
 		"edgeproxy": {b.o.bin, "version"},
 		"openssl":   {"openssl", "version"},
 	} {
@@ -345,10 +382,13 @@ func tail(path string, n int64) string {
 func (b *bench) holdPeers() error {
 	for _, p := range b.peers {
 		fmt.Printf("%s: %s pids %v\n", p.name, p.baseURL(), pidsOf(p))
-		fmt.Printf("  OPENSSL_CONF=%s taskset -c %s %s -t1 -c%d -d10s --latency -s %s %s/i/v0/e/\n",
-			b.sslConf, b.o.loadCPU, b.o.wrkBin, b.o.conns, b.postLua, p.baseURL())
-		fmt.Printf("  OPENSSL_CONF=%s taskset -c %s %s -t1 -c%d -d10s --latency -s %s %s/static/array.js\n",
-			b.sslConf, b.o.loadCPU, b.o.wrkBin, b.o.conns, b.getLua, p.baseURL())
+		for _, t := range []string{testPost, testBatch, testFlags, testStatic} {
+			l := b.loads[t]
+			fmt.Printf("  OPENSSL_CONF=%s taskset -c %s %s -t1 -c%d -d10s --latency -s %s '%s%s'\n",
+				b.sslConf, b.o.loadCPU, b.o.wrkBin, b.o.conns, l.script, p.baseURL(), l.path)
+		}
+		fmt.Printf("  taskset -c %s %s -t1 -c%d -m%d -n100000 --connect-to %s --tls13-ciphers TLS_AES_128_GCM_SHA256 --groups X25519 -d %s -H 'content-type: application/json' %s/i/v0/e/\n",
+			b.o.loadCPU, b.o.h2loadBin, b.o.conns, b.o.h2Streams, p.addr(), b.postFile, p.baseURL())
 	}
 	fmt.Printf("upstream: http://127.0.0.1:%d pids %v\nholding for %s (Ctrl-C stops)\n", b.upstreamPort, b.upstream.pids(), b.o.hold)
 	select {

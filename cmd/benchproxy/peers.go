@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -20,10 +23,36 @@ import (
 
 // The tests run on every peer (handshakes only on proxies).
 const (
-	testPost      = "post"
-	testStatic    = "static"
-	testHandshake = "handshake"
+	testPost      = "post"      // 1 KB JSON POST /i/v0/e/, HTTP/1.1 (wrk)
+	testPostH2    = "post-h2"   // the same POST over HTTP/2, several streams per connection (h2load)
+	testBatch     = "batch"     // a gzip-compressed /e/ batch of ~3 KB, as posthog-js sends it (wrk)
+	testFlags     = "flags"     // POST /flags/ with a small JSON body and a JSON answer (wrk)
+	testStatic    = "static"    // GET /static/array.js, ~60 KB (wrk)
+	testHandshake = "handshake" // full TLS 1.3 handshakes (benchproxy's own clients)
 )
+
+// allTests are the tests in the order they run on each peer.
+var allTests = []string{testPost, testPostH2, testBatch, testFlags, testStatic, testHandshake}
+
+// testLabel is how the report names a test.
+var testLabel = map[string]string{
+	testPost:      "POST 1 KB, HTTP/1.1",
+	testPostH2:    "POST 1 KB, HTTP/2",
+	testBatch:     "gzip /e/ batch, HTTP/1.1",
+	testFlags:     "/flags/ POST, HTTP/1.1",
+	testStatic:    "static 60 KB, HTTP/1.1",
+	testHandshake: "full handshake",
+}
+
+// wrkLoad is what wrk sends in one of the HTTP/1.1 tests.
+type wrkLoad struct {
+	method, path, contentType string
+	// bodyFile is read by the wrk script, so that a binary body (gzip)
+	// reaches the wire byte for byte.
+	bodyFile string
+	script   string // the generated Lua script
+	answer   string // the upstream's answer, checked before measuring
+}
 
 // unreachableACME is the edge's ACME directory: nothing listens there, and
 // nothing should try, since the certificate is in storage.
@@ -34,13 +63,21 @@ type bench struct {
 	o   *options
 	ctx context.Context
 
-	certs                      *certSet
-	caFile, certFile, keyFile  string
-	postLua, getLua, sslConf   string
-	wwwDir                     string
-	postBody                   []byte
-	upstream                   *proc
-	upstreamPort, upstreamTLS  int
+	certs                     *certSet
+	caFile, certFile, keyFile string
+	sslConf                   string
+	wwwDir                    string
+	postBody, batchBody       []byte
+	postFile                  string
+	loads                     map[string]*wrkLoad
+	upstream                  *proc
+	upstreamPort, upstreamTLS int
+	// statusPort serves the upstream's stub_status, whose accepts counter
+	// tells how many connections the proxies opened to the upstream.
+	statusPort int
+	// h2Rate is the HTTP/2 requests per second each peer last reached,
+	// which sizes its next h2load run.
+	h2Rate                     map[string]float64
 	peers                      []*peer
 	procs                      []*proc
 	edgeSeq                    int
@@ -115,15 +152,86 @@ func (b *bench) prepare() error {
 	}
 	b.postAnswer = `{"status":1}`
 	b.postBody = postJSON(b.o.postSize)
-
-	b.postLua, b.getLua, b.sslConf = b.path("post.lua"), b.path("get.lua"), b.path("openssl.cnf")
-	if err := os.WriteFile(b.postLua, []byte(wrkScript("POST", "/i/v0/e/", string(b.postBody))), 0o644); err != nil {
+	if b.batchBody, err = gzipBatch(b.o.batchSize); err != nil {
 		return err
 	}
-	if err := os.WriteFile(b.getLua, []byte(wrkScript("GET", "/static/array.js", "")), 0o644); err != nil {
-		return err
+	b.postFile = b.path("post.json")
+	b.loads = map[string]*wrkLoad{
+		testPost: {method: "POST", path: "/i/v0/e/", contentType: "application/json", bodyFile: b.postFile,
+			answer: b.postAnswer},
+		testBatch: {method: "POST", path: batchPath, contentType: "text/plain", bodyFile: b.path("batch.gz"),
+			answer: b.postAnswer},
+		testFlags: {method: "POST", path: flagsPath, contentType: "application/json", bodyFile: b.path("flags.json"),
+			answer: flagsAnswer},
+		testStatic: {method: "GET", path: "/static/array.js"},
 	}
+	for path, data := range map[string][]byte{b.postFile: b.postBody, b.path("batch.gz"): b.batchBody, b.path("flags.json"): flagsJSON()} {
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			return err
+		}
+	}
+	for test, l := range b.loads {
+		l.script = b.path(test + ".lua")
+		if err := os.WriteFile(l.script, []byte(wrkScript(l.method, l.path, l.contentType, l.bodyFile)), 0o644); err != nil {
+			return err
+		}
+	}
+	b.sslConf = b.path("openssl.cnf")
 	return os.WriteFile(b.sslConf, []byte(opensslConf), 0o644)
+}
+
+// The paths posthog-js posts to: a gzip-compressed event batch, and the
+// feature flags of a person.
+const (
+	batchPath = "/e/?compression=gzip-js&ip=1&_=1764000000000&ver=1.200.0"
+	flagsPath = "/flags/?v=2&config=true"
+)
+
+// flagsAnswer is the upstream's answer to /flags/: a few flags, the size
+// of a small project's.
+const flagsAnswer = `{"flags":{"new-onboarding":{"key":"new-onboarding","enabled":true,"variant":null,"reason":{"code":"condition_match","condition_index":0},"metadata":{"id":101,"version":3,"payload":null}},"pricing-test":{"key":"pricing-test","enabled":true,"variant":"control","reason":{"code":"condition_match","condition_index":1},"metadata":{"id":102,"version":7,"payload":null}}},"errorsWhileComputingFlags":false,"requestId":"0190f1c2-7d5e-7a3b-9c1d-2e3f4a5b6c7d"}`
+
+// flagsJSON is the body posthog-js sends to /flags/.
+func flagsJSON() []byte {
+	return []byte(`{"token":"phc_benchproxybenchproxybenchproxy","distinct_id":"0190f1c2-7d5e-7a3b-9c1d-2e3f4a5b6c7d","groups":{},"person_properties":{"$initial_referring_domain":"$direct","$initial_current_url":"https://bench.example.com/"},"group_properties":{},"timezone":"Europe/Berlin"}`)
+}
+
+// gzipBatch is a posthog-js event batch (a JSON array of events with the
+// usual properties, each event different) compressed with gzip, grown
+// until the compressed body is at least n bytes.
+func gzipBatch(n int) ([]byte, error) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	var events []map[string]any
+	for i := 0; ; i++ {
+		events = append(events, map[string]any{
+			"uuid":      fmt.Sprintf("0190f1c2-%04x-7%03x-%04x-%012x", rnd.IntN(1<<16), rnd.IntN(1<<12), rnd.IntN(1<<16), rnd.Int64N(1<<48)),
+			"event":     []string{"$pageview", "$autocapture", "$pageleave", "signup_clicked"}[i%4],
+			"timestamp": time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC).Add(time.Duration(rnd.IntN(1e6)) * time.Millisecond).Format(time.RFC3339Nano),
+			"properties": map[string]any{
+				"token": "phc_benchproxybenchproxybenchproxy", "distinct_id": "0190f1c2-7d5e-7a3b-9c1d-2e3f4a5b6c7d",
+				"$session_id": fmt.Sprintf("0190f1c3-%012x", rnd.Int64N(1<<48)), "$window_id": fmt.Sprintf("0190f1c4-%012x", rnd.Int64N(1<<48)),
+				"$current_url": fmt.Sprintf("https://bench.example.com/docs/page-%d?ref=%x", rnd.IntN(500), rnd.Int32()),
+				"$host":        benchDomain, "$pathname": fmt.Sprintf("/docs/page-%d", rnd.IntN(500)),
+				"$browser": "Firefox", "$browser_version": 145, "$os": "Linux", "$device_type": "Desktop",
+				"$screen_height": 1080, "$screen_width": 1920, "$viewport_height": 960 + rnd.IntN(100), "$viewport_width": 1900 + rnd.IntN(20),
+				"$lib": "web", "$lib_version": "1.200.0", "$insert_id": fmt.Sprintf("%016x", rnd.Uint64()), "$time": 1764151200.0 + rnd.Float64()*1000,
+				"$referrer": "$direct", "$referring_domain": "$direct", "$el_text": fmt.Sprintf("Button %d", rnd.IntN(40)),
+			},
+		})
+		raw, err := json.Marshal(events)
+		if err != nil {
+			return nil, err
+		}
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		zw.Write(raw)
+		if err := zw.Close(); err != nil {
+			return nil, err
+		}
+		if buf.Len() >= n || i >= 1000 {
+			return buf.Bytes(), nil
+		}
+	}
 }
 
 // staticJS is n bytes of JavaScript-looking text.
@@ -144,16 +252,18 @@ func postJSON(n int) []byte {
 	return []byte(head + strings.Repeat("x", pad) + tail)
 }
 
-// wrkScript sends method path (with body) to 127.0.0.1 whatever the URL's
-// host, so that the URL's host can be the served domain (wrk's SNI and
-// Host) without a DNS entry, and prints a JSON summary.
-func wrkScript(method, path, body string) string {
+// wrkScript sends method path (with the body read from bodyFile) to
+// 127.0.0.1 whatever the URL's host, so that the URL's host can be the
+// served domain (wrk's SNI and Host) without a DNS entry, and prints a
+// JSON summary.
+func wrkScript(method, path, contentType, bodyFile string) string {
 	var sb strings.Builder
 	sb.WriteString("-- generated by cmd/benchproxy\n")
 	sb.WriteString("wrk.resolve = function(host, service)\n  wrk.addrs = wrk.lookup(\"127.0.0.1\", service)\nend\n")
 	fmt.Fprintf(&sb, "wrk.method = %q\nwrk.path = %q\n", method, path)
-	if body != "" {
-		fmt.Fprintf(&sb, "wrk.body = [==[%s]==]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n", body)
+	if bodyFile != "" {
+		fmt.Fprintf(&sb, "local f = assert(io.open(%q, \"rb\"))\nwrk.body = f:read(\"*a\")\nf:close()\n", bodyFile)
+		fmt.Fprintf(&sb, "wrk.headers[\"Content-Type\"] = %q\n", contentType)
 	}
 	sb.WriteString(`done = function(summary, latency, requests)
   local e = summary.errors
@@ -227,9 +337,22 @@ http {
             default_type application/json;
             return 200 '{{.Answer}}';
         }
+        location = /e/ {
+            default_type application/json;
+            return 200 '{{.Answer}}';
+        }
+        location = /flags/ {
+            default_type application/json;
+            return 200 '{{.FlagsAnswer}}';
+        }
         location /static/ {
             root {{.WWW}};
         }
+    }
+    # How many connections the proxies opened: the accepts counter.
+    server {
+        listen 127.0.0.1:{{.StatusPort}};
+        location = /status { stub_status; }
     }
 }
 `
@@ -256,7 +379,7 @@ http {
     proxy_temp_path {{.Dir}}/proxy;
     upstream backend {
         server 127.0.0.1:{{.Upstream}};
-        keepalive 256;
+        keepalive {{.Pool}};
         keepalive_requests 100000000;
         keepalive_timeout 90s;
     }
@@ -286,6 +409,9 @@ http {
 // caddyfile is Caddy as the proxy: the same certificate (no ACME), HTTP/1.1
 // and HTTP/2, reverse_proxy with the upstream's Host and a keep-alive pool.
 // Caddy logs no requests unless told to; it adds X-Forwarded-* itself.
+// keepalive_idle_conns_per_host matters: without it Go's Transport keeps 2
+// idle connections per host whatever keepalive_idle_conns says, and under
+// load Caddy opens a new upstream connection for most requests.
 const caddyfile = `# generated by cmd/benchproxy: Caddy as the proxy
 {
 	admin off
@@ -307,30 +433,37 @@ https://{{.Domain}}:{{.Port}} {
 		header_up Host {upstream_hostport}
 		transport http {
 			keepalive 90s
-			keepalive_idle_conns 256
+			keepalive_idle_conns {{.Pool}}
+{{- if .PerHost}}
+			keepalive_idle_conns_per_host {{.PerHost}}
+{{- end}}
 		}
 	}
 }
 `
 
 type confData struct {
-	Dir, Cert, Key, WWW, Answer, Domain string
-	Port, TLSPort, Upstream             int
+	Dir, Cert, Key, WWW, Answer, FlagsAnswer, Domain string
+	Port, TLSPort, StatusPort, Upstream              int
+	// Pool is the proxies' idle keep-alive pool to the upstream, PerHost
+	// Caddy's per-host pool (0: the directive is left out).
+	Pool, PerHost int
 }
 
 func (b *bench) startUpstream() error {
-	ports, err := testbin.FreePorts(2)
+	ports, err := testbin.FreePorts(3)
 	if err != nil {
 		return err
 	}
-	b.upstreamPort, b.upstreamTLS = ports[0], ports[1]
+	b.upstreamPort, b.upstreamTLS, b.statusPort = ports[0], ports[1], ports[2]
 	dir := b.path("upstream")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	conf := filepath.Join(dir, "nginx.conf")
 	if err := render(conf, nginxUpstreamConf, confData{Dir: dir, Cert: b.certFile, Key: b.keyFile, WWW: b.wwwDir,
-		Answer: b.postAnswer, Port: b.upstreamPort, TLSPort: b.upstreamTLS}); err != nil {
+		Answer: b.postAnswer, FlagsAnswer: flagsAnswer, Port: b.upstreamPort, TLSPort: b.upstreamTLS,
+		StatusPort: b.statusPort}); err != nil {
 		return err
 	}
 	p, err := b.startProc("upstream", b.o.loadCPU, baseEnv(), filepath.Join(dir, "stderr.log"), true,
@@ -406,7 +539,7 @@ func (b *bench) configuredPeer(kind, confName, tmpl string) (p *peer, dir, conf 
 	}
 	conf = filepath.Join(dir, confName)
 	if err := render(conf, tmpl, confData{Dir: dir, Cert: b.certFile, Key: b.keyFile, Domain: benchDomain,
-		Port: p.port, Upstream: b.upstreamPort}); err != nil {
+		Port: p.port, Upstream: b.upstreamPort, Pool: b.o.upstreamPool, PerHost: b.o.caddyPerHost}); err != nil {
 		return nil, "", "", err
 	}
 	return p, dir, conf, nil

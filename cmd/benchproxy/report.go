@@ -29,21 +29,17 @@ type metric struct {
 	get  func(result) float64
 }
 
-var (
-	mPostRPS    = metric{testPost, func(r result) float64 { return r.PerSec }}
-	mPostP50    = metric{testPost, func(r result) float64 { return r.P50ms }}
-	mPostP99    = metric{testPost, func(r result) float64 { return r.P99ms }}
-	mPostUS     = metric{testPost, func(r result) float64 { return r.ProxyUS }}
-	mPostBusy   = metric{testPost, func(r result) float64 { return 100 * r.ProxyBusy }}
-	mStaticRPS  = metric{testStatic, func(r result) float64 { return r.PerSec }}
-	mStaticP50  = metric{testStatic, func(r result) float64 { return r.P50ms }}
-	mStaticP99  = metric{testStatic, func(r result) float64 { return r.P99ms }}
-	mStaticUS   = metric{testStatic, func(r result) float64 { return r.ProxyUS }}
-	mStaticBusy = metric{testStatic, func(r result) float64 { return 100 * r.ProxyBusy }}
-	mHSRate     = metric{testHandshake, func(r result) float64 { return r.PerSec }}
-	mHSUS       = metric{testHandshake, func(r result) float64 { return r.ProxyUS }}
-	mHSBusy     = metric{testHandshake, func(r result) float64 { return 100 * r.ProxyBusy }}
-)
+func perSec(test string) metric  { return metric{test, func(r result) float64 { return r.PerSec }} }
+func proxyUS(test string) metric { return metric{test, func(r result) float64 { return r.ProxyUS }} }
+func busy(test string) metric {
+	return metric{test, func(r result) float64 { return 100 * r.ProxyBusy }}
+}
+func p50(test string) metric    { return metric{test, func(r result) float64 { return r.P50ms }} }
+func p99(test string) metric    { return metric{test, func(r result) float64 { return r.P99ms }} }
+func meanMS(test string) metric { return metric{test, func(r result) float64 { return r.MeanMS }} }
+func upConns(test string) metric {
+	return metric{test, func(r result) float64 { return float64(r.UpstreamConns) }}
+}
 
 // series is a metric of one peer by repeat.
 func series(results []result, peer string, m metric) map[int]float64 {
@@ -137,36 +133,92 @@ func report(o *options, b *bench, results []result, mems []memResult) string {
 	w := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
 	mach := b.machine()
 	w("\n## benchproxy results\n\n")
-	w("%d repeats, interleaved; each cell is **median** (min–max). wrk -t1 -c%d, %s per run, TLS 1.3 "+
-		"TLS_AES_128_GCM_SHA256 X25519, ECDSA P-256. Load CPU %s: wrk, handshake clients, upstream; proxy CPU %s: the proxy alone.\n",
-		o.repeats, o.conns, o.duration, o.loadCPU, o.proxyCPU)
-	w("Machine: %s × %s, %s; nginx %s; %s; %s; edgeproxy %s.\n\n",
-		mach["nproc"], mach["cpu"], mach["go"], strings.TrimPrefix(mach["nginx"], "nginx version: "), "Caddy "+mach["caddy"], mach["openssl"], mach["edgeproxy"])
+	w("%d repeats, interleaved; each cell is **median** (min–max). %d connections per load (wrk -t1 for HTTP/1.1, h2load -t1 -m%d for HTTP/2), "+
+		"%s per run after %s of the same load unmeasured, TLS 1.3 TLS_AES_128_GCM_SHA256 X25519, ECDSA P-256. "+
+		"Load CPU %s: wrk, h2load, handshake clients, upstream; proxy CPU %s: the proxy alone. "+
+		"Every proxy keeps up to %d idle connections to the upstream.\n",
+		o.repeats, o.conns, o.h2Streams, o.duration, o.prewarm, o.loadCPU, o.proxyCPU, o.upstreamPool)
+	w("Machine: %s × %s, %s; nginx %s; %s; %s; %s; %s; edgeproxy %s.\n\n",
+		mach["nproc"], mach["cpu"], mach["go"], strings.TrimPrefix(mach["nginx"], "nginx version: "), "Caddy "+mach["caddy"],
+		mach["wrk"], mach["h2load"], mach["openssl"], mach["edgeproxy"])
 
-	var names []string
-	for _, p := range b.peers {
-		names = append(names, p.name)
-	}
-
-	w("| peer | 1 KB POST req/s | POST p50 ms | POST p99 ms | 60 KB GET req/s | GET p50 ms | GET p99 ms | full handshakes/s |\n")
-	w("|---|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, n := range names {
-		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", n,
-			cell(results, n, mPostRPS), cell(results, n, mPostP50), cell(results, n, mPostP99),
-			cell(results, n, mStaticRPS), cell(results, n, mStaticP50), cell(results, n, mStaticP99),
-			cell(results, n, mHSRate))
-	}
-	w("\nProxy CPU time per operation (µs, utime+stime of the proxy's processes ÷ operations) and how busy that made the proxy's core (%%):\n\n")
-	w("| peer | µs per POST | µs per GET | µs per handshake | busy POST | busy GET | busy handshakes |\n")
-	w("|---|---:|---:|---:|---:|---:|---:|\n")
-	for _, p := range b.peers {
-		if p.proc == nil {
-			continue
+	var tests []string
+	for _, t := range allTests {
+		if slices.Contains(o.tests, t) {
+			tests = append(tests, t)
 		}
-		n := p.name
-		w("| %s | %s | %s | %s | %s | %s | %s |\n", n,
-			cell(results, n, mPostUS), cell(results, n, mStaticUS), cell(results, n, mHSUS),
-			cell(results, n, mPostBusy), cell(results, n, mStaticBusy), cell(results, n, mHSBusy))
+	}
+	header := func(first string) {
+		w("| %s |", first)
+		for _, t := range tests {
+			w(" %s |", testLabel[t])
+		}
+		w("\n|---|")
+		for range tests {
+			w("---:|")
+		}
+		w("\n")
+	}
+	row := func(name string, m func(string) metric, skip func(string) bool) {
+		w("| %s |", name)
+		for _, t := range tests {
+			if skip != nil && skip(t) {
+				w(" – |")
+				continue
+			}
+			w(" %s |", cell(results, name, m(t)))
+		}
+		w("\n")
+	}
+
+	w("Proxy CPU time per operation, µs (utime+stime of the proxy's processes ÷ requests or handshakes):\n\n")
+	header("peer")
+	for _, p := range b.peers {
+		if p.proc != nil {
+			row(p.name, proxyUS, nil)
+		}
+	}
+	w("\nHow busy that made the proxy's core (%%):\n\n")
+	header("peer")
+	for _, p := range b.peers {
+		if p.proc != nil {
+			row(p.name, busy, nil)
+		}
+	}
+	w("\nOperations per second:\n\n")
+	header("peer")
+	for _, p := range b.peers {
+		row(p.name, perSec, nil)
+	}
+	w("\nLatency, ms: p50 / p99 (wrk); for HTTP/2 the mean per request (h2load gives no percentiles):\n\n")
+	header("peer")
+	for _, p := range b.peers {
+		w("| %s |", p.name)
+		for _, t := range tests {
+			switch t {
+			case testHandshake:
+				w(" – |")
+			case testPostH2:
+				w(" %s |", cell(results, p.name, meanMS(t)))
+			default:
+				w(" %s / %s |", cell(results, p.name, p50(t)), cell(results, p.name, p99(t)))
+			}
+		}
+		w("\n")
+	}
+	w("\nConnections the upstream accepted during each measured run (after the pre-warm; a proxy's pool should leave this near 0):\n\n")
+	header("peer")
+	for _, p := range b.peers {
+		w("| %s |", p.name)
+		for _, t := range tests {
+			s, ok := spreadOf(values(series(results, p.name, upConns(t))))
+			if t == testHandshake || !ok {
+				w(" – |")
+				continue
+			}
+			w(" %s (%s–%s) |", num(s.med), num(s.min), num(s.max))
+		}
+		w("\n")
 	}
 
 	var edges []string
@@ -175,18 +227,12 @@ func report(o *options, b *bench, results []result, mems []memResult) string {
 			edges = append(edges, p.name)
 		}
 	}
+	nginx, caddy := peerNamed(b, "nginx"), peerNamed(b, "caddy")
 	for _, e := range edges {
-		w("\nRatios for %s: of the medians, and (in parentheses) the range of the per-repeat ratios:\n\n", e)
-		w("| metric | %s ÷ nginx | %s ÷ Caddy |\n|---|---:|---:|\n", e, e)
-		for _, row := range []struct {
-			label string
-			m     metric
-		}{
-			{"1 KB POST req/s", mPostRPS}, {"POST p99 latency", mPostP99}, {"60 KB GET req/s", mStaticRPS},
-			{"GET p99 latency", mStaticP99}, {"full handshakes/s", mHSRate},
-			{"proxy µs per POST", mPostUS}, {"proxy µs per GET", mStaticUS}, {"proxy µs per handshake", mHSUS},
-		} {
-			w("| %s | %s | %s |\n", row.label, ratioOf(results, e, "nginx", row.m), ratioOf(results, e, "caddy", row.m))
+		w("\nProxy CPU per operation of %s ÷ the peer's: of the medians, and (in parentheses) the range of the per-repeat ratios:\n\n", e)
+		w("| load | ÷ nginx | ÷ Caddy |\n|---|---:|---:|\n")
+		for _, t := range tests {
+			w("| %s | %s | %s |\n", testLabel[t], ratioOf(results, e, nginx, proxyUS(t)), ratioOf(results, e, caddy, proxyUS(t)))
 		}
 	}
 
@@ -201,50 +247,44 @@ func report(o *options, b *bench, results []result, mems []memResult) string {
 	}
 
 	for _, e := range edges {
-		w("\nGoals for %s (on the medians):\n\n| goal | measured | verdict |\n|---|---|---|\n", e)
-		goal := func(name string, r ratio, pass func(float64) bool, what string) {
+		w("\nGoals for %s (proxy CPU per operation, medians; same run):\n\n| goal | measured | verdict |\n|---|---|---|\n", e)
+		abs := func(name, test string, limit float64) {
+			s, ok := spreadOf(values(series(results, e, proxyUS(test))))
+			if !ok {
+				w("| %s | not measured | – |\n", name)
+				return
+			}
+			w("| %s | **%s** µs (%s–%s) | %s |\n", name, num(s.med), num(s.min), num(s.max), verdict(s.med <= limit, s.max <= limit))
+		}
+		rel := func(name, test, peer string, limit float64) {
+			r := ratioOf(results, e, peer, proxyUS(test))
 			if !r.ok {
 				w("| %s | not measured | – |\n", name)
 				return
 			}
-			verdict := "missed"
-			if pass(r.ofMedians) {
-				verdict = "met"
-				if !pass(r.paired.min) || !pass(r.paired.max) {
-					verdict = "met on the median, not in every repeat"
-				}
-			}
-			w("| %s | %s %s | %s |\n", name, what, r, verdict)
+			w("| %s | ÷ %s %s | %s |\n", name, peer, r, verdict(r.ofMedians <= limit, r.paired.max <= limit))
 		}
-		goal("1 KB POST ≥ 1.3× Caddy", ratioOf(results, e, "caddy", mPostRPS), func(x float64) bool { return x >= 1.3 }, "÷ Caddy")
-		goal("1 KB POST ≥ 0.9× nginx", ratioOf(results, e, "nginx", mPostRPS), func(x float64) bool { return x >= 0.9 }, "÷ nginx")
-		goal("POST p99 no worse than nginx", ratioOf(results, e, "nginx", mPostP99), func(x float64) bool { return x <= 1 }, "÷ nginx")
-		goal("static GET ≥ 0.9× nginx", ratioOf(results, e, "nginx", mStaticRPS), func(x float64) bool { return x >= 0.9 }, "÷ nginx")
-		goal("handshakes/s ≥ nginx", ratioOf(results, e, "nginx", mHSRate), func(x float64) bool { return x >= 1 }, "÷ nginx")
+		abs("POST 1 KB (HTTP/1.1) ≤ 50 µs", testPost, 50)
+		abs("static 60 KB ≤ 120 µs", testStatic, 120)
+		rel("full handshake ≤ nginx's", testHandshake, nginx, 1)
+		rel("POST 1 KB over HTTP/2 ≤ 1.3× nginx's", testPostH2, nginx, 1.3)
 		for _, m := range mems {
 			if m.Peer == e {
-				v := "met"
-				if m.KBPerConn > 40 {
-					v = "missed"
-				}
-				w("| ≤ 40 KB per idle connection | %.1f KB (%.1f KB 10 s later) | %s |\n", m.KBPerConn, m.KBPerConnLate, v)
+				w("| ≤ 40 KB per idle TLS connection | %.1f KB (%.1f KB 10 s later) | %s |\n", m.KBPerConn, m.KBPerConnLate,
+					verdict(m.KBPerConn <= 40, m.KBPerConnLate <= 40))
 			}
 		}
 	}
 
 	// Noise: what other processes did during the runs.
-	var others []float64
-	errs := 0
+	var others, probes []float64
+	errs, retried := 0, 0
 	for _, r := range results {
 		others = append(others, 100*r.Others)
+		probes = append(probes, r.ProbeMS)
 		if r.Errors > 0 {
 			errs++
 		}
-	}
-	var probes []float64
-	retried := 0
-	for _, r := range results {
-		probes = append(probes, r.ProbeMS)
 		if r.Attempts > 1 {
 			retried++
 		}
@@ -265,4 +305,25 @@ func report(o *options, b *bench, results []result, mems []memResult) string {
 	}
 	w("```\n")
 	return sb.String()
+}
+
+// verdict says whether a goal was met on the median, and in every repeat.
+func verdict(median, every bool) string {
+	switch {
+	case median && every:
+		return "met"
+	case median:
+		return "met on the median, not in every repeat"
+	}
+	return "missed"
+}
+
+// peerNamed is the report name of the first peer of kind, or kind itself.
+func peerNamed(b *bench, kind string) string {
+	for _, p := range b.peers {
+		if p.kind == kind {
+			return p.name
+		}
+	}
+	return kind
 }
