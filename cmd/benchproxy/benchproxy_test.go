@@ -79,6 +79,7 @@ func TestGzipBatch(t *testing.T) {
 	if err := json.Unmarshal(raw, &events); err != nil {
 		t.Fatalf("batch is not a JSON array of events: %v", err)
 	}
+	t.Logf("batch: %d events, %d bytes of JSON, %d bytes gzipped", len(events), len(raw), len(body))
 	// A real batch compresses a few times, not a hundred: the events differ.
 	if ratio := float64(len(raw)) / float64(len(body)); ratio < 2 || ratio > 20 {
 		t.Errorf("%d events, %d bytes raw, compression ratio %.1f", len(events), len(raw), ratio)

@@ -216,7 +216,7 @@ func report(o *options, b *bench, results []result, mems []memResult) string {
 				w(" – |")
 				continue
 			}
-			w(" %s (%s–%s) |", num(s.med), num(s.min), num(s.max))
+			w(" %.0f (%.0f–%.0f) |", s.med, s.min, s.max)
 		}
 		w("\n")
 	}
