@@ -84,4 +84,3 @@ func TestSelfSigned(t *testing.T) {
 		t.Error("a certificate without a name was made")
 	}
 }
-
