@@ -8,7 +8,6 @@ import (
 	"syscall"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
 
@@ -78,7 +77,7 @@ func (s *Store) RefusingWrites() bool { return s.unwritable.Load() }
 // described above, and returns ErrUnwritable until that succeeds.
 func (s *Store) Writable() error {
 	grow := s.unwritable.Load()
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
 		if grow {
 			// Inside the write transaction: no commit can write the file
 			// or grow it meanwhile.
