@@ -107,6 +107,7 @@ func orderPrefix(orgID string) []byte { return append([]byte(orgID), 0) }
 // the record are one transaction, so concurrent orders cannot overspend.
 func (s *Store) SpendOrder(orgID, domain string, at time.Time, window time.Duration, limit int) (spent SpentOrder, ok bool, next time.Time, err error) {
 	err = s.update(func(tx *txn) error {
+		spent, ok, next = SpentOrder{}, false, time.Time{} // fn may run more than once
 		b := tx.Bucket(bucketACMEOrders)
 		prefix := orderPrefix(orgID)
 		start := at.Add(-window).UnixNano()

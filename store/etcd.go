@@ -144,6 +144,11 @@ const (
 	conflictRetries = 64
 	// listPage is the page size of a full listing of the prefix.
 	listPage = 2000
+	// barrierTimeout bounds a read's wait for the cluster's revision:
+	// past it (etcd slow or gone) the read serves the local copy.
+	barrierTimeout = 2 * time.Second
+	// healEvery is how often a node that lost etcd asks again.
+	healEvery = time.Second
 )
 
 // bucketCopyMeta holds, in the local copy only, the etcd revision it
@@ -167,6 +172,8 @@ type etcdBackend struct {
 
 	// up is whether the last etcd request succeeded.
 	up atomic.Bool
+	// closed is set by Close: no etcd request is made after it.
+	closed atomic.Bool
 
 	// barrier state: see sync.
 	bmu      sync.Mutex
@@ -254,6 +261,17 @@ func OpenEtcd(opts EtcdOptions) (*Store, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
 	err = e.initPrefix(ctx)
+	if err == nil && !fresh {
+		// A copy of another cluster, or of this one before its data was
+		// replaced (revisions then start again lower), is listed afresh.
+		var resp *clientv3.GetResponse
+		resp, err = e.client.Get(ctx, e.schemaKey(), clientv3.WithKeysOnly())
+		if err != nil {
+			err = e.unavailable(err)
+		} else if resp.Header.Revision < e.applied.Load() || clusterOf(db) != resp.Header.ClusterId {
+			fresh = true
+		}
+	}
 	cancel()
 	switch {
 	case err == nil:
@@ -274,7 +292,32 @@ func OpenEtcd(opts EtcdOptions) (*Store, error) {
 	e.watchCancel = wcancel
 	e.watchDone = make(chan struct{})
 	go e.follow(wctx)
+	go e.heal(wctx)
 	return s, nil
+}
+
+// heal notices etcd's return while nothing else asks it: reads skip the
+// barrier while etcd is down, so without it they would serve the copy
+// without waiting for other nodes' writes after etcd came back.
+func (e *etcdBackend) heal(ctx context.Context) {
+	t := time.NewTicker(healEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if e.up.Load() {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, healEvery)
+		_, err := e.client.Get(pctx, e.schemaKey(), clientv3.WithKeysOnly())
+		cancel()
+		if err == nil {
+			e.up.Store(true)
+		}
+	}
 }
 
 func (e *etcdBackend) dataKey(bucket, key []byte) string {
@@ -400,6 +443,7 @@ func (e *etcdBackend) fill(db *bolt.DB, rev int64) (int64, error) {
 	type kv struct{ k, v []byte }
 	var data []kv
 	var seqs []kv
+	var clusterID uint64
 	for _, part := range []string{"d/", "s/"} {
 		start := e.prefix + part
 		end := clientv3.GetPrefixRangeEnd(start)
@@ -418,6 +462,7 @@ func (e *etcdBackend) fill(db *bolt.DB, rev int64) (int64, error) {
 			if rev == 0 {
 				rev = resp.Header.Revision
 			}
+			clusterID = resp.Header.ClusterId
 			for _, item := range resp.Kvs {
 				rest := item.Key[len(e.prefix)+2:]
 				if part == "d/" {
@@ -476,12 +521,29 @@ func (e *etcdBackend) fill(db *bolt.DB, rev int64) (int64, error) {
 				return err
 			}
 		}
-		return setCopyRevision(tx, e.prefix, rev)
+		if err := setCopyRevision(tx, e.prefix, rev); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketCopyMeta).Put([]byte("cluster_id"), u64(clusterID))
 	})
 	if err != nil {
 		return 0, fmt.Errorf("store: writing the local copy: %w", err)
 	}
 	return rev, nil
+}
+
+// clusterOf is the etcd cluster id the copy came from (0 if unknown).
+func clusterOf(db *bolt.DB) uint64 {
+	var id uint64
+	_ = db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketCopyMeta); meta != nil {
+			if v := meta.Get([]byte("cluster_id")); len(v) == 8 {
+				id = binary.BigEndian.Uint64(v)
+			}
+		}
+		return nil
+	})
+	return id
 }
 
 func setCopyRevision(tx *bolt.Tx, prefix string, rev int64) error {
@@ -674,22 +736,31 @@ func (e *etcdBackend) runBarriers() {
 }
 
 func (e *etcdBackend) barrier() {
-	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
 	defer cancel()
 	resp, err := e.client.Get(ctx, e.schemaKey(), clientv3.WithKeysOnly())
 	if e.unavailable(err) != nil {
 		return
 	}
-	rev := resp.Header.Revision
+	e.catchUp(resp.Header.Revision, barrierTimeout)
+}
+
+// catchUp waits until the local copy reflects rev. The watch delivers the
+// prefix's events; that nothing else happened up to rev (a revision that
+// changed only other keys) arrives as a progress notification, which it
+// asks for.
+func (e *etcdBackend) catchUp(rev int64, timeout time.Duration) bool {
 	if e.applied.Load() >= rev {
-		return
+		return true
 	}
-	// The watch delivers events of the prefix; a revision that changed
-	// only other keys arrives as a progress notification, on request.
+	// The progress request must travel on the watch's own stream, which
+	// the client picks by the context's metadata: the same as watch's.
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.Background()), timeout)
+	defer cancel()
 	if err := e.client.RequestProgress(ctx); err != nil {
 		e.log.Debug("requesting watch progress", "err", err)
 	}
-	e.waitApplied(rev, e.timeout)
+	return e.waitApplied(rev, timeout)
 }
 
 // recorder notes a transaction's reads and writes on the etcd backend.
@@ -840,6 +911,9 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 	for i := range live {
 		live[i] = i
 	}
+	if e.closed.Load() {
+		return fill(errs, live, ErrClosed)
+	}
 	var lease clientv3.LeaseID = clientv3.NoLease
 	for attempt := 0; ; attempt++ {
 		if len(live) == 0 {
@@ -935,7 +1009,7 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			}
 		}
 		// Something read changed: catch up and run again.
-		if !e.waitApplied(resp.Header.Revision, e.timeout) {
+		if !e.catchUp(resp.Header.Revision, e.timeout) {
 			return fill(errs, live, fmt.Errorf("%w: the local copy did not catch up with revision %d", ErrUnavailable, resp.Header.Revision))
 		}
 	}
@@ -1006,6 +1080,9 @@ func (s *Store) Ping(ctx context.Context) error {
 	if s.etcd == nil {
 		return nil
 	}
+	if s.etcd.closed.Load() {
+		return ErrClosed
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.etcd.timeout)
 	defer cancel()
 	_, err := s.etcd.client.Get(ctx, s.etcd.schemaKey(), clientv3.WithKeysOnly())
@@ -1015,6 +1092,9 @@ func (s *Store) Ping(ctx context.Context) error {
 // closeEtcd stops following etcd and ends the node's session (its locks
 // and leadership go at once rather than when the lease expires).
 func (e *etcdBackend) close() {
+	if e.closed.Swap(true) {
+		return
+	}
 	e.watchCancel()
 	<-e.watchDone
 	e.sessMu.Lock()
@@ -1026,6 +1106,9 @@ func (e *etcdBackend) close() {
 
 // etcdBackup writes a bbolt file of the prefix's data at one revision.
 func (s *Store) etcdBackup(w io.Writer) (int64, error) {
+	if s.etcd.closed.Load() {
+		return 0, ErrClosed
+	}
 	dir, err := os.MkdirTemp("", "edgeproxy-backup-")
 	if err != nil {
 		return 0, err

@@ -65,13 +65,13 @@ func TestEtcdReadYourWritesAcrossNodes(t *testing.T) {
 		}
 		// And the other way round, through an update.
 		if _, _, err := b.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
-			rec.Message = "seen by B"
+			rec.Message = ptr("seen by B")
 			return store.OpSave, nil
 		}); err != nil {
 			t.Fatalf("Mutate on B: %v", err)
 		}
-		if got, err := a.Record(r.ID); err != nil || got.Message != "seen by B" {
-			t.Fatalf("A read %+v, %v after B's update", got.Message, err)
+		if got, err := a.Record(r.ID); err != nil || deref(got.Message) != "seen by B" {
+			t.Fatalf("A read %q, %v after B's update", deref(got.Message), err)
 		}
 	}
 }
@@ -161,7 +161,7 @@ func TestEtcdFence(t *testing.T) {
 	}
 	leaderA := a.WithFence(fenceA)
 	if _, _, err := leaderA.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
-		rec.Message = "by A"
+		rec.Message = ptr("by A")
 		return store.OpSave, nil
 	}); err != nil {
 		t.Fatalf("the leader's fenced write: %v", err)
@@ -179,21 +179,21 @@ func TestEtcdFence(t *testing.T) {
 		t.Fatal("B's leadership has A's revision")
 	}
 	_, _, err = leaderA.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
-		rec.Message = "by deposed A"
+		rec.Message = ptr("by deposed A")
 		return store.OpSave, nil
 	})
 	if !errors.Is(err, store.ErrNotLeader) {
 		t.Fatalf("deposed leader's write: %v, want ErrNotLeader", err)
 	}
 	if _, _, err := b.WithFence(fenceB).Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
-		rec.Message = "by B"
+		rec.Message = ptr("by B")
 		return store.OpSave, nil
 	}); err != nil {
 		t.Fatalf("the new leader's write: %v", err)
 	}
 	got, err := a.Record(r.ID)
-	if err != nil || got.Message != "by B" {
-		t.Fatalf("record says %q (%v), want the new leader's write", got.Message, err)
+	if err != nil || deref(got.Message) != "by B" {
+		t.Fatalf("record says %q (%v), want the new leader's write", deref(got.Message), err)
 	}
 	// An unfenced write (the API's) goes on as before.
 	if _, _, err := a.Mutate(r.ID, func(rec *store.Record) (store.Op, error) { return store.OpSave, nil }); err != nil {
@@ -238,6 +238,9 @@ func TestEtcdOutage(t *testing.T) {
 		r2, err = a.CreateRecord(store.Record{OrgID: org.ID, Domain: "new.example.com", Status: store.StatusWaiting}, noLimit)
 		return err == nil
 	})
+	// B's own connection comes back in its own time; meanwhile it
+	// serves its copy. It catches up by itself.
+	waitFor(t, 30*time.Second, "B to catch up", func() bool { _, err := b.Record(r2.ID); return err == nil })
 	if got, err := b.Record(r2.ID); err != nil || got.Domain != "new.example.com" {
 		t.Fatalf("B after the outage: %+v, %v", got, err)
 	}
@@ -412,3 +415,12 @@ func waitFor(t *testing.T, bound time.Duration, what string, ok func() bool) {
 }
 
 func writeFile(path string, data []byte) error { return os.WriteFile(path, data, 0o600) }
+
+func ptr(s string) *string { return &s }
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -9,7 +9,9 @@ import (
 // CreateKey stores a personal API key. The key's ID and CreatedAt are
 // filled in; its user must exist (ErrNotFound).
 func (s *Store) CreateKey(key APIKey) (APIKey, error) {
+	in := key
 	err := s.update(func(tx *txn) error {
+		key = in // fn may run more than once
 		return s.createKeyTx(tx, &key)
 	})
 	return key, err
@@ -67,6 +69,7 @@ func (s *Store) Keys(userID int64) ([]APIKey, error) {
 func (s *Store) RevokeKey(id string) (APIKey, error) {
 	var key APIKey
 	err := s.update(func(tx *txn) error {
+		key = APIKey{} // fn may run more than once
 		keys := tx.Bucket(bucketKeys)
 		if err := getJSON(keys, []byte(id), &key); err != nil {
 			return err

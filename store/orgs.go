@@ -22,7 +22,9 @@ func (s *Store) CreateOrg(name string, maxRecords *int) (Org, error) {
 // write are one transaction, so concurrent creates never share a slug.
 func (s *Store) CreateOrgSlug(name, slug string, maxRecords *int) (Org, error) {
 	org := Org{ID: NewID(), Name: name, Slug: slug, CreatedAt: s.stamp(), MaxProxyRecords: maxRecords}
+	in := org
 	err := s.update(func(tx *txn) error {
+		org = in // fn may run more than once
 		return createOrgTx(tx, &org)
 	})
 	if err != nil {
@@ -95,6 +97,7 @@ func sortOrgs(orgs []Org) {
 func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
 	var org Org
 	err := s.update(func(tx *txn) error {
+		org = Org{} // fn may run more than once
 		b := tx.Bucket(bucketOrgs)
 		if err := getJSON(b, []byte(id), &org); err != nil {
 			return err
@@ -238,6 +241,7 @@ func (s *Store) Membership(orgID string, userID int64) (Membership, error) {
 func (s *Store) RemoveMembership(orgID string, userID int64) (Membership, error) {
 	var m Membership
 	err := s.update(func(tx *txn) error {
+		m = Membership{} // fn may run more than once
 		if tx.Bucket(bucketOrgs).Get([]byte(orgID)) == nil {
 			return fmt.Errorf("organization %s: %w", orgID, ErrNotFound)
 		}
@@ -343,6 +347,7 @@ type Bootstrap struct {
 // CreatedAt are filled in.
 func (s *Store) BootstrapIfEmpty(b Bootstrap) (created bool, key APIKey, err error) {
 	err = s.update(func(tx *txn) error {
+		created, key = false, APIKey{} // fn may run more than once
 		if k, _ := tx.Bucket(bucketOrgs).Cursor().First(); k != nil {
 			return nil
 		}

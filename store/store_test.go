@@ -404,7 +404,12 @@ func TestBackupDuringWrites(t *testing.T) {
 	if fi, err := os.Stat(backupPath); err != nil || fi.Size() != n {
 		t.Errorf("backup file: %v, %v; Backup reported %d bytes", fi, err, n)
 	}
-	b := openAt(t, backupPath, store.Options{})
+	// A backup is a bbolt file on either backend.
+	b, err := store.Open(backupPath, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
 	if err := b.Check(); err != nil {
 		t.Fatalf("Check() of the backup: %v", err)
 	}

@@ -181,7 +181,9 @@ func checkWebhookID(id string) error {
 // CreatedAt, unless the organization already has max webhooks
 // (ErrTooManyWebhooks). ErrNotFound if the organization does not exist.
 func (s *Store) CreateWebhook(w Webhook, max int) (Webhook, error) {
+	in := w
 	err := s.update(func(tx *txn) error {
+		w = in // fn may run more than once
 		if tx.Bucket(bucketOrgs).Get([]byte(w.OrgID)) == nil {
 			return fmt.Errorf("organization %s: %w", w.OrgID, ErrNotFound)
 		}
@@ -287,6 +289,7 @@ func (s *Store) UpdateWebhook(orgID, id string, fn func(*Webhook) error) (Webhoo
 		return w, err
 	}
 	err := s.update(func(tx *txn) error {
+		w = Webhook{} // fn may run more than once
 		hooks := tx.Bucket(bucketWebhooks)
 		if err := getJSON(hooks, []byte(id), &w); err != nil {
 			return err
