@@ -344,7 +344,7 @@ func (c *Cluster) initialCluster() string {
 }
 
 // waitReady waits until each of the given servers has joined the cluster
-// (which takes a leader) and then until the cluster accepts a write.
+// (which takes a leader) and then until the cluster commits a write.
 func (c *Cluster) waitReady(servers []*embed.Etcd) error {
 	deadline := time.NewTimer(readyTimeout)
 	defer deadline.Stop()
@@ -370,7 +370,9 @@ func (c *Cluster) waitReady(servers []*embed.Etcd) error {
 	defer cli.Close()
 	for {
 		attempt, stop := context.WithTimeout(ctx, 2*time.Second)
-		_, err := cli.Put(attempt, "/etcdtest/ready", c.token)
+		// A delete goes through raft as a put does, and leaves no key
+		// behind in the keyspace the test will look at.
+		_, err := cli.Delete(attempt, "/etcdtest/ready")
 		stop()
 		if err == nil {
 			return nil
