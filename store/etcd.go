@@ -29,7 +29,8 @@ import (
 //
 // Under the prefix P, the bucket/key pairs of the bbolt layout become etcd
 // keys P+"d/"+bucket+"/"+key with the same values; a bucket's sequence
-// (NextSequence) is the decimal value of P+"s/"+bucket; P+"v/"+bucket is
+// (NextSequence) is P+"s/"+bucket, the highest number handed to any node
+// (each node takes blocks of it, see nextSequence); P+"v/"+bucket is
 // rewritten by every transaction that writes into the bucket (its
 // modification revision is the bucket's version); P+"leader/" holds the
 // election of the node that runs the lifecycle engine.
@@ -61,8 +62,8 @@ import (
 // transaction whose comparisons say that nothing read has changed since
 // the copy's revision: every key read has a modification revision at most
 // that revision (an absent key counts as revision 0, so a key created
-// meanwhile fails the comparison), every bucket read through a cursor has
-// an unchanged version, and every sequence read is unchanged. If any
+// meanwhile fails the comparison) and every bucket read through a cursor
+// has an unchanged version. If any
 // changed, etcd applies nothing; the node waits until its copy has caught
 // up and runs the transaction again. So a domain stays unique and an
 // organization within its limit when creates race on different nodes:
@@ -138,7 +139,7 @@ const (
 	// --max-txn-ops of 128 comparisons and 128 operations.
 	maxTxnOps = 120
 	// maxBatchCalls bounds how many writes one etcd transaction gathers.
-	maxBatchCalls = 32
+	maxBatchCalls = 64
 	// conflictRetries bounds how many times a write runs again after
 	// another write changed what it read.
 	conflictRetries = 64
@@ -183,6 +184,11 @@ type etcdBackend struct {
 	// pending batches, by fence.
 	batchMu sync.Mutex
 	batches map[*Fence]*etcdBatch
+	turns   map[*Fence]*sync.Mutex
+
+	// seqs are the node's blocks of the buckets' sequences.
+	seqMu sync.Mutex
+	seqs  map[string]*seqRange
 
 	sessMu  sync.Mutex
 	session *concurrency.Session
@@ -231,7 +237,7 @@ func OpenEtcd(opts EtcdOptions) (*Store, error) {
 	}
 	e := &etcdBackend{
 		client: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, ttl: opts.SessionTTL,
-		log: opts.Logger, batches: map[*Fence]*etcdBatch{},
+		log: opts.Logger, batches: map[*Fence]*etcdBatch{}, turns: map[*Fence]*sync.Mutex{}, seqs: map[string]*seqRange{},
 	}
 	e.appliedCond = sync.NewCond(&e.appliedMu)
 	c.etcd = e
@@ -763,16 +769,66 @@ func (e *etcdBackend) catchUp(rev int64, timeout time.Duration) bool {
 	return e.waitApplied(rev, timeout)
 }
 
+// seqBlock is how many sequence numbers a node takes at a time.
+const seqBlock = 256
+
+// seqRange is a node's block of a bucket's sequence: next up to last.
+type seqRange struct{ next, last uint64 }
+
+// nextSequence returns the next number of the node's block of bucket's
+// sequence, taking a new block from etcd when the block is used up: the
+// sequence key holds the highest number handed to any node, and a block
+// is taken by raising it with a compare-and-swap. Numbers are unique
+// across nodes and increase on each node; a number drawn by a transaction
+// that then fails is skipped.
+func (e *etcdBackend) nextSequence(bucket []byte) (uint64, error) {
+	e.seqMu.Lock()
+	defer e.seqMu.Unlock()
+	r := e.seqs[string(bucket)]
+	if r == nil || r.next > r.last {
+		key := e.seqKey(bucket)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+			resp, err := e.client.Get(ctx, key)
+			if err != nil {
+				cancel()
+				return 0, e.unavailable(err)
+			}
+			var top uint64
+			var modRev int64
+			if len(resp.Kvs) == 1 {
+				modRev = resp.Kvs[0].ModRevision
+				if top, err = strconv.ParseUint(string(resp.Kvs[0].Value), 10, 64); err != nil {
+					cancel()
+					return 0, fmt.Errorf("store: sequence of %s: %w", bucket, err)
+				}
+			}
+			tr, err := e.client.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+				Then(clientv3.OpPut(key, strconv.FormatUint(top+seqBlock, 10))).Commit()
+			cancel()
+			if err != nil {
+				return 0, e.unavailable(err)
+			}
+			if tr.Succeeded {
+				r = &seqRange{next: top + 1, last: top + seqBlock}
+				e.seqs[string(bucket)] = r
+				break
+			}
+		}
+	}
+	n := r.next
+	r.next++
+	return n, nil
+}
+
 // recorder notes a transaction's reads and writes on the etcd backend.
 type recorder struct {
-	reads    map[string]struct{}
-	buckets  map[string]struct{}
-	seqReads map[string]struct{}
+	reads   map[string]struct{}
+	buckets map[string]struct{}
 	// writes, in order of first write; values nil for deletes.
 	order    []string
 	writes   map[string]*write
 	written  map[string]struct{}
-	seqs     map[string]uint64
 	onCommit []func()
 	e        *etcdBackend
 }
@@ -785,18 +841,13 @@ type write struct {
 
 func newRecorder(e *etcdBackend) *recorder {
 	return &recorder{
-		reads: map[string]struct{}{}, buckets: map[string]struct{}{}, seqReads: map[string]struct{}{},
-		writes: map[string]*write{}, written: map[string]struct{}{}, seqs: map[string]uint64{}, e: e,
+		reads: map[string]struct{}{}, buckets: map[string]struct{}{},
+		writes: map[string]*write{}, written: map[string]struct{}{}, e: e,
 	}
 }
 
 func (r *recorder) readKey(bucket, key []byte) { r.reads[r.e.dataKey(bucket, key)] = struct{}{} }
 func (r *recorder) readBucket(bucket []byte)   { r.buckets[string(bucket)] = struct{}{} }
-func (r *recorder) readSequence(bucket []byte) { r.seqReads[string(bucket)] = struct{}{} }
-func (r *recorder) setSequence(bucket []byte, seq uint64) {
-	r.seqs[string(bucket)] = seq
-	r.written[string(bucket)] = struct{}{}
-}
 
 func (r *recorder) put(bucket, key, value []byte) {
 	r.note(bucket, key, &write{value: bytes.Clone(value), lock: bytes.Equal(bucket, bucketCertLocks)})
@@ -823,9 +874,6 @@ func (r *recorder) ops(rev int64, lease clientv3.LeaseID) ([]clientv3.Cmp, []cli
 	for b := range r.buckets {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.e.versionKey([]byte(b))), "<", rev+1))
 	}
-	for b := range r.seqReads {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.e.seqKey([]byte(b))), "<", rev+1))
-	}
 	var ops []clientv3.Op
 	for _, k := range r.order {
 		w := r.writes[k]
@@ -837,9 +885,6 @@ func (r *recorder) ops(rev int64, lease clientv3.LeaseID) ([]clientv3.Cmp, []cli
 		default:
 			ops = append(ops, clientv3.OpPut(k, string(w.value)))
 		}
-	}
-	for b, seq := range r.seqs {
-		ops = append(ops, clientv3.OpPut(r.e.seqKey([]byte(b)), strconv.FormatUint(seq, 10)))
 	}
 	for b := range r.written {
 		ops = append(ops, clientv3.OpPut(r.e.versionKey([]byte(b)), ""))
@@ -855,9 +900,13 @@ type call struct {
 
 type etcdBatch struct {
 	fence *Fence
+	// turn is the fence's commit turn: one batch of a node in flight at
+	// a time, while the next gathers. Batches in flight together would
+	// only conflict with each other (creates all read the same
+	// sequence).
+	turn  *sync.Mutex
 	calls []call
 	timer *time.Timer
-	once  sync.Once
 }
 
 // update commits fn alone.
@@ -867,38 +916,44 @@ func (e *etcdBackend) update(fence *Fence, fn func(*txn) error) error {
 }
 
 // batch gathers fn with the node's other concurrent writes into one etcd
-// transaction. As with bbolt's Batch, fn may run more than once.
+// transaction. As with bbolt's Batch, fn may run more than once. A batch
+// stays open to new writes until it is full or has its turn to commit.
 func (e *etcdBackend) batch(fence *Fence, fn func(*txn) error) error {
 	c := call{fn: fn, err: make(chan error, 1)}
 	e.batchMu.Lock()
 	b := e.batches[fence]
 	if b == nil {
-		b = &etcdBatch{fence: fence}
+		turn := e.turns[fence]
+		if turn == nil {
+			turn = &sync.Mutex{}
+			e.turns[fence] = turn
+		}
+		b = &etcdBatch{fence: fence, turn: turn}
 		e.batches[fence] = b
 		b.timer = time.AfterFunc(batchDelay, func() { e.runBatch(b) })
 	}
 	b.calls = append(b.calls, c)
 	if len(b.calls) >= maxBatchCalls {
-		go e.runBatch(b)
+		// Full: sealed, and the next write starts another.
+		delete(e.batches, fence)
 	}
 	e.batchMu.Unlock()
 	return <-c.err
 }
 
 func (e *etcdBackend) runBatch(b *etcdBatch) {
-	b.once.Do(func() {
-		e.batchMu.Lock()
-		if e.batches[b.fence] == b {
-			delete(e.batches, b.fence)
-		}
-		calls := b.calls
-		e.batchMu.Unlock()
-		b.timer.Stop()
-		errs := e.commit(b.fence, calls, false)
-		for i, c := range calls {
-			c.err <- errs[i]
-		}
-	})
+	b.turn.Lock()
+	defer b.turn.Unlock()
+	e.batchMu.Lock()
+	if e.batches[b.fence] == b {
+		delete(e.batches, b.fence)
+	}
+	calls := b.calls
+	e.batchMu.Unlock()
+	errs := e.commit(b.fence, calls, false)
+	for i, c := range calls {
+		c.err <- errs[i]
+	}
 }
 
 // commit runs calls in one transaction on the local copy and commits what
@@ -977,10 +1032,17 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			return errs
 		}
 		if len(cmps) > maxTxnOps || len(ops) > maxTxnOps {
-			if !solo && len(live) > 1 {
-				// Too big together: one at a time.
-				for _, i := range live {
-					errs[i] = e.commit(fence, []call{calls[i]}, true)[0]
+			if len(live) > 1 {
+				// Too big together: each half in a transaction of its
+				// own, one after the other.
+				for _, half := range [][]int{live[:len(live)/2], live[len(live)/2:]} {
+					part := make([]call, len(half))
+					for n, i := range half {
+						part[n] = calls[i]
+					}
+					for n, err := range e.commit(fence, part, solo) {
+						errs[half[n]] = err
+					}
 				}
 				return errs
 			}
@@ -1139,3 +1201,9 @@ func (s *Store) etcdBackup(w io.Writer) (int64, error) {
 }
 
 func decodeRecord(data []byte, r *Record) error { return json.Unmarshal(data, r) }
+
+var debugConflicts, debugCommits, debugOps atomic.Int64
+
+func DebugCounts() (int64, int64, int64) {
+	return debugConflicts.Load(), debugCommits.Load(), debugOps.Load()
+}

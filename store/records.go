@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -154,6 +155,11 @@ func (s *Store) OrgRecords(orgID string) ([]Record, error) {
 		}
 		return nil
 	})
+	if s.etcd != nil {
+		// On etcd each node draws sequence numbers from blocks of its
+		// own (etcd.go), so creation order across nodes is the clock's.
+		slices.SortStableFunc(records, func(a, b Record) int { return b.CreatedAt.Compare(a.CreatedAt) })
+	}
 	return records, err
 }
 

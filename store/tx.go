@@ -101,18 +101,14 @@ func (b *bucket) ForEach(fn func(k, v []byte) error) error {
 }
 
 // NextSequence returns the bucket's next sequence number.
+// On etcd it is drawn from the node's own block of the sequence
+// (etcdBackend.nextSequence): unique across nodes, increasing on each
+// node, and never a point of contention between writes.
 func (b *bucket) NextSequence() (uint64, error) {
 	if b.rec != nil {
-		b.rec.readSequence(b.name)
+		return b.rec.e.nextSequence(b.name)
 	}
-	seq, err := b.b.NextSequence()
-	if err != nil {
-		return 0, err
-	}
-	if b.rec != nil {
-		b.rec.setSequence(b.name, seq)
-	}
-	return seq, nil
+	return b.b.NextSequence()
 }
 
 // cursor walks a bucket in key order.
