@@ -25,11 +25,12 @@ test: tools
 	EDGEPROXY_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) fuzz-ci
 
-## tools: install the programs the tests run when missing (promtool, prometheus: Debian's prometheus package; curl; node and the npm packages of scripts/openapi-check), with apt-get and npm; needs root for apt-get
+## tools: install the programs the tests run when missing (promtool, prometheus: Debian's prometheus package; curl; node and the npm packages of scripts/openapi-check), with apt-get and npm; needs root for apt-get; builds etcd at go.mod's version into .tools/bin
 tools:
 	sh scripts/ensure-prometheus.sh
 	sh scripts/ensure-curl.sh
 	sh scripts/ensure-openapi-tools.sh
+	GO=$(GO) sh scripts/ensure-etcd.sh >/dev/null
 
 ## e2e: the built binary against Pebble, a loopback DNS server and upstream; prints each status of one record
 e2e: build

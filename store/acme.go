@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // What the lifecycle engine keeps about its dealings with the ACME CA, so
@@ -47,7 +45,7 @@ func caHoldKey(scope, subject string) []byte { return []byte(scope + "/" + subje
 // PutCAHold stores h, replacing the hold of the same scope and subject,
 // and drops every stored hold that has ended by now.
 func (s *Store) PutCAHold(h CAHold, now time.Time) error {
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
 		b := tx.Bucket(bucketCAHolds)
 		var ended [][]byte
 		if err := b.ForEach(func(k, v []byte) error {
@@ -78,7 +76,7 @@ func (s *Store) PutCAHold(h CAHold, now time.Time) error {
 // CAHolds returns the stored holds that have not ended by now.
 func (s *Store) CAHolds(now time.Time) ([]CAHold, error) {
 	var holds []CAHold
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return tx.Bucket(bucketCAHolds).ForEach(func(k, v []byte) error {
 			var h CAHold
 			if err := json.Unmarshal(v, &h); err != nil {
@@ -108,7 +106,8 @@ func orderPrefix(orgID string) []byte { return append([]byte(orgID), 0) }
 // drops the organization's orders older than the window. The check and
 // the record are one transaction, so concurrent orders cannot overspend.
 func (s *Store) SpendOrder(orgID, domain string, at time.Time, window time.Duration, limit int) (spent SpentOrder, ok bool, next time.Time, err error) {
-	err = s.update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *txn) error {
+		spent, ok, next = SpentOrder{}, false, time.Time{} // fn may run more than once
 		b := tx.Bucket(bucketACMEOrders)
 		prefix := orderPrefix(orgID)
 		start := at.Add(-window).UnixNano()
@@ -159,7 +158,7 @@ func (s *Store) RefundOrder(o SpentOrder) error {
 	if o.key == nil {
 		return nil
 	}
-	err := s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketACMEOrders).Delete(o.key) })
+	err := s.update(func(tx *txn) error { return tx.Bucket(bucketACMEOrders).Delete(o.key) })
 	if err != nil {
 		return fmt.Errorf("store: refunding an order: %w", err)
 	}
@@ -170,7 +169,7 @@ func (s *Store) RefundOrder(o SpentOrder) error {
 // that MarkReleased marked), each with the time it was released.
 func (s *Store) ReleasedDomains() (map[string]time.Time, error) {
 	out := map[string]time.Time{}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return tx.Bucket(bucketReleasedDomains).ForEach(func(k, v []byte) error {
 			if len(v) == 8 {
 				out[string(k)] = time.Unix(0, int64(binary.BigEndian.Uint64(v))).UTC()
@@ -184,7 +183,7 @@ func (s *Store) ReleasedDomains() (map[string]time.Time, error) {
 // MarkReleased records that domain was released at `at`, unless a record
 // holds it or it is marked already.
 func (s *Store) MarkReleased(domain string, at time.Time) error {
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
 		if tx.Bucket(bucketRecordsByDomain).Get([]byte(domain)) != nil {
 			return nil
 		}
@@ -203,7 +202,7 @@ func (s *Store) MarkReleased(domain string, at time.Time) error {
 // ForgetReleased removes domain's mark if it still says `at` (a later
 // release keeps its own).
 func (s *Store) ForgetReleased(domain string, at time.Time) error {
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
 		b := tx.Bucket(bucketReleasedDomains)
 		if v := b.Get([]byte(domain)); len(v) == 8 && int64(binary.BigEndian.Uint64(v)) == at.UnixNano() {
 			return b.Delete([]byte(domain))

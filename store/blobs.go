@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Blobs and locks: a small key/value store with file-system path semantics
@@ -53,7 +51,7 @@ func (s *Store) PutBlob(key string, value []byte) error {
 	data := make([]byte, blobHeader+len(value))
 	binary.BigEndian.PutUint64(data, uint64(s.now().UnixNano()))
 	copy(data[blobHeader:], value)
-	err := s.batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *txn) error {
 		return tx.Bucket(bucketCertData).Put([]byte(key), data)
 	})
 	if err != nil {
@@ -65,7 +63,7 @@ func (s *Store) PutBlob(key string, value []byte) error {
 // GetBlob returns the value stored at key, or ErrNotFound.
 func (s *Store) GetBlob(key string) ([]byte, error) {
 	var value []byte
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		data := tx.Bucket(bucketCertData).Get([]byte(key))
 		if data == nil {
 			return ErrNotFound
@@ -86,7 +84,7 @@ func (s *Store) GetBlob(key string) ([]byte, error) {
 // transaction. ErrNotFound if there was nothing to delete.
 func (s *Store) DeleteBlobs(key string) error {
 	var deleted int
-	err := s.batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *txn) error {
 		deleted = 0 // Batch may run this more than once.
 		b := tx.Bucket(bucketCertData)
 		keys := collectKeys(b, key+"/")
@@ -114,7 +112,7 @@ func (s *Store) DeleteBlobs(key string) error {
 // A failure to read counts as absent.
 func (s *Store) BlobExists(key string) bool {
 	var found bool
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *txn) error {
 		b := tx.Bucket(bucketCertData)
 		found = key != "" && b.Get([]byte(key)) != nil || hasPrefix(b, key+"/")
 		return nil
@@ -130,7 +128,7 @@ func (s *Store) BlobExists(key string) bool {
 func (s *Store) ListBlobs(prefix string, recursive bool) ([]string, error) {
 	prefix = strings.Trim(prefix, "/")
 	var keys []string
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		b := tx.Bucket(bucketCertData)
 		p := prefix + "/"
 		if prefix == "" {
@@ -175,7 +173,7 @@ func (s *Store) ListBlobs(prefix string, recursive bool) ([]string, error) {
 // StatBlob describes key, a file or a directory, or returns ErrNotFound.
 func (s *Store) StatBlob(key string) (BlobInfo, error) {
 	info := BlobInfo{Key: key}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		b := tx.Bucket(bucketCertData)
 		if key != "" {
 			if data := b.Get([]byte(key)); data != nil {
@@ -216,7 +214,7 @@ func (s *Store) StatBlob(key string) (BlobInfo, error) {
 // false, like anybody else.
 func (s *Store) TryLock(name, owner string, ttl time.Duration) (bool, error) {
 	var taken bool
-	err := s.batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *txn) error {
 		taken = false
 		b := tx.Bucket(bucketCertLocks)
 		now := s.now()
@@ -242,7 +240,7 @@ func (s *Store) TryLock(name, owner string, ttl time.Duration) (bool, error) {
 // expired and was taken over).
 func (s *Store) RefreshLock(name, owner string, ttl time.Duration) error {
 	var ruleErr error
-	err := s.batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *txn) error {
 		ruleErr = nil
 		b := tx.Bucket(bucketCertLocks)
 		v := b.Get([]byte(name))
@@ -270,7 +268,7 @@ func (s *Store) RefreshLock(name, owner string, ttl time.Duration) error {
 // it in place.
 func (s *Store) Unlock(name, owner string) error {
 	var ruleErr error
-	err := s.batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *txn) error {
 		ruleErr = nil
 		b := tx.Bucket(bucketCertLocks)
 		v := b.Get([]byte(name))
@@ -313,7 +311,7 @@ func decodeLock(v []byte) (owner string, expires time.Time, ok bool) {
 }
 
 // collectKeys returns copies of the keys of b that start with prefix.
-func collectKeys(b *bolt.Bucket, prefix string) [][]byte {
+func collectKeys(b *bucket, prefix string) [][]byte {
 	var keys [][]byte
 	p := []byte(prefix)
 	c := b.Cursor()
@@ -323,7 +321,7 @@ func collectKeys(b *bolt.Bucket, prefix string) [][]byte {
 	return keys
 }
 
-func hasPrefix(b *bolt.Bucket, prefix string) bool {
+func hasPrefix(b *bucket, prefix string) bool {
 	k, _ := b.Cursor().Seek([]byte(prefix))
 	return k != nil && bytes.HasPrefix(k, []byte(prefix))
 }

@@ -319,6 +319,7 @@ func TestBlobsClosedStore(t *testing.T) {
 // for the dead process's locks to expire: only one process can open the
 // file, so every lock found at Open is stale.
 func TestOpenReleasesStaleLocks(t *testing.T) {
+	bboltOnly(t)
 	path := filepath.Join(t.TempDir(), "edgeproxy.db")
 	s, err := store.Open(path, store.Options{})
 	if err != nil {

@@ -1,6 +1,8 @@
 // Package store is edgeproxy's one source of truth: organizations, users,
 // memberships, personal API keys and proxy records, kept in a single bbolt
-// file.
+// file (Open) or, for several nodes, in an etcd cluster (OpenEtcd; its
+// model is described in etcd.go). Both backends run the same transaction
+// code (tx.go), so every rule below holds on both.
 //
 // # Model
 //
@@ -37,8 +39,12 @@
 // store keeps serving reads and takes writes again, without reopening,
 // once the disk does (see unwritable.go).
 //
-// Callers never see bbolt: the rest of the program talks to the methods of
-// *Store, so the backend can be replaced (a multi-node backend is planned).
+// Callers never see bbolt or etcd: the rest of the program talks to the
+// methods of *Store. A write transaction's function may run more than once
+// (bbolt's Batch reruns it, and on etcd a transaction runs again when what
+// it read changed under it), so each attempt starts from scratch and
+// results leave the function only through variables it sets on every
+// path.
 //
 // # Change feed
 //

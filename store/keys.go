@@ -4,20 +4,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // CreateKey stores a personal API key. The key's ID and CreatedAt are
 // filled in; its user must exist (ErrNotFound).
 func (s *Store) CreateKey(key APIKey) (APIKey, error) {
-	err := s.update(func(tx *bolt.Tx) error {
+	in := key
+	err := s.update(func(tx *txn) error {
+		key = in // fn may run more than once
 		return s.createKeyTx(tx, &key)
 	})
 	return key, err
 }
 
-func (s *Store) createKeyTx(tx *bolt.Tx, key *APIKey) error {
+func (s *Store) createKeyTx(tx *txn, key *APIKey) error {
 	if tx.Bucket(bucketUsers).Get(u64(uint64(key.UserID))) == nil {
 		return fmt.Errorf("user %d: %w", key.UserID, ErrNotFound)
 	}
@@ -34,7 +34,7 @@ func (s *Store) createKeyTx(tx *bolt.Tx, key *APIKey) error {
 // or ErrNotFound.
 func (s *Store) KeyByHash(hash string) (APIKey, error) {
 	var key APIKey
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		id := tx.Bucket(bucketKeysByHash).Get([]byte(hash))
 		if id == nil {
 			return ErrNotFound
@@ -48,7 +48,7 @@ func (s *Store) KeyByHash(hash string) (APIKey, error) {
 // oldest first, revoked ones included.
 func (s *Store) Keys(userID int64) ([]APIKey, error) {
 	var keys []APIKey
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return tx.Bucket(bucketKeys).ForEach(func(_, v []byte) error {
 			var k APIKey
 			if err := json.Unmarshal(v, &k); err != nil {
@@ -68,7 +68,8 @@ func (s *Store) Keys(userID int64) ([]APIKey, error) {
 // Revoking a revoked key changes nothing.
 func (s *Store) RevokeKey(id string) (APIKey, error) {
 	var key APIKey
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
+		key = APIKey{} // fn may run more than once
 		keys := tx.Bucket(bucketKeys)
 		if err := getJSON(keys, []byte(id), &key); err != nil {
 			return err

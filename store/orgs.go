@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // CreateOrg adds an organization, with the slug made from its name (see
@@ -24,7 +22,9 @@ func (s *Store) CreateOrg(name string, maxRecords *int) (Org, error) {
 // write are one transaction, so concurrent creates never share a slug.
 func (s *Store) CreateOrgSlug(name, slug string, maxRecords *int) (Org, error) {
 	org := Org{ID: NewID(), Name: name, Slug: slug, CreatedAt: s.stamp(), MaxProxyRecords: maxRecords}
-	err := s.update(func(tx *bolt.Tx) error {
+	in := org
+	err := s.update(func(tx *txn) error {
+		org = in // fn may run more than once
 		return createOrgTx(tx, &org)
 	})
 	if err != nil {
@@ -33,7 +33,7 @@ func (s *Store) CreateOrgSlug(name, slug string, maxRecords *int) (Org, error) {
 	return org, nil
 }
 
-func createOrgTx(tx *bolt.Tx, org *Org) error {
+func createOrgTx(tx *txn, org *Org) error {
 	if err := indexSlugTx(tx, org); err != nil {
 		return err
 	}
@@ -43,7 +43,7 @@ func createOrgTx(tx *bolt.Tx, org *Org) error {
 // Org returns the organization with the id, or ErrNotFound.
 func (s *Store) Org(id string) (Org, error) {
 	var org Org
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return getJSON(tx.Bucket(bucketOrgs), []byte(id), &org)
 	})
 	return org, err
@@ -52,7 +52,7 @@ func (s *Store) Org(id string) (Org, error) {
 // OrgBySlug returns the organization with the slug, or ErrNotFound.
 func (s *Store) OrgBySlug(slug string) (Org, error) {
 	var org Org
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		id := tx.Bucket(bucketOrgsBySlug).Get([]byte(slug))
 		if id == nil {
 			return ErrNotFound
@@ -65,7 +65,7 @@ func (s *Store) OrgBySlug(slug string) (Org, error) {
 // Orgs returns every organization, oldest first.
 func (s *Store) Orgs() ([]Org, error) {
 	var orgs []Org
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return tx.Bucket(bucketOrgs).ForEach(func(_, v []byte) error {
 			var org Org
 			if err := json.Unmarshal(v, &org); err != nil {
@@ -96,7 +96,8 @@ func sortOrgs(orgs []Org) {
 // transaction.
 func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
 	var org Org
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
+		org = Org{} // fn may run more than once
 		b := tx.Bucket(bucketOrgs)
 		if err := getJSON(b, []byte(id), &org); err != nil {
 			return err
@@ -126,7 +127,7 @@ func (s *Store) UpdateOrg(id string, fn func(*Org)) (Org, error) {
 // (ErrEmailTaken).
 func (s *Store) CreateUser(email string) (User, error) {
 	var user User
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
 		var err error
 		user, err = s.createUserTx(tx, email)
 		return err
@@ -134,7 +135,7 @@ func (s *Store) CreateUser(email string) (User, error) {
 	return user, err
 }
 
-func (s *Store) createUserTx(tx *bolt.Tx, email string) (User, error) {
+func (s *Store) createUserTx(tx *txn, email string) (User, error) {
 	byEmail := tx.Bucket(bucketUsersByEmail)
 	if byEmail.Get([]byte(email)) != nil {
 		return User{}, ErrEmailTaken
@@ -154,7 +155,7 @@ func (s *Store) createUserTx(tx *bolt.Tx, email string) (User, error) {
 // User returns the user with the id, or ErrNotFound.
 func (s *Store) User(id int64) (User, error) {
 	var user User
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return getJSON(tx.Bucket(bucketUsers), u64(uint64(id)), &user)
 	})
 	return user, err
@@ -163,7 +164,7 @@ func (s *Store) User(id int64) (User, error) {
 // Users returns every user in id order.
 func (s *Store) Users() ([]User, error) {
 	var users []User
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return tx.Bucket(bucketUsers).ForEach(func(_, v []byte) error {
 			var u User
 			if err := json.Unmarshal(v, &u); err != nil {
@@ -185,7 +186,7 @@ func memberKey(orgID string, userID int64) []byte {
 // user's order of memberships). ErrNotFound if either does not exist.
 func (s *Store) SetMembership(orgID string, userID int64, level Level) (Membership, error) {
 	var m Membership
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
 		var err error
 		m, err = s.setMembershipTx(tx, orgID, userID, level)
 		return err
@@ -193,7 +194,7 @@ func (s *Store) SetMembership(orgID string, userID int64, level Level) (Membersh
 	return m, err
 }
 
-func (s *Store) setMembershipTx(tx *bolt.Tx, orgID string, userID int64, level Level) (Membership, error) {
+func (s *Store) setMembershipTx(tx *txn, orgID string, userID int64, level Level) (Membership, error) {
 	if tx.Bucket(bucketOrgs).Get([]byte(orgID)) == nil {
 		return Membership{}, fmt.Errorf("organization %s: %w", orgID, ErrNotFound)
 	}
@@ -225,7 +226,7 @@ func (s *Store) setMembershipTx(tx *bolt.Tx, orgID string, userID int64, level L
 // ErrNotFound.
 func (s *Store) Membership(orgID string, userID int64) (Membership, error) {
 	var m Membership
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return getJSON(tx.Bucket(bucketMembers), memberKey(orgID, userID), &m)
 	})
 	return m, err
@@ -239,7 +240,8 @@ func (s *Store) Membership(orgID string, userID int64) (Membership, error) {
 // organization's only owner.
 func (s *Store) RemoveMembership(orgID string, userID int64) (Membership, error) {
 	var m Membership
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
+		m = Membership{} // fn may run more than once
 		if tx.Bucket(bucketOrgs).Get([]byte(orgID)) == nil {
 			return fmt.Errorf("organization %s: %w", orgID, ErrNotFound)
 		}
@@ -277,7 +279,7 @@ func (s *Store) RemoveMembership(orgID string, userID int64) (Membership, error)
 // ownersTx counts the owners of the organization. Membership keys start
 // with the organization's id, which has a fixed length, so they are
 // contiguous and no other organization's keys share the prefix.
-func ownersTx(tx *bolt.Tx, orgID string) (int, error) {
+func ownersTx(tx *txn, orgID string) (int, error) {
 	prefix := []byte(orgID)
 	n := 0
 	c := tx.Bucket(bucketMembers).Cursor()
@@ -297,7 +299,7 @@ func ownersTx(tx *bolt.Tx, orgID string) (int, error) {
 // made.
 func (s *Store) UserMemberships(userID int64) ([]Membership, error) {
 	var ms []Membership
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		prefix := u64(uint64(userID))
 		members := tx.Bucket(bucketMembers)
 		c := tx.Bucket(bucketUserOrgs).Cursor()
@@ -317,7 +319,7 @@ func (s *Store) UserMemberships(userID int64) ([]Membership, error) {
 // order the memberships were made, read in one transaction.
 func (s *Store) MemberOrgs(userID int64) ([]Org, error) {
 	var orgs []Org
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		prefix := u64(uint64(userID))
 		c := tx.Bucket(bucketUserOrgs).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -344,7 +346,8 @@ type Bootstrap struct {
 // organization yet, and reports whether it did. The key's ID, UserID and
 // CreatedAt are filled in.
 func (s *Store) BootstrapIfEmpty(b Bootstrap) (created bool, key APIKey, err error) {
-	err = s.update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *txn) error {
+		created, key = false, APIKey{} // fn may run more than once
 		if k, _ := tx.Bucket(bucketOrgs).Cursor().First(); k != nil {
 			return nil
 		}

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // orgIndexKey is the records_by_org key of a record: organization id, then
@@ -27,7 +25,7 @@ func orgIndexKey(orgID string, seq uint64) []byte {
 func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 	var created Record
 	var ruleErr error
-	err := s.batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *txn) error {
 		// Batch may call this more than once; every attempt starts afresh.
 		// A broken rule is reported through ruleErr and a nil return, so it
 		// does not make bbolt roll back and rerun the rest of the batch.
@@ -94,7 +92,7 @@ func (s *Store) CreateRecord(r Record, defaultLimit int) (Record, error) {
 // orgCount is how many records the organization holds, kept in
 // org_record_counts by every create and delete, so the limit check costs
 // the same whatever the organization holds.
-func orgCount(tx *bolt.Tx, orgID string) uint64 {
+func orgCount(tx *txn, orgID string) uint64 {
 	v := tx.Bucket(bucketOrgRecordCounts).Get([]byte(orgID))
 	if len(v) != 8 {
 		return 0
@@ -102,7 +100,7 @@ func orgCount(tx *bolt.Tx, orgID string) uint64 {
 	return binary.BigEndian.Uint64(v)
 }
 
-func addOrgCount(tx *bolt.Tx, orgID string, delta int) error {
+func addOrgCount(tx *txn, orgID string, delta int) error {
 	n := int64(orgCount(tx, orgID)) + int64(delta)
 	counts := tx.Bucket(bucketOrgRecordCounts)
 	if n <= 0 {
@@ -114,7 +112,7 @@ func addOrgCount(tx *bolt.Tx, orgID string, delta int) error {
 // Record returns the record with the id, or ErrNotFound.
 func (s *Store) Record(id string) (Record, error) {
 	var r Record
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return getJSON(tx.Bucket(bucketRecords), []byte(id), &r)
 	})
 	return r, err
@@ -123,7 +121,7 @@ func (s *Store) Record(id string) (Record, error) {
 // RecordByDomain returns the record holding the domain, or ErrNotFound.
 func (s *Store) RecordByDomain(domain string) (Record, error) {
 	var r Record
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		id := tx.Bucket(bucketRecordsByDomain).Get([]byte(domain))
 		if id == nil {
 			return ErrNotFound
@@ -137,7 +135,7 @@ func (s *Store) RecordByDomain(domain string) (Record, error) {
 // proportional to the organization's records, not to the whole store.
 func (s *Store) OrgRecords(orgID string) ([]Record, error) {
 	records := []Record{}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		prefix := []byte(orgID)
 		all := tx.Bucket(bucketRecords)
 		c := tx.Bucket(bucketRecordsByOrg).Cursor()
@@ -163,7 +161,7 @@ func (s *Store) OrgRecords(orgID string) ([]Record, error) {
 // when keep is nil), in no particular order.
 func (s *Store) Records(keep func(*Record) bool) ([]Record, error) {
 	records := []Record{}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return tx.Bucket(bucketRecords).ForEach(func(_, v []byte) error {
 			var r Record
 			if err := json.Unmarshal(v, &r); err != nil {
@@ -207,7 +205,7 @@ func (s *Store) Mutate(id string, fn func(r *Record) (Op, error)) (Record, Op, e
 		op     Op
 		fnErr  error
 	)
-	err := s.batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *txn) error {
 		fnErr = nil
 		records := tx.Bucket(bucketRecords)
 		var r Record
@@ -287,7 +285,7 @@ func (s *Store) CountRecordsByStatus() (map[Status]int, error) {
 	for _, st := range Statuses {
 		counts[st] = 0
 	}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return tx.Bucket(bucketRecords).ForEach(func(_, v []byte) error {
 			var r struct {
 				Status Status `json:"status"`
@@ -310,7 +308,7 @@ func dueKey(at time.Time, id string) []byte {
 
 // reindexDue moves a record's entry in the due index from old to next; a
 // zero time means no entry.
-func reindexDue(tx *bolt.Tx, id string, old, next time.Time) error {
+func reindexDue(tx *txn, id string, old, next time.Time) error {
 	if old.Equal(next) {
 		return nil
 	}
@@ -331,7 +329,7 @@ func reindexDue(tx *bolt.Tx, id string, old, next time.Time) error {
 // may be nil).
 func (s *Store) DueRecords(now time.Time, limit int, skip func(id string) bool) ([]Record, error) {
 	var out []Record
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		records := tx.Bucket(bucketRecords)
 		c := tx.Bucket(bucketRecordsDue).Cursor()
 		end := uint64(now.UnixNano())
@@ -361,7 +359,7 @@ func (s *Store) NextDue(skip func(id string) bool) (time.Time, bool, error) {
 		at    time.Time
 		found bool
 	)
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		c := tx.Bucket(bucketRecordsDue).Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
 			if skip != nil && skip(string(k[8:])) {
@@ -378,7 +376,7 @@ func (s *Store) NextDue(skip func(id string) bool) (time.Time, bool, error) {
 // DueStats returns how many records are due at now (NextCheckAt at or
 // before it) and the earliest NextCheckAt among them.
 func (s *Store) DueStats(now time.Time) (n int, oldest time.Time, err error) {
-	err = s.view(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *txn) error {
 		c := tx.Bucket(bucketRecordsDue).Cursor()
 		end := uint64(now.UnixNano())
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {

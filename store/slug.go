@@ -6,7 +6,6 @@ import (
 	"strings"
 	"unicode"
 
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/text/unicode/norm"
 )
 
@@ -109,13 +108,13 @@ func truncate(s string, n int) string {
 // smallest numeric suffix ("acme-2", "acme-3", ...) that none holds, the
 // base shortened so the whole stays within MaxSlugLength. base must pass
 // CheckSlug.
-func freeSlugTx(tx *bolt.Tx, base string) (string, error) {
+func freeSlugTx(tx *txn, base string) (string, error) {
 	bySlug := tx.Bucket(bucketOrgsBySlug)
 	if bySlug.Get([]byte(base)) == nil {
 		return base, nil
 	}
 	// Among n slugs held, one of the n+1 suffixes 2..n+2 is free.
-	n := bySlug.Stats().KeyN
+	n := bySlug.KeyN()
 	for i := 2; i <= n+2; i++ {
 		suffix := "-" + strconv.Itoa(i)
 		s := strings.TrimRight(truncate(base, MaxSlugLength-len(suffix)), "-") + suffix
@@ -129,7 +128,7 @@ func freeSlugTx(tx *bolt.Tx, base string) (string, error) {
 // indexSlugTx gives org a slug and indexes it. An empty org.Slug is made
 // from the name (with a suffix if taken); a given one must pass CheckSlug
 // and be free (ErrSlugTaken).
-func indexSlugTx(tx *bolt.Tx, org *Org) error {
+func indexSlugTx(tx *txn, org *Org) error {
 	bySlug := tx.Bucket(bucketOrgsBySlug)
 	if org.Slug == "" {
 		s, err := freeSlugTx(tx, Slugify(org.Name))

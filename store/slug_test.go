@@ -257,6 +257,7 @@ func writeSchema3(t *testing.T, path string, orgs []store.Org, raw map[string]st
 // one made from their name at Open, the oldest first keeping the plain
 // slug, and the slugs are in the file for every later Open.
 func TestOpenMigratesVersion3(t *testing.T) {
+	bboltOnly(t)
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "edgeproxy.db")
 	day := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -312,6 +313,7 @@ func TestOpenMigratesVersion3(t *testing.T) {
 // (here on an organization that does not decode, after others got their
 // slugs) leaves the file exactly as schema 3 left it.
 func TestOpenMigratesVersion3Atomically(t *testing.T) {
+	bboltOnly(t)
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "edgeproxy.db")
 	good := store.Org{ID: store.NewID(), Name: "Acme", CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}

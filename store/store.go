@@ -63,8 +63,8 @@ const SchemaVersion = 6
 // migrations[i] moves a file from schema version i to i+1. Version 0 is an
 // empty file. Each runs inside the one transaction that also records the new
 // version, so a crash leaves the file at the old version or the new one.
-var migrations = []func(tx *bolt.Tx) error{
-	0: func(tx *bolt.Tx) error {
+var migrations = []func(tx *txn) error{
+	0: func(tx *txn) error {
 		for _, name := range v1Buckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("creating bucket %s: %w", name, err)
@@ -76,7 +76,7 @@ var migrations = []func(tx *bolt.Tx) error{
 	// and certmagic's storage. Records
 	// written by version 1 were all waiting and never checked: they are
 	// due at once, and their DNS wait starts now.
-	1: func(tx *bolt.Tx) error {
+	1: func(tx *txn) error {
 		for _, name := range [][]byte{bucketRecordsDue, bucketOrgRecordCounts, bucketCertData, bucketCertLocks} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("creating bucket %s: %w", name, err)
@@ -108,7 +108,7 @@ var migrations = []func(tx *bolt.Tx) error{
 	},
 	// 3: the engine's ACME bookkeeping (acme.go): orders placed, the CA's
 	// rate limits in force, released domains. All start empty.
-	2: func(tx *bolt.Tx) error {
+	2: func(tx *txn) error {
 		for _, name := range [][]byte{bucketACMEOrders, bucketCAHolds, bucketReleasedDomains} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("creating bucket %s: %w", name, err)
@@ -119,7 +119,7 @@ var migrations = []func(tx *bolt.Tx) error{
 	// 4: organization slugs and their index. Every organization gets the
 	// slug made from its name, the oldest first, so that of two
 	// organizations with one name the older keeps the plain slug.
-	3: func(tx *bolt.Tx) error {
+	3: func(tx *txn) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketOrgsBySlug); err != nil {
 			return fmt.Errorf("creating bucket %s: %w", bucketOrgsBySlug, err)
 		}
@@ -146,7 +146,7 @@ var migrations = []func(tx *bolt.Tx) error{
 		return nil
 	},
 	// 5: webhooks and their outbox (webhooks.go).
-	4: func(tx *bolt.Tx) error {
+	4: func(tx *txn) error {
 		for _, name := range webhookBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("creating bucket %s: %w", name, err)
@@ -201,10 +201,24 @@ type Options struct {
 	Timeout time.Duration
 }
 
-// Store is the bbolt-backed store. It is safe for concurrent use.
+// Store is the store, on bbolt (Open) or on etcd (OpenEtcd). It is safe
+// for concurrent use. A Store value is a handle: WithFence returns another
+// handle on the same data whose writes are fenced.
 type Store struct {
+	*core
+	// fence, if set, is a condition every write through this handle
+	// commits under (etcd only).
+	fence *Fence
+}
+
+// core is the state a Store's handles share.
+type core struct {
+	// db is the data file; on etcd, the node's local copy.
 	db  *bolt.DB
 	now func() time.Time
+
+	// etcd is nil on the bbolt backend.
+	etcd *etcdBackend
 
 	// subsMu guards subs.
 	subsMu sync.Mutex
@@ -240,11 +254,11 @@ func Open(path string, opts Options) (*Store, error) {
 	// that wait, not the fsync, bounded creates per second. 2 ms still
 	// gathers the concurrent writers of one fsync.
 	db.MaxBatchDelay = batchDelay
-	s := &Store{db: db, now: opts.Now, subs: map[*Subscription]struct{}{}, outbox: make(chan struct{}, 1)}
+	s := &Store{core: &core{db: db, now: opts.Now, subs: map[*Subscription]struct{}{}, outbox: make(chan struct{}, 1)}}
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if err := db.Update(migrate); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error { return migrate(&txn{btx: tx}) }); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: migrating %s: %w", path, err)
 	}
@@ -267,7 +281,7 @@ func releaseLocks(tx *bolt.Tx) error {
 	return err
 }
 
-func migrate(tx *bolt.Tx) error {
+func migrate(tx *txn) error {
 	var version uint64
 	if meta := tx.Bucket(bucketMeta); meta != nil {
 		if v := meta.Get(keySchema); len(v) == 8 {
@@ -291,6 +305,9 @@ func migrate(tx *bolt.Tx) error {
 // Close closes the database file. Subscriptions stay valid but receive
 // nothing more.
 func (s *Store) Close() error {
+	if s.etcd != nil {
+		s.etcd.close()
+	}
 	return s.db.Close()
 }
 
@@ -300,7 +317,7 @@ func (s *Store) Path() string { return s.db.Path() }
 // SchemaVersionOf reports the schema version recorded in the file.
 func (s *Store) SchemaVersionOf() (uint64, error) {
 	var v uint64
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		v = binary.BigEndian.Uint64(tx.Bucket(bucketMeta).Get(keySchema))
 		return nil
 	})
@@ -311,11 +328,14 @@ func (s *Store) SchemaVersionOf() (uint64, error) {
 // reads and writes go on, and returns the number of bytes written.
 func (s *Store) Backup(w io.Writer) (int64, error) {
 	var n int64
-	err := s.view(func(tx *bolt.Tx) error {
+	if s.etcd != nil {
+		return s.etcdBackup(w)
+	}
+	err := closedErr(s.db.View(func(tx *bolt.Tx) error {
 		var err error
 		n, err = tx.WriteTo(w)
 		return err
-	})
+	}))
 	if err != nil {
 		return n, fmt.Errorf("store: writing backup: %w", err)
 	}
@@ -325,13 +345,13 @@ func (s *Store) Backup(w io.Writer) (int64, error) {
 // Check runs bbolt's consistency check over the whole file and returns the
 // problems it finds, if any.
 func (s *Store) Check() error {
-	return s.view(func(tx *bolt.Tx) error {
+	return closedErr(s.db.View(func(tx *bolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() {
 			errs = append(errs, err)
 		}
 		return errors.Join(errs...)
-	})
+	}))
 }
 
 // Now is the store's clock, to the precision the store records.
@@ -341,9 +361,30 @@ func (s *Store) Now() time.Time { return s.stamp() }
 // transaction (bolt's View, Update and Batch) and report a closed store as
 // ErrClosed and a write the disk refused as ErrUnwritable, as the error
 // block promises, rather than as bbolt's own errors.
-func (s *Store) view(fn func(*bolt.Tx) error) error   { return closedErr(s.db.View(fn)) }
-func (s *Store) update(fn func(*bolt.Tx) error) error { return s.writeErr(closedErr(s.db.Update(fn))) }
-func (s *Store) batch(fn func(*bolt.Tx) error) error  { return s.writeErr(closedErr(s.db.Batch(fn))) }
+//
+// On etcd, view first waits until the local copy holds every write any
+// node committed before the call (see etcdBackend.sync), and update and
+// batch commit through etcd (etcdBackend.commit).
+func (s *Store) view(fn func(*txn) error) error {
+	if s.etcd != nil {
+		s.etcd.sync()
+	}
+	return closedErr(s.db.View(func(tx *bolt.Tx) error { return fn(&txn{btx: tx}) }))
+}
+
+func (s *Store) update(fn func(*txn) error) error {
+	if s.etcd != nil {
+		return s.etcd.update(s.fence, fn)
+	}
+	return s.writeErr(closedErr(s.db.Update(func(tx *bolt.Tx) error { return fn(&txn{btx: tx}) })))
+}
+
+func (s *Store) batch(fn func(*txn) error) error {
+	if s.etcd != nil {
+		return s.etcd.batch(s.fence, fn)
+	}
+	return s.writeErr(closedErr(s.db.Batch(func(tx *bolt.Tx) error { return fn(&txn{btx: tx}) })))
+}
 
 func closedErr(err error) error {
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
@@ -364,7 +405,7 @@ func u64(v uint64) []byte {
 	return b[:]
 }
 
-func getJSON(b *bolt.Bucket, key []byte, v any) error {
+func getJSON(b *bucket, key []byte, v any) error {
 	data := b.Get(key)
 	if data == nil {
 		return ErrNotFound
@@ -375,7 +416,7 @@ func getJSON(b *bolt.Bucket, key []byte, v any) error {
 	return nil
 }
 
-func putJSON(b *bolt.Bucket, key []byte, v any) error {
+func putJSON(b *bucket, key []byte, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("store: encoding %s: %w", key, err)

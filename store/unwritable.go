@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -8,7 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
 
@@ -76,9 +76,15 @@ func (s *Store) RefusingWrites() bool { return s.unwritable.Load() }
 // checks use it, since a store that cannot write cannot accept API calls.
 // After a write failed with ErrUnwritable it also makes the file grow, as
 // described above, and returns ErrUnwritable until that succeeds.
+//
+// On etcd it asks etcd for its revision instead: a write is possible
+// exactly when etcd answers.
 func (s *Store) Writable() error {
+	if s.etcd != nil {
+		return s.Ping(context.Background())
+	}
 	grow := s.unwritable.Load()
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
 		if grow {
 			// Inside the write transaction: no commit can write the file
 			// or grow it meanwhile.

@@ -23,6 +23,7 @@ const fsizeChildEnv = "EDGEPROXY_TEST_FSIZE_CHILD_DIR"
 // with a real RLIMIT_FSIZE. The limit binds the whole process, so the
 // scenario runs in a child: this test binary, re-executed.
 func TestUnwritableFileSizeLimit(t *testing.T) {
+	bboltOnly(t)
 	if dir := os.Getenv(fsizeChildEnv); dir != "" {
 		fileSizeLimitScenario(t, dir)
 		return
@@ -145,6 +146,7 @@ func fileSizeLimitScenario(t *testing.T, dir string) {
 // ENOSPC, then makes room by growing the file system, as an operator
 // freeing space would.
 func TestUnwritableDiskFull(t *testing.T) {
+	bboltOnly(t)
 	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a tmpfs needs root; TestUnwritableFileSizeLimit covers non-root runs")

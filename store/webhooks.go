@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Webhooks and their outbox.
@@ -183,7 +181,9 @@ func checkWebhookID(id string) error {
 // CreatedAt, unless the organization already has max webhooks
 // (ErrTooManyWebhooks). ErrNotFound if the organization does not exist.
 func (s *Store) CreateWebhook(w Webhook, max int) (Webhook, error) {
-	err := s.update(func(tx *bolt.Tx) error {
+	in := w
+	err := s.update(func(tx *txn) error {
+		w = in // fn may run more than once
 		if tx.Bucket(bucketOrgs).Get([]byte(w.OrgID)) == nil {
 			return fmt.Errorf("organization %s: %w", w.OrgID, ErrNotFound)
 		}
@@ -221,7 +221,7 @@ func (s *Store) Webhook(id string) (Webhook, error) {
 	if err := checkWebhookID(id); err != nil {
 		return w, err
 	}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		return getJSON(tx.Bucket(bucketWebhooks), []byte(id), &w)
 	})
 	return w, err
@@ -230,7 +230,7 @@ func (s *Store) Webhook(id string) (Webhook, error) {
 // OrgWebhooks returns the organization's webhooks, oldest first.
 func (s *Store) OrgWebhooks(orgID string) ([]Webhook, error) {
 	hooks := []Webhook{}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		all := tx.Bucket(bucketWebhooks)
 		prefix := []byte(orgID)
 		c := tx.Bucket(bucketWebhooksByOrg).Cursor()
@@ -258,7 +258,7 @@ type WebhookWithQueue struct {
 // queued deliveries.
 func (s *Store) Webhooks(orgID string) ([]WebhookWithQueue, error) {
 	out := []WebhookWithQueue{}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		all := tx.Bucket(bucketWebhooks)
 		deliveries := tx.Bucket(bucketDeliveries).Cursor()
 		prefix := []byte(orgID)
@@ -288,7 +288,8 @@ func (s *Store) UpdateWebhook(orgID, id string, fn func(*Webhook) error) (Webhoo
 	if err := checkWebhookID(id); err != nil {
 		return w, err
 	}
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
+		w = Webhook{} // fn may run more than once
 		hooks := tx.Bucket(bucketWebhooks)
 		if err := getJSON(hooks, []byte(id), &w); err != nil {
 			return err
@@ -315,7 +316,7 @@ func (s *Store) DeleteWebhook(orgID, id string) error {
 	if err := checkWebhookID(id); err != nil {
 		return err
 	}
-	return s.update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *txn) error {
 		hooks := tx.Bucket(bucketWebhooks)
 		var w Webhook
 		if err := getJSON(hooks, []byte(id), &w); err != nil {
@@ -342,7 +343,7 @@ func (s *Store) EnqueuePing(orgID, id string) (Event, error) {
 	if err := checkWebhookID(id); err != nil {
 		return ev, err
 	}
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *txn) error {
 		var w Webhook
 		if err := getJSON(tx.Bucket(bucketWebhooks), []byte(id), &w); err != nil {
 			return err
@@ -364,7 +365,7 @@ func (s *Store) EnqueuePing(orgID, id string) (Event, error) {
 
 // emitTx queues an event of the type about rec for every webhook of the
 // record's organization that takes it. Nothing is stored when none does.
-func (s *Store) emitTx(tx *bolt.Tx, eventType string, at time.Time, rec Record, previous Status) error {
+func (s *Store) emitTx(tx *txn, eventType string, at time.Time, rec Record, previous Status) error {
 	var targets []Webhook
 	all := tx.Bucket(bucketWebhooks)
 	prefix := []byte(rec.OrgID)
@@ -388,7 +389,7 @@ func (s *Store) emitTx(tx *bolt.Tx, eventType string, at time.Time, rec Record, 
 // enqueueTx stores ev (filling in its ID and Pending) and one delivery of
 // it per webhook, due at the event's time, and wakes the worker once the
 // transaction commits.
-func (s *Store) enqueueTx(tx *bolt.Tx, ev *Event, targets []Webhook) error {
+func (s *Store) enqueueTx(tx *txn, ev *Event, targets []Webhook) error {
 	ev.ID = NewID()
 	ev.Pending = len(targets)
 	if err := putJSON(tx.Bucket(bucketWebhookEvents), []byte(ev.ID), ev); err != nil {
@@ -420,7 +421,7 @@ func (s *Store) enqueueTx(tx *bolt.Tx, ev *Event, targets []Webhook) error {
 
 // requeueHookTx puts the webhook in webhook_hook_due at the time of its
 // earliest due delivery, or takes it out when it has none.
-func requeueHookTx(tx *bolt.Tx, hookID, orgID string) error {
+func requeueHookTx(tx *txn, hookID, orgID string) error {
 	head := tx.Bucket(bucketHookHead)
 	hookDue := tx.Bucket(bucketHookDue)
 	var old []byte
@@ -451,7 +452,7 @@ func requeueHookTx(tx *bolt.Tx, hookID, orgID string) error {
 
 // removeDeliveryTx deletes a delivery and its due entry and releases its
 // hold on its event. The caller requeues the webhook.
-func removeDeliveryTx(tx *bolt.Tx, d Delivery) error {
+func removeDeliveryTx(tx *txn, d Delivery) error {
 	if err := tx.Bucket(bucketDeliveries).Delete(deliveryKey(d.WebhookID, d.Seq)); err != nil {
 		return err
 	}
@@ -477,7 +478,7 @@ func removeDeliveryTx(tx *bolt.Tx, d Delivery) error {
 
 // dropDeliveriesTx removes every delivery queued for the webhook and
 // returns how many there were.
-func dropDeliveriesTx(tx *bolt.Tx, hookID string) (int, error) {
+func dropDeliveriesTx(tx *txn, hookID string) (int, error) {
 	prefix := []byte(hookID)
 	var drop []Delivery
 	c := tx.Bucket(bucketDeliveries).Cursor()
@@ -496,7 +497,7 @@ func dropDeliveriesTx(tx *bolt.Tx, hookID string) (int, error) {
 	return len(drop), requeueHookTx(tx, hookID, "")
 }
 
-func addQueued(tx *bolt.Tx, delta int) error {
+func addQueued(tx *txn, delta int) error {
 	meta := tx.Bucket(bucketMeta)
 	var n int64
 	if v := meta.Get(keyDeliveriesQueued); len(v) == 8 {
@@ -512,7 +513,7 @@ func addQueued(tx *bolt.Tx, delta int) error {
 // false for is in the result.
 func (s *Store) DueDeliveries(now time.Time, limit int, skip func(hookID, orgID string) bool) ([]Outbound, error) {
 	var out []Outbound
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		out = out[:0]
 		end := uint64(now.UnixNano())
 		hooks := tx.Bucket(bucketWebhooks)
@@ -558,7 +559,7 @@ func (s *Store) NextDeliveryDue(skip func(hookID, orgID string) bool) (time.Time
 		at    time.Time
 		found bool
 	)
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *txn) error {
 		c := tx.Bucket(bucketHookDue).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			if skip != nil && skip(string(k[8:]), string(v)) {
@@ -575,7 +576,7 @@ func (s *Store) NextDeliveryDue(skip func(hookID, orgID string) bool) (time.Time
 // OutboxStats returns how many deliveries are queued and the time the
 // earliest of them is due (zero when none is).
 func (s *Store) OutboxStats() (queued int, earliest time.Time, err error) {
-	err = s.view(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *txn) error {
 		if v := tx.Bucket(bucketMeta).Get(keyDeliveriesQueued); len(v) == 8 {
 			queued = int(binary.BigEndian.Uint64(v))
 		}
@@ -607,7 +608,7 @@ func (s *Store) FinishDelivery(hookID string, seq uint64, fn func(w *Webhook, d 
 		return saved, op, 0, err
 	}
 	var fnErr error
-	err := s.batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *txn) error {
 		// Batch may call this more than once; every attempt starts afresh.
 		// A webhook or delivery gone is reported through fnErr and a nil
 		// return, so it does not make bbolt roll back and rerun the rest
@@ -690,7 +691,7 @@ func (s *Store) wakeOutbox() {
 // event's pending count is the number of its deliveries, and the queued
 // count is the number of deliveries. Tests and the chaos checks use it.
 func (s *Store) CheckOutbox() error {
-	return s.view(func(tx *bolt.Tx) error {
+	return s.view(func(tx *txn) error {
 		var errs []error
 		perEvent := map[string]int{}
 		earliest := map[string][]byte{} // webhook id → u64 due of its earliest delivery

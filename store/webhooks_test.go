@@ -378,7 +378,7 @@ func TestRetryDueLater(t *testing.T) {
 func TestOutboxSurvivesReopen(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "edgeproxy.db")
-	s, err := store.Open(path, store.Options{})
+	s, err := openRaw(path, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

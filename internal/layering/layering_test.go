@@ -47,3 +47,22 @@ func TestLayering(t *testing.T) {
 		}
 	}
 }
+
+// TestBinaryDoesNotLinkEtcdServer keeps the etcd server out of the
+// edgeproxy binary: it talks to etcd as a client only, and the embedded
+// members of internal/etcdtest are for tests.
+func TestBinaryDoesNotLinkEtcdServer(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", module+"cmd/edgeproxy").Output()
+	if err != nil {
+		t.Fatalf("go list -deps cmd/edgeproxy: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, module+"cmd/edgeproxy") {
+		t.Fatalf("go list -deps cmd/edgeproxy does not list the package itself: %q", deps)
+	}
+	for _, d := range deps {
+		if strings.HasPrefix(d, "go.etcd.io/etcd/server/") || d == module+"internal/etcdtest" {
+			t.Errorf("cmd/edgeproxy depends on %s", d)
+		}
+	}
+}

@@ -3,7 +3,10 @@
 // cmd/soak): it builds the binary once per test process and flavour,
 // finds the external programs some tests run (Tool), and holds the small
 // helpers every such test needs: free loopback ports and a buffer for a
-// process's output. Tests import it, and so do the programs that drive
+// process's output. StartEtcd runs a cluster of etcd server processes
+// (the binary scripts/ensure-etcd.sh builds) for tests that kill members
+// with SIGKILL; internal/etcdtest runs members inside the test process
+// instead, for everything else. Tests import it, and so do the programs that drive
 // the binary the way those tests do (cmd/e2e, cmd/soak, cmd/benchproxy),
 // for their ports.
 package testbin

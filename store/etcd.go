@@ -1,0 +1,1141 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// The store on etcd.
+//
+// # Layout
+//
+// Under the prefix P, the bucket/key pairs of the bbolt layout become etcd
+// keys P+"d/"+bucket+"/"+key with the same values; a bucket's sequence
+// (NextSequence) is the decimal value of P+"s/"+bucket; P+"v/"+bucket is
+// rewritten by every transaction that writes into the bucket (its
+// modification revision is the bucket's version); P+"leader/" holds the
+// election of the node that runs the lifecycle engine.
+//
+// # The local copy
+//
+// Every node keeps a copy of all of P's data in a bbolt file in its data
+// directory, in the bbolt layout, plus the etcd revision it reflects. A
+// watch from that revision keeps it current: each watch response is
+// applied in one bbolt transaction, so the copy always equals the data at
+// one etcd revision. If etcd has compacted the history the watch needs,
+// the node lists the whole prefix again at one revision and replaces the
+// copy with it (a missed event is impossible: the copy is then the
+// revision's complete state). Reads (view) run on the copy, so an API key
+// lookup or a record read costs no etcd round trip of its own; they first
+// wait for a shared barrier (sync) that makes them see every write
+// committed anywhere before they began. While etcd cannot be reached, reads
+// serve the copy as it is, and the node starts from the copy across its
+// own restart: that is what lets every node go on terminating TLS and
+// proxying through an etcd outage. The copy is written without fsync
+// (etcd holds the truth; a copy damaged by a machine crash is listed
+// again from etcd).
+//
+// # Writes
+//
+// A write runs the store's ordinary transaction code against the copy in
+// a bbolt write transaction that is rolled back, never committed. The
+// wrappers of tx.go record what it read and wrote; the commit is one etcd
+// transaction whose comparisons say that nothing read has changed since
+// the copy's revision: every key read has a modification revision at most
+// that revision (an absent key counts as revision 0, so a key created
+// meanwhile fails the comparison), every bucket read through a cursor has
+// an unchanged version, and every sequence read is unchanged. If any
+// changed, etcd applies nothing; the node waits until its copy has caught
+// up and runs the transaction again. So a domain stays unique and an
+// organization within its limit when creates race on different nodes:
+// both read the same keys, and only one commit can succeed. Concurrent
+// small writes of one node are gathered into one etcd transaction
+// (batch), as bbolt's Batch gathers them into one fsync.
+//
+// A write returns once etcd has committed it and the node's copy holds
+// it, so the writer's next read sees it. A write that cannot reach etcd
+// returns ErrUnavailable and, etcd transactions being atomic, leaves
+// nothing half-written.
+//
+// # Leadership
+//
+// Campaign makes the node a candidate for running the lifecycle engine.
+// The winner's writes go through a handle fenced on its leadership
+// (WithFence): each of its transactions also compares the leader key's
+// creation revision, so a node that has lost leadership without knowing
+// it yet cannot overwrite its successor's work. certmagic's locks
+// (TryLock) are put under the node's session lease, so a dead node's
+// locks vanish with its lease.
+
+// ErrUnavailable: the etcd cluster could not be reached in time. Nothing
+// of the write was applied, unless etcd applied all of it (a commit whose
+// answer was lost); reads go on from the local copy.
+var ErrUnavailable = errors.New("store: the cluster store (etcd) cannot be reached")
+
+// ErrNotLeader: the write was fenced on a leadership this node no longer
+// holds, and nothing of it was applied.
+var ErrNotLeader = errors.New("store: this node is no longer the leader")
+
+// Fence is a leadership a write is conditioned on: the etcd key Key still
+// exists with creation revision Rev.
+type Fence struct {
+	Key string
+	Rev int64
+}
+
+// WithFence returns a handle on the same store whose writes commit only
+// while f holds, and otherwise fail with ErrNotLeader. On bbolt, which one
+// process owns, it returns s.
+func (s *Store) WithFence(f Fence) *Store {
+	if s.etcd == nil {
+		return s
+	}
+	return &Store{core: s.core, fence: &f}
+}
+
+// EtcdOptions configures OpenEtcd.
+type EtcdOptions struct {
+	// Client talks to the cluster; the caller owns it and closes it
+	// after the store.
+	Client *clientv3.Client
+	// Prefix is the key prefix of this deployment, e.g. "/edgeproxy/".
+	Prefix string
+	// CopyPath is the file of the node's local copy.
+	CopyPath string
+	// Now is the store's clock; time.Now if nil.
+	Now func() time.Time
+	// Logger; slog.Default() if nil.
+	Logger *slog.Logger
+	// Timeout bounds every etcd request; 5 s if zero.
+	Timeout time.Duration
+	// SessionTTL is the lease of the node's session (locks, leadership);
+	// 5 s if zero.
+	SessionTTL time.Duration
+}
+
+const (
+	defaultEtcdTimeout = 5 * time.Second
+	defaultSessionTTL  = 5 * time.Second
+	// maxTxnOps keeps every etcd transaction within etcd's default
+	// --max-txn-ops of 128 comparisons and 128 operations.
+	maxTxnOps = 120
+	// maxBatchCalls bounds how many writes one etcd transaction gathers.
+	maxBatchCalls = 32
+	// conflictRetries bounds how many times a write runs again after
+	// another write changed what it read.
+	conflictRetries = 64
+	// listPage is the page size of a full listing of the prefix.
+	listPage = 2000
+	// barrierTimeout bounds a read's wait for the cluster's revision:
+	// past it (etcd slow or gone) the read serves the local copy.
+	barrierTimeout = 2 * time.Second
+	// healEvery is how often a node that lost etcd asks again.
+	healEvery = time.Second
+)
+
+// bucketCopyMeta holds, in the local copy only, the etcd revision it
+// reflects and the cluster and prefix it came from.
+var bucketCopyMeta = []byte("etcd_copy")
+
+type etcdBackend struct {
+	// s is the unfenced handle, for publishing changes.
+	s       *Store
+	client  *clientv3.Client
+	prefix  string
+	timeout time.Duration
+	ttl     time.Duration
+	log     *slog.Logger
+
+	// applied is the etcd revision the local copy reflects.
+	applied atomic.Int64
+	// appliedMu and appliedCond wake waiters when applied grows.
+	appliedMu   sync.Mutex
+	appliedCond *sync.Cond
+
+	// up is whether the last etcd request succeeded.
+	up atomic.Bool
+	// closed is set by Close: no etcd request is made after it.
+	closed atomic.Bool
+
+	// barrier state: see sync.
+	bmu      sync.Mutex
+	bnext    *barrierRound
+	brunning bool
+
+	// pending batches, by fence.
+	batchMu sync.Mutex
+	batches map[*Fence]*etcdBatch
+
+	sessMu  sync.Mutex
+	session *concurrency.Session
+
+	watchCancel context.CancelFunc
+	watchDone   chan struct{}
+}
+
+// OpenEtcd opens the store on the etcd cluster of opts.Client under
+// opts.Prefix, with the node's local copy at opts.CopyPath. It starts
+// from the local copy if etcd cannot be reached (reads work, writes fail
+// with ErrUnavailable) and catches up by itself once etcd answers. An
+// empty prefix is initialised at the current schema; a prefix with data
+// but no schema (an interrupted migration) is refused.
+func OpenEtcd(opts EtcdOptions) (*Store, error) {
+	if opts.Client == nil {
+		return nil, errors.New("store: OpenEtcd: no etcd client")
+	}
+	if opts.Prefix == "" {
+		return nil, errors.New("store: OpenEtcd: empty prefix")
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = defaultEtcdTimeout
+	}
+	if opts.SessionTTL == 0 {
+		opts.SessionTTL = defaultSessionTTL
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(filepath.Dir(opts.CopyPath), 0o700); err != nil {
+		return nil, fmt.Errorf("store: creating directory for %s: %w", opts.CopyPath, err)
+	}
+	db, err := bolt.Open(opts.CopyPath, 0o600, &bolt.Options{Timeout: time.Second, NoFreelistSync: true})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("store: opening %s: file is locked by another process (is another edgeproxy running on this data dir?)", opts.CopyPath)
+		}
+		return nil, fmt.Errorf("store: opening %s: %w", opts.CopyPath, err)
+	}
+	// etcd holds the truth; the copy needs no fsync of its own.
+	db.NoSync = true
+	c := &core{db: db, now: opts.Now, subs: map[*Subscription]struct{}{}, outbox: make(chan struct{}, 1)}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	e := &etcdBackend{
+		client: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, ttl: opts.SessionTTL,
+		log: opts.Logger, batches: map[*Fence]*etcdBatch{},
+	}
+	e.appliedCond = sync.NewCond(&e.appliedMu)
+	c.etcd = e
+	s := &Store{core: c}
+	e.s = s
+
+	fresh := false
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketCopyMeta)
+		if err != nil {
+			return err
+		}
+		if p := meta.Get([]byte("prefix")); p != nil && string(p) != opts.Prefix {
+			fresh = true // a copy of another prefix: start over
+		}
+		if v := meta.Get([]byte("revision")); len(v) == 8 && !fresh {
+			e.applied.Store(int64(binary.BigEndian.Uint64(v)))
+		} else {
+			fresh = true
+		}
+		return migrate(&txn{btx: tx})
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: preparing the local copy %s: %w", opts.CopyPath, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	err = e.initPrefix(ctx)
+	if err == nil && !fresh {
+		// A copy of another cluster, or of this one before its data was
+		// replaced (revisions then start again lower), is listed afresh.
+		var resp *clientv3.GetResponse
+		resp, err = e.client.Get(ctx, e.schemaKey(), clientv3.WithKeysOnly())
+		if err != nil {
+			err = e.unavailable(err)
+		} else if resp.Header.Revision < e.applied.Load() || clusterOf(db) != resp.Header.ClusterId {
+			fresh = true
+		}
+	}
+	cancel()
+	switch {
+	case err == nil:
+		e.up.Store(true)
+		if fresh || e.applied.Load() == 0 {
+			if err := e.relist(); err != nil {
+				db.Close()
+				return nil, err
+			}
+		}
+	case errors.Is(err, ErrUnavailable) && !fresh:
+		e.log.Warn("etcd cannot be reached: serving from the local copy", "revision", e.applied.Load(), "err", err)
+	default:
+		db.Close()
+		return nil, err
+	}
+	wctx, wcancel := context.WithCancel(context.Background())
+	e.watchCancel = wcancel
+	e.watchDone = make(chan struct{})
+	go e.follow(wctx)
+	go e.heal(wctx)
+	return s, nil
+}
+
+// heal notices etcd's return while nothing else asks it: reads skip the
+// barrier while etcd is down, so without it they would serve the copy
+// without waiting for other nodes' writes after etcd came back.
+func (e *etcdBackend) heal(ctx context.Context) {
+	t := time.NewTicker(healEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if e.up.Load() {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, healEvery)
+		_, err := e.client.Get(pctx, e.schemaKey(), clientv3.WithKeysOnly())
+		cancel()
+		if err == nil {
+			e.up.Store(true)
+		}
+	}
+}
+
+func (e *etcdBackend) dataKey(bucket, key []byte) string {
+	return e.prefix + "d/" + string(bucket) + "/" + string(key)
+}
+func (e *etcdBackend) versionKey(bucket []byte) string { return e.prefix + "v/" + string(bucket) }
+func (e *etcdBackend) seqKey(bucket []byte) string     { return e.prefix + "s/" + string(bucket) }
+func (e *etcdBackend) schemaKey() string               { return e.dataKey(bucketMeta, keySchema) }
+
+// LeaderKey is the election prefix of the lifecycle engine's leader.
+func (e *etcdBackend) leaderPrefix() string { return e.prefix + "leader/" }
+
+// unavailable wraps an etcd request's error: a context deadline or a
+// closed connection is the cluster being out of reach.
+func (e *etcdBackend) unavailable(err error) error {
+	if err == nil {
+		e.up.Store(true)
+		return nil
+	}
+	e.up.Store(false)
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// initPrefix checks the prefix's schema, writing it into an empty prefix.
+func (e *etcdBackend) initPrefix(ctx context.Context) error {
+	resp, err := e.client.Get(ctx, e.schemaKey())
+	if err != nil {
+		return e.unavailable(err)
+	}
+	if len(resp.Kvs) == 0 {
+		any, err := e.client.Get(ctx, e.prefix+"d/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return e.unavailable(err)
+		}
+		if any.Count > 0 {
+			return fmt.Errorf("store: etcd prefix %s holds data but no schema version: an interrupted migration? Empty it and migrate again", e.prefix)
+		}
+		if _, err := e.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(e.schemaKey()), "=", 0)).
+			Then(clientv3.OpPut(e.schemaKey(), string(u64(SchemaVersion)))).Commit(); err != nil {
+			return e.unavailable(err)
+		}
+		resp, err = e.client.Get(ctx, e.schemaKey())
+		if err != nil {
+			return e.unavailable(err)
+		}
+	}
+	if len(resp.Kvs[0].Value) != 8 {
+		return fmt.Errorf("store: etcd prefix %s: corrupt schema version", e.prefix)
+	}
+	v := binary.BigEndian.Uint64(resp.Kvs[0].Value)
+	switch {
+	case v > SchemaVersion:
+		return fmt.Errorf("%w: etcd prefix %s has version %d, this program knows up to %d", ErrNewerSchema, e.prefix, v, SchemaVersion)
+	case v < SchemaVersion:
+		return fmt.Errorf("store: etcd prefix %s has schema version %d and this program needs %d; upgrading a schema on etcd is not supported: back it up (edgeproxy backup), open the backup with this program once, and migrate it into an empty prefix", e.prefix, v, SchemaVersion)
+	}
+	return nil
+}
+
+// setApplied records that the local copy reflects rev and wakes waiters.
+func (e *etcdBackend) setApplied(rev int64) {
+	e.appliedMu.Lock()
+	if rev > e.applied.Load() {
+		e.applied.Store(rev)
+	}
+	e.appliedMu.Unlock()
+	e.appliedCond.Broadcast()
+}
+
+// waitApplied waits until the local copy reflects rev, or timeout.
+func (e *etcdBackend) waitApplied(rev int64, timeout time.Duration) bool {
+	if e.applied.Load() >= rev {
+		return true
+	}
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() {
+		e.appliedMu.Lock()
+		e.appliedMu.Unlock()
+		e.appliedCond.Broadcast()
+	})
+	defer timer.Stop()
+	e.appliedMu.Lock()
+	defer e.appliedMu.Unlock()
+	for e.applied.Load() < rev {
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		e.appliedCond.Wait()
+	}
+	return true
+}
+
+// relist replaces the local copy with the whole prefix at one revision.
+func (e *etcdBackend) relist() error {
+	rev, err := e.fill(e.s.db, 0)
+	if err != nil {
+		return err
+	}
+	e.setApplied(rev)
+	// Every record may have changed: tell the subscribers to look again.
+	var changes []Change
+	_ = e.s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRecords).ForEach(func(k, v []byte) error {
+			var r Record
+			if decodeRecord(v, &r) == nil {
+				changes = append(changes, Change{ID: r.ID, OrgID: r.OrgID, Domain: r.Domain, Record: &r})
+			}
+			return nil
+		})
+	})
+	for _, c := range changes {
+		e.s.publish(c)
+	}
+	e.s.wakeOutbox()
+	return nil
+}
+
+// fill replaces the data of db with the prefix's data at revision rev (the
+// current revision if 0), listed page by page at that one revision, and
+// returns the revision.
+func (e *etcdBackend) fill(db *bolt.DB, rev int64) (int64, error) {
+	type kv struct{ k, v []byte }
+	var data []kv
+	var seqs []kv
+	var clusterID uint64
+	for _, part := range []string{"d/", "s/"} {
+		start := e.prefix + part
+		end := clientv3.GetPrefixRangeEnd(start)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+			if rev != 0 {
+				opts = append(opts, clientv3.WithRev(rev))
+			}
+			resp, err := e.client.Get(ctx, start, opts...)
+			cancel()
+			if err != nil {
+				return 0, e.unavailable(err)
+			}
+			e.up.Store(true)
+			if rev == 0 {
+				rev = resp.Header.Revision
+			}
+			clusterID = resp.Header.ClusterId
+			for _, item := range resp.Kvs {
+				rest := item.Key[len(e.prefix)+2:]
+				if part == "d/" {
+					data = append(data, kv{rest, item.Value})
+				} else {
+					seqs = append(seqs, kv{rest, item.Value})
+				}
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				break
+			}
+			start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+	}
+	err := db.Update(func(tx *bolt.Tx) error {
+		var names [][]byte
+		if err := tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			if !bytes.Equal(name, bucketCopyMeta) {
+				names = append(names, bytes.Clone(name))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, name := range names {
+			if err := tx.DeleteBucket(name); err != nil {
+				return err
+			}
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		for _, item := range data {
+			name, key, ok := bytes.Cut(item.k, []byte("/"))
+			if !ok {
+				continue
+			}
+			b, err := tx.CreateBucketIfNotExists(name)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(key, item.v); err != nil {
+				return err
+			}
+		}
+		for _, item := range seqs {
+			b, err := tx.CreateBucketIfNotExists(item.k)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.ParseUint(string(item.v), 10, 64)
+			if err != nil {
+				return fmt.Errorf("store: sequence of %s: %w", item.k, err)
+			}
+			if err := b.SetSequence(n); err != nil {
+				return err
+			}
+		}
+		if err := setCopyRevision(tx, e.prefix, rev); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketCopyMeta).Put([]byte("cluster_id"), u64(clusterID))
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: writing the local copy: %w", err)
+	}
+	return rev, nil
+}
+
+// clusterOf is the etcd cluster id the copy came from (0 if unknown).
+func clusterOf(db *bolt.DB) uint64 {
+	var id uint64
+	_ = db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketCopyMeta); meta != nil {
+			if v := meta.Get([]byte("cluster_id")); len(v) == 8 {
+				id = binary.BigEndian.Uint64(v)
+			}
+		}
+		return nil
+	})
+	return id
+}
+
+func setCopyRevision(tx *bolt.Tx, prefix string, rev int64) error {
+	meta, err := tx.CreateBucketIfNotExists(bucketCopyMeta)
+	if err != nil {
+		return err
+	}
+	if err := meta.Put([]byte("prefix"), []byte(prefix)); err != nil {
+		return err
+	}
+	return meta.Put([]byte("revision"), u64(uint64(rev)))
+}
+
+// follow keeps the local copy current until ctx ends: a watch from the
+// copy's revision, a full listing again when etcd has compacted the
+// history the watch needs, and a new watch after any failure.
+func (e *etcdBackend) follow(ctx context.Context) {
+	defer close(e.watchDone)
+	for ctx.Err() == nil {
+		err := e.watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			e.log.Info("etcd compacted the history the local copy needs: listing it again")
+			if err := e.relist(); err != nil {
+				e.log.Warn("listing the etcd prefix again", "err", err)
+			} else {
+				continue
+			}
+		} else if err != nil {
+			e.log.Warn("watching etcd", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (e *etcdBackend) watch(ctx context.Context) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	from := e.applied.Load() + 1
+	ch := e.client.Watch(wctx, e.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
+		clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
+	for resp := range ch {
+		if resp.CompactRevision != 0 {
+			return rpctypes.ErrCompacted
+		}
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		e.up.Store(true)
+		if len(resp.Events) == 0 {
+			// A progress notification says every event up to the
+			// header's revision has been delivered; the created notice
+			// comes before the history and says nothing.
+			if resp.IsProgressNotify() {
+				e.setApplied(resp.Header.Revision)
+			}
+			continue
+		}
+		if err := e.apply(resp.Events); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// apply writes a watch response's events into the local copy in one
+// transaction and tells subscribers about changed records.
+func (e *etcdBackend) apply(events []*clientv3.Event) error {
+	var (
+		changes []Change
+		outbox  bool
+		rev     int64
+	)
+	err := e.s.db.Update(func(tx *bolt.Tx) error {
+		for _, ev := range events {
+			rev = max(rev, ev.Kv.ModRevision)
+			key := string(ev.Kv.Key[len(e.prefix):])
+			switch {
+			case len(key) > 2 && key[:2] == "d/":
+				name, k, ok := bytes.Cut([]byte(key[2:]), []byte("/"))
+				if !ok {
+					continue
+				}
+				b, err := tx.CreateBucketIfNotExists(name)
+				if err != nil {
+					return err
+				}
+				isRecord := bytes.Equal(name, bucketRecords)
+				if ev.Type == mvccpb.PUT {
+					if err := b.Put(bytes.Clone(k), ev.Kv.Value); err != nil {
+						return err
+					}
+					if isRecord {
+						var r Record
+						if decodeRecord(ev.Kv.Value, &r) == nil {
+							changes = append(changes, Change{ID: r.ID, OrgID: r.OrgID, Domain: r.Domain, Record: &r})
+						}
+					}
+					if bytes.Equal(name, bucketDeliveryDue) {
+						outbox = true
+					}
+				} else {
+					if isRecord {
+						var r Record
+						if old := b.Get(k); old != nil && decodeRecord(old, &r) == nil {
+							changes = append(changes, Change{ID: r.ID, OrgID: r.OrgID, Domain: r.Domain})
+						}
+					}
+					if err := b.Delete(k); err != nil {
+						return err
+					}
+				}
+			case len(key) > 2 && key[:2] == "s/" && ev.Type == mvccpb.PUT:
+				b, err := tx.CreateBucketIfNotExists([]byte(key[2:]))
+				if err != nil {
+					return err
+				}
+				n, err := strconv.ParseUint(string(ev.Kv.Value), 10, 64)
+				if err != nil {
+					return fmt.Errorf("store: sequence %s: %w", key, err)
+				}
+				if err := b.SetSequence(n); err != nil {
+					return err
+				}
+			}
+		}
+		return setCopyRevision(tx, e.prefix, rev)
+	})
+	if err != nil {
+		return fmt.Errorf("store: applying etcd changes to the local copy: %w", err)
+	}
+	e.setApplied(rev)
+	for _, c := range changes {
+		e.s.publish(c)
+	}
+	if outbox {
+		e.s.wakeOutbox()
+	}
+	return nil
+}
+
+// barrierRound is one linearizable read of etcd's revision, shared by
+// every reader that arrived before it started.
+type barrierRound struct {
+	done chan struct{}
+}
+
+// sync waits until the local copy reflects every write committed before
+// the call, on any node: it reads etcd's current revision (one request
+// shared by all readers waiting meanwhile) and waits for the watch to
+// deliver up to it. While etcd is out of reach it returns at once, and
+// reads serve the copy as it is.
+func (e *etcdBackend) sync() {
+	if !e.up.Load() {
+		return
+	}
+	e.bmu.Lock()
+	if e.bnext == nil {
+		e.bnext = &barrierRound{done: make(chan struct{})}
+	}
+	r := e.bnext
+	if !e.brunning {
+		e.brunning = true
+		go e.runBarriers()
+	}
+	e.bmu.Unlock()
+	<-r.done
+}
+
+func (e *etcdBackend) runBarriers() {
+	for {
+		e.bmu.Lock()
+		r := e.bnext
+		e.bnext = nil
+		if r == nil {
+			e.brunning = false
+			e.bmu.Unlock()
+			return
+		}
+		e.bmu.Unlock()
+		e.barrier()
+		close(r.done)
+	}
+}
+
+func (e *etcdBackend) barrier() {
+	ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
+	defer cancel()
+	resp, err := e.client.Get(ctx, e.schemaKey(), clientv3.WithKeysOnly())
+	if e.unavailable(err) != nil {
+		return
+	}
+	e.catchUp(resp.Header.Revision, barrierTimeout)
+}
+
+// catchUp waits until the local copy reflects rev. The watch delivers the
+// prefix's events; that nothing else happened up to rev (a revision that
+// changed only other keys) arrives as a progress notification, which it
+// asks for.
+func (e *etcdBackend) catchUp(rev int64, timeout time.Duration) bool {
+	if e.applied.Load() >= rev {
+		return true
+	}
+	// The progress request must travel on the watch's own stream, which
+	// the client picks by the context's metadata: the same as watch's.
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(context.Background()), timeout)
+	defer cancel()
+	if err := e.client.RequestProgress(ctx); err != nil {
+		e.log.Debug("requesting watch progress", "err", err)
+	}
+	return e.waitApplied(rev, timeout)
+}
+
+// recorder notes a transaction's reads and writes on the etcd backend.
+type recorder struct {
+	reads    map[string]struct{}
+	buckets  map[string]struct{}
+	seqReads map[string]struct{}
+	// writes, in order of first write; values nil for deletes.
+	order    []string
+	writes   map[string]*write
+	written  map[string]struct{}
+	seqs     map[string]uint64
+	onCommit []func()
+	e        *etcdBackend
+}
+
+type write struct {
+	value  []byte
+	delete bool
+	lock   bool
+}
+
+func newRecorder(e *etcdBackend) *recorder {
+	return &recorder{
+		reads: map[string]struct{}{}, buckets: map[string]struct{}{}, seqReads: map[string]struct{}{},
+		writes: map[string]*write{}, written: map[string]struct{}{}, seqs: map[string]uint64{}, e: e,
+	}
+}
+
+func (r *recorder) readKey(bucket, key []byte) { r.reads[r.e.dataKey(bucket, key)] = struct{}{} }
+func (r *recorder) readBucket(bucket []byte)   { r.buckets[string(bucket)] = struct{}{} }
+func (r *recorder) readSequence(bucket []byte) { r.seqReads[string(bucket)] = struct{}{} }
+func (r *recorder) setSequence(bucket []byte, seq uint64) {
+	r.seqs[string(bucket)] = seq
+	r.written[string(bucket)] = struct{}{}
+}
+
+func (r *recorder) put(bucket, key, value []byte) {
+	r.note(bucket, key, &write{value: bytes.Clone(value), lock: bytes.Equal(bucket, bucketCertLocks)})
+}
+
+func (r *recorder) del(bucket, key []byte) { r.note(bucket, key, &write{delete: true}) }
+
+func (r *recorder) note(bucket, key []byte, w *write) {
+	k := r.e.dataKey(bucket, key)
+	if _, ok := r.writes[k]; !ok {
+		r.order = append(r.order, k)
+	}
+	r.writes[k] = w
+	r.written[string(bucket)] = struct{}{}
+}
+
+// ops returns the transaction's comparisons and operations as of the
+// local copy's revision rev.
+func (r *recorder) ops(rev int64, lease clientv3.LeaseID) ([]clientv3.Cmp, []clientv3.Op) {
+	var cmps []clientv3.Cmp
+	for k := range r.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "<", rev+1))
+	}
+	for b := range r.buckets {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.e.versionKey([]byte(b))), "<", rev+1))
+	}
+	for b := range r.seqReads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.e.seqKey([]byte(b))), "<", rev+1))
+	}
+	var ops []clientv3.Op
+	for _, k := range r.order {
+		w := r.writes[k]
+		switch {
+		case w.delete:
+			ops = append(ops, clientv3.OpDelete(k))
+		case w.lock && lease != clientv3.NoLease:
+			ops = append(ops, clientv3.OpPut(k, string(w.value), clientv3.WithLease(lease)))
+		default:
+			ops = append(ops, clientv3.OpPut(k, string(w.value)))
+		}
+	}
+	for b, seq := range r.seqs {
+		ops = append(ops, clientv3.OpPut(r.e.seqKey([]byte(b)), strconv.FormatUint(seq, 10)))
+	}
+	for b := range r.written {
+		ops = append(ops, clientv3.OpPut(r.e.versionKey([]byte(b)), ""))
+	}
+	return cmps, ops
+}
+
+// call is one write waiting in a batch.
+type call struct {
+	fn  func(*txn) error
+	err chan error
+}
+
+type etcdBatch struct {
+	fence *Fence
+	calls []call
+	timer *time.Timer
+	once  sync.Once
+}
+
+// update commits fn alone.
+func (e *etcdBackend) update(fence *Fence, fn func(*txn) error) error {
+	errs := e.commit(fence, []call{{fn: fn}}, true)
+	return errs[0]
+}
+
+// batch gathers fn with the node's other concurrent writes into one etcd
+// transaction. As with bbolt's Batch, fn may run more than once.
+func (e *etcdBackend) batch(fence *Fence, fn func(*txn) error) error {
+	c := call{fn: fn, err: make(chan error, 1)}
+	e.batchMu.Lock()
+	b := e.batches[fence]
+	if b == nil {
+		b = &etcdBatch{fence: fence}
+		e.batches[fence] = b
+		b.timer = time.AfterFunc(batchDelay, func() { e.runBatch(b) })
+	}
+	b.calls = append(b.calls, c)
+	if len(b.calls) >= maxBatchCalls {
+		go e.runBatch(b)
+	}
+	e.batchMu.Unlock()
+	return <-c.err
+}
+
+func (e *etcdBackend) runBatch(b *etcdBatch) {
+	b.once.Do(func() {
+		e.batchMu.Lock()
+		if e.batches[b.fence] == b {
+			delete(e.batches, b.fence)
+		}
+		calls := b.calls
+		e.batchMu.Unlock()
+		b.timer.Stop()
+		errs := e.commit(b.fence, calls, false)
+		for i, c := range calls {
+			c.err <- errs[i]
+		}
+	})
+}
+
+// commit runs calls in one transaction on the local copy and commits what
+// they wrote to etcd, again and again while what they read changes
+// under them. With solo false, a call that fails is taken out of the
+// transaction and run alone, so one caller's error fails no other.
+func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
+	errs := make([]error, len(calls))
+	live := make([]int, len(calls))
+	for i := range live {
+		live[i] = i
+	}
+	if e.closed.Load() {
+		return fill(errs, live, ErrClosed)
+	}
+	var lease clientv3.LeaseID = clientv3.NoLease
+	for attempt := 0; ; attempt++ {
+		if len(live) == 0 {
+			return errs
+		}
+		if attempt > conflictRetries {
+			for _, i := range live {
+				errs[i] = fmt.Errorf("store: the write kept conflicting with others (%d tries)", attempt)
+			}
+			return errs
+		}
+		rec := newRecorder(e)
+		var (
+			rev    int64
+			failed = -1
+			ferr   error
+		)
+		err := e.s.db.Update(func(tx *bolt.Tx) error {
+			rev = e.applied.Load()
+			t := &txn{btx: tx, rec: rec}
+			for n, i := range live {
+				if err := calls[i].fn(t); err != nil {
+					failed, ferr = n, err
+					break
+				}
+			}
+			return errRollback
+		})
+		if err != nil && !errors.Is(err, errRollback) {
+			for _, i := range live {
+				errs[i] = closedErr(err)
+			}
+			return errs
+		}
+		if failed >= 0 {
+			i := live[failed]
+			if solo || len(live) == 1 {
+				errs[i] = ferr
+			} else {
+				errs[i] = e.commit(fence, []call{calls[i]}, true)[0]
+			}
+			live = append(live[:failed:failed], live[failed+1:]...)
+			attempt--
+			continue
+		}
+		if lease == clientv3.NoLease && len(rec.writes) > 0 && hasLock(rec) {
+			sess, err := e.Session()
+			if err != nil {
+				return fill(errs, live, err)
+			}
+			lease = sess.Lease()
+		}
+		cmps, ops := rec.ops(rev, lease)
+		if fence != nil {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(fence.Key), "=", fence.Rev))
+		}
+		if len(ops) == 0 && fence == nil {
+			// A transaction that wrote nothing: its reads were of the
+			// copy at rev, which is a state etcd had.
+			runOnCommit(rec)
+			return errs
+		}
+		if len(cmps) > maxTxnOps || len(ops) > maxTxnOps {
+			if !solo && len(live) > 1 {
+				// Too big together: one at a time.
+				for _, i := range live {
+					errs[i] = e.commit(fence, []call{calls[i]}, true)[0]
+				}
+				return errs
+			}
+			return fill(errs, live, fmt.Errorf("store: one write of %d operations exceeds etcd's transaction limit", len(ops)))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+		var failure []clientv3.Op
+		if fence != nil {
+			failure = append(failure, clientv3.OpGet(fence.Key))
+		}
+		resp, err := e.client.Txn(ctx).If(cmps...).Then(ops...).Else(failure...).Commit()
+		cancel()
+		if err != nil {
+			return fill(errs, live, e.unavailable(err))
+		}
+		e.up.Store(true)
+		if resp.Succeeded {
+			e.waitApplied(resp.Header.Revision, e.timeout)
+			runOnCommit(rec)
+			return errs
+		}
+		if fence != nil {
+			got := resp.Responses[0].GetResponseRange()
+			if got == nil || len(got.Kvs) == 0 || got.Kvs[0].CreateRevision != fence.Rev {
+				return fill(errs, live, ErrNotLeader)
+			}
+		}
+		// Something read changed: catch up and run again.
+		if !e.catchUp(resp.Header.Revision, e.timeout) {
+			return fill(errs, live, fmt.Errorf("%w: the local copy did not catch up with revision %d", ErrUnavailable, resp.Header.Revision))
+		}
+	}
+}
+
+// errRollback rolls back the local transaction of a write on etcd.
+var errRollback = errors.New("store: rolled back")
+
+func hasLock(rec *recorder) bool {
+	for _, w := range rec.writes {
+		if w.lock && !w.delete {
+			return true
+		}
+	}
+	return false
+}
+
+func runOnCommit(rec *recorder) {
+	for _, fn := range rec.onCommit {
+		fn()
+	}
+}
+
+func fill(errs []error, live []int, err error) []error {
+	for _, i := range live {
+		errs[i] = err
+	}
+	return errs
+}
+
+// Session is the node's etcd session: its lease carries the node's locks
+// and its leadership, and ends when the node stops renewing it.
+func (e *etcdBackend) Session() (*concurrency.Session, error) {
+	e.sessMu.Lock()
+	defer e.sessMu.Unlock()
+	if e.session != nil {
+		select {
+		case <-e.session.Done():
+			e.session = nil
+		default:
+			return e.session, nil
+		}
+	}
+	// NewSession grants the lease with its context; the session then
+	// keeps it alive in the background until Close.
+	sess, err := concurrency.NewSession(e.client, concurrency.WithTTL(max(int(e.ttl/time.Second), 1)))
+	if err != nil {
+		return nil, e.unavailable(err)
+	}
+	e.session = sess
+	return sess, nil
+}
+
+// Up reports whether the store's last request reached it: always on
+// bbolt; on etcd, whether etcd answered the last request.
+func (s *Store) Up() bool {
+	if s.etcd == nil {
+		return true
+	}
+	return s.etcd.up.Load()
+}
+
+// Clustered reports whether the store is on etcd.
+func (s *Store) Clustered() bool { return s.etcd != nil }
+
+// Ping asks etcd for its revision (bbolt: nil), updating Up.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.etcd == nil {
+		return nil
+	}
+	if s.etcd.closed.Load() {
+		return ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.etcd.timeout)
+	defer cancel()
+	_, err := s.etcd.client.Get(ctx, s.etcd.schemaKey(), clientv3.WithKeysOnly())
+	return s.etcd.unavailable(err)
+}
+
+// closeEtcd stops following etcd and ends the node's session (its locks
+// and leadership go at once rather than when the lease expires).
+func (e *etcdBackend) close() {
+	if e.closed.Swap(true) {
+		return
+	}
+	e.watchCancel()
+	<-e.watchDone
+	e.sessMu.Lock()
+	if e.session != nil {
+		e.session.Close()
+	}
+	e.sessMu.Unlock()
+}
+
+// etcdBackup writes a bbolt file of the prefix's data at one revision.
+func (s *Store) etcdBackup(w io.Writer) (int64, error) {
+	if s.etcd.closed.Load() {
+		return 0, ErrClosed
+	}
+	dir, err := os.MkdirTemp("", "edgeproxy-backup-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	db, err := bolt.Open(filepath.Join(dir, "edgeproxy.db"), 0o600, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error { return migrate(&txn{btx: tx}) }); err != nil {
+		return 0, err
+	}
+	if _, err := s.etcd.fill(db, 0); err != nil {
+		return 0, fmt.Errorf("store: writing backup: %w", err)
+	}
+	// The backup is a plain bbolt store, without the copy's bookkeeping.
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketCopyMeta) }); err != nil {
+		return 0, err
+	}
+	var n int64
+	err = db.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}
+
+func decodeRecord(data []byte, r *Record) error { return json.Unmarshal(data, r) }

@@ -1,0 +1,426 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/edgeproxy/edgeproxy/internal/etcdtest"
+	"github.com/edgeproxy/edgeproxy/store"
+)
+
+// Tests of what only the etcd backend has: several nodes on one prefix,
+// leadership fences, an etcd outage, a compacted history, migration and
+// backup. Each starts its own real etcd cluster on loopback; a "node" is
+// a Store of its own (its own client and local copy) on the shared prefix.
+
+type node struct {
+	s    *store.Store
+	path string
+}
+
+func openNode(t *testing.T, c *etcdtest.Cluster, prefix string, dir string, opts ...func(*store.EtcdOptions)) *store.Store {
+	t.Helper()
+	o := store.EtcdOptions{
+		Client:   c.Client(t),
+		Prefix:   prefix,
+		CopyPath: filepath.Join(dir, "copy.db"),
+		Timeout:  2 * time.Second,
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	s, err := store.OpenEtcd(o)
+	if err != nil {
+		t.Fatalf("OpenEtcd(%s): %v", dir, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestEtcdReadYourWritesAcrossNodes: a record created through node A is
+// returned by node B right after the create returns, every time, with no
+// wait in between.
+func TestEtcdReadYourWritesAcrossNodes(t *testing.T) {
+	c := etcdtest.NewCluster(t, 3)
+	a := openNode(t, c, "/ryw/", t.TempDir())
+	b := openNode(t, c, "/ryw/", t.TempDir())
+	org := mustOrg(t, a, "acme", nil)
+	for i := range 50 {
+		r := mustRecord(t, a, org.ID, fmt.Sprintf("e%d.example.com", i))
+		got, err := b.Record(r.ID)
+		if err != nil {
+			t.Fatalf("record %d created on A, read on B: %v", i, err)
+		}
+		if got.Domain != r.Domain {
+			t.Fatalf("B read %q, want %q", got.Domain, r.Domain)
+		}
+		// And the other way round, through an update.
+		if _, _, err := b.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
+			rec.Message = ptr("seen by B")
+			return store.OpSave, nil
+		}); err != nil {
+			t.Fatalf("Mutate on B: %v", err)
+		}
+		if got, err := a.Record(r.ID); err != nil || deref(got.Message) != "seen by B" {
+			t.Fatalf("A read %q, %v after B's update", deref(got.Message), err)
+		}
+	}
+}
+
+// TestEtcdRacingCreates: creates racing on three nodes keep a domain
+// unique and an organization within its limit.
+func TestEtcdRacingCreates(t *testing.T) {
+	c := etcdtest.NewCluster(t, 3)
+	nodes := []*store.Store{
+		openNode(t, c, "/race/", t.TempDir()),
+		openNode(t, c, "/race/", t.TempDir()),
+		openNode(t, c, "/race/", t.TempDir()),
+	}
+	limit := 7
+	org := mustOrg(t, nodes[0], "limited", &limit)
+	other := mustOrg(t, nodes[0], "other", nil)
+
+	// 3 nodes × 10 goroutines create 30 distinct domains in a
+	// 7-record organization, and all 30 race for one domain elsewhere.
+	var (
+		wg                 sync.WaitGroup
+		mu                 sync.Mutex
+		created, refused   int
+		sameWins, sameLose int
+	)
+	for n := range nodes {
+		for g := range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := nodes[n]
+				_, err := s.CreateRecord(store.Record{OrgID: org.ID, Domain: fmt.Sprintf("d%d-%d.example.com", n, g), Status: store.StatusWaiting}, noLimit)
+				var le *store.LimitError
+				mu.Lock()
+				switch {
+				case err == nil:
+					created++
+				case errors.As(err, &le):
+					refused++
+				default:
+					t.Errorf("create: %v", err)
+				}
+				mu.Unlock()
+				_, err = s.CreateRecord(store.Record{OrgID: other.ID, Domain: "contested.example.com", Status: store.StatusWaiting}, noLimit)
+				mu.Lock()
+				switch {
+				case err == nil:
+					sameWins++
+				case errors.Is(err, store.ErrDomainTaken):
+					sameLose++
+				default:
+					t.Errorf("contested create: %v", err)
+				}
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	if created != limit || refused != 30-limit {
+		t.Errorf("created %d and refused %d of 30, want %d and %d", created, refused, limit, 30-limit)
+	}
+	if sameWins != 1 || sameLose != 29 {
+		t.Errorf("contested domain: %d winners and %d losers, want 1 and 29", sameWins, sameLose)
+	}
+	for i, s := range nodes {
+		recs, err := s.OrgRecords(org.ID)
+		if err != nil || len(recs) != limit {
+			t.Errorf("node %d lists %d records (%v), want %d", i, len(recs), err, limit)
+		}
+	}
+}
+
+// TestEtcdFence: a leader deposed without knowing it (its election key
+// gone, another node elected) cannot write through its fenced handle, and
+// its attempt changes nothing.
+func TestEtcdFence(t *testing.T) {
+	c := etcdtest.NewCluster(t, 3)
+	ctx := context.Background()
+	a := openNode(t, c, "/fence/", t.TempDir())
+	b := openNode(t, c, "/fence/", t.TempDir())
+	org := mustOrg(t, a, "acme", nil)
+	r := mustRecord(t, a, org.ID, "e.example.com")
+
+	fenceA, _, _, err := a.Campaign(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaderA := a.WithFence(fenceA)
+	if _, _, err := leaderA.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
+		rec.Message = ptr("by A")
+		return store.OpSave, nil
+	}); err != nil {
+		t.Fatalf("the leader's fenced write: %v", err)
+	}
+	// A's leadership ends behind its back (as when its lease expires
+	// while it is paused), and B wins the election.
+	if _, err := c.Client(t).Delete(ctx, fenceA.Key); err != nil {
+		t.Fatal(err)
+	}
+	fenceB, _, _, err := b.Campaign(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fenceB.Rev == fenceA.Rev {
+		t.Fatal("B's leadership has A's revision")
+	}
+	_, _, err = leaderA.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
+		rec.Message = ptr("by deposed A")
+		return store.OpSave, nil
+	})
+	if !errors.Is(err, store.ErrNotLeader) {
+		t.Fatalf("deposed leader's write: %v, want ErrNotLeader", err)
+	}
+	if _, _, err := b.WithFence(fenceB).Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
+		rec.Message = ptr("by B")
+		return store.OpSave, nil
+	}); err != nil {
+		t.Fatalf("the new leader's write: %v", err)
+	}
+	got, err := a.Record(r.ID)
+	if err != nil || deref(got.Message) != "by B" {
+		t.Fatalf("record says %q (%v), want the new leader's write", deref(got.Message), err)
+	}
+	// An unfenced write (the API's) goes on as before.
+	if _, _, err := a.Mutate(r.ID, func(rec *store.Record) (store.Op, error) { return store.OpSave, nil }); err != nil {
+		t.Fatalf("unfenced write on A: %v", err)
+	}
+}
+
+// TestEtcdOutage: with every etcd member down, a node reads from its
+// local copy, also after its own restart; a write fails with
+// ErrUnavailable and leaves nothing behind; once etcd is back, writes work
+// and the nodes converge.
+func TestEtcdOutage(t *testing.T) {
+	c := etcdtest.NewCluster(t, 3)
+	dirA := t.TempDir()
+	a := openNode(t, c, "/outage/", dirA)
+	b := openNode(t, c, "/outage/", t.TempDir())
+	org := mustOrg(t, a, "acme", nil)
+	r := mustRecord(t, a, org.ID, "e.example.com")
+
+	c.Stop()
+	if got, err := a.Record(r.ID); err != nil || got.Domain != r.Domain {
+		t.Fatalf("read during the outage: %+v, %v", got, err)
+	}
+	_, err := a.CreateRecord(store.Record{OrgID: org.ID, Domain: "new.example.com", Status: store.StatusWaiting}, noLimit)
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("create during the outage: %v, want ErrUnavailable", err)
+	}
+	// A restarts while etcd is still down: it starts from its copy.
+	a.Close()
+	a = openNode(t, c, "/outage/", dirA)
+	if got, err := a.RecordByDomain("e.example.com"); err != nil || got.ID != r.ID {
+		t.Fatalf("read after a restart during the outage: %+v, %v", got, err)
+	}
+	if _, err := a.RecordByDomain("new.example.com"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused create left %v", err)
+	}
+
+	c.Start()
+	var r2 store.Record
+	waitFor(t, 30*time.Second, "a create after etcd is back", func() bool {
+		var err error
+		r2, err = a.CreateRecord(store.Record{OrgID: org.ID, Domain: "new.example.com", Status: store.StatusWaiting}, noLimit)
+		return err == nil
+	})
+	// B's own connection comes back in its own time; meanwhile it
+	// serves its copy. It catches up by itself.
+	waitFor(t, 30*time.Second, "B to catch up", func() bool { _, err := b.Record(r2.ID); return err == nil })
+	if got, err := b.Record(r2.ID); err != nil || got.Domain != "new.example.com" {
+		t.Fatalf("B after the outage: %+v, %v", got, err)
+	}
+}
+
+// TestEtcdCompactedHistory: a node that was away while etcd compacted the
+// history it needs lists the prefix again and misses nothing, deletions
+// included.
+func TestEtcdCompactedHistory(t *testing.T) {
+	c := etcdtest.NewCluster(t, 1)
+	dirA := t.TempDir()
+	a := openNode(t, c, "/compact/", dirA)
+	b := openNode(t, c, "/compact/", t.TempDir())
+	org := mustOrg(t, a, "acme", nil)
+	gone := mustRecord(t, a, org.ID, "gone.example.com")
+	a.Close()
+
+	if _, _, err := b.Mutate(gone.ID, func(*store.Record) (store.Op, error) { return store.OpDelete, nil }); err != nil {
+		t.Fatal(err)
+	}
+	added := mustRecord(t, b, org.ID, "added.example.com")
+	cli := c.Client(t)
+	resp, err := cli.Get(context.Background(), "/compact/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(context.Background(), resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+
+	a = openNode(t, c, "/compact/", dirA)
+	sub := a.Subscribe()
+	defer sub.Close()
+	if _, err := a.Record(gone.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("record deleted while A was away: %v, want ErrNotFound", err)
+	}
+	if got, err := a.Record(added.ID); err != nil || got.Domain != added.Domain {
+		t.Errorf("record added while A was away: %+v, %v", got, err)
+	}
+}
+
+// TestEtcdLockLease: certmagic's locks are leased: a lock held by a node
+// that dies (its session ends) is free for another node without waiting
+// for the lock's own expiry.
+func TestEtcdLockLease(t *testing.T) {
+	c := etcdtest.NewCluster(t, 1)
+	a := openNode(t, c, "/locks/", t.TempDir(), func(o *store.EtcdOptions) { o.SessionTTL = time.Second })
+	b := openNode(t, c, "/locks/", t.TempDir())
+	if ok, err := a.TryLock("issue_cert_e.example.com", "a", time.Hour); !ok || err != nil {
+		t.Fatalf("A TryLock = %v, %v", ok, err)
+	}
+	if ok, err := b.TryLock("issue_cert_e.example.com", "b", time.Hour); ok || err != nil {
+		t.Fatalf("B TryLock while A holds it = %v, %v", ok, err)
+	}
+	// A dies: its session ends without unlocking.
+	a.Close()
+	waitFor(t, 30*time.Second, "B to take the dead node's lock", func() bool {
+		ok, err := b.TryLock("issue_cert_e.example.com", "b", time.Hour)
+		return ok && err == nil
+	})
+}
+
+// TestMigrateToEtcd: a bbolt store's data arrives whole in an empty prefix
+// and a node serves it; a second migration into the same prefix is refused.
+func TestMigrateToEtcd(t *testing.T) {
+	src, err := store.Open(filepath.Join(t.TempDir(), "edgeproxy.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	org := mustOrg(t, src, "acme", nil)
+	u := mustUser(t, src, "a@example.com")
+	if _, err := src.SetMembership(org.ID, u.ID, store.LevelOwner); err != nil {
+		t.Fatal(err)
+	}
+	r := mustRecord(t, src, org.ID, "e.example.com")
+	if err := src.PutBlob("certificates/ca/e.example.com/e.example.com.crt", []byte("PEM")); err != nil {
+		t.Fatal(err)
+	}
+	c := etcdtest.NewCluster(t, 1)
+	var last, total int
+	if err := store.MigrateToEtcd(context.Background(), src, c.Client(t), "/mig/", func(d, n int) { last, total = d, n }); err != nil {
+		t.Fatal(err)
+	}
+	if last != total || total == 0 {
+		t.Errorf("progress ended at %d of %d", last, total)
+	}
+	n := openNode(t, c, "/mig/", t.TempDir())
+	if got, err := n.Record(r.ID); err != nil || got.Domain != r.Domain {
+		t.Errorf("migrated record: %+v, %v", got, err)
+	}
+	if got, err := n.GetBlob("certificates/ca/e.example.com/e.example.com.crt"); err != nil || string(got) != "PEM" {
+		t.Errorf("migrated blob: %q, %v", got, err)
+	}
+	if m, err := n.Membership(org.ID, u.ID); err != nil || m.Level != store.LevelOwner {
+		t.Errorf("migrated membership: %+v, %v", m, err)
+	}
+	// Sequences came along: the next user does not reuse an id.
+	if u2 := mustUser(t, n, "b@example.com"); u2.ID <= u.ID {
+		t.Errorf("next user id %d after %d", u2.ID, u.ID)
+	}
+	err = store.MigrateToEtcd(context.Background(), src, c.Client(t), "/mig/", nil)
+	if err == nil {
+		t.Fatal("a second migration into a non-empty prefix succeeded")
+	}
+}
+
+// TestEtcdBackup: a backup taken from an etcd node is a bbolt store with
+// the same data.
+func TestEtcdBackup(t *testing.T) {
+	c := etcdtest.NewCluster(t, 1)
+	n := openNode(t, c, "/backup/", t.TempDir())
+	org := mustOrg(t, n, "acme", nil)
+	r := mustRecord(t, n, org.ID, "e.example.com")
+	var buf bytes.Buffer
+	if _, err := n.Backup(&buf); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "restored.db")
+	if err := writeFile(path, buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restored.Close()
+	if got, err := restored.Record(r.ID); err != nil || got.Domain != r.Domain {
+		t.Errorf("restored record: %+v, %v", got, err)
+	}
+	if err := restored.Check(); err != nil {
+		t.Error(err)
+	}
+	if err := restored.CheckOutbox(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestEtcdChangeFeed: a node's subscribers hear of changes made through
+// another node.
+func TestEtcdChangeFeed(t *testing.T) {
+	c := etcdtest.NewCluster(t, 1)
+	a := openNode(t, c, "/feed/", t.TempDir())
+	b := openNode(t, c, "/feed/", t.TempDir())
+	sub := b.Subscribe()
+	defer sub.Close()
+	org := mustOrg(t, a, "acme", nil)
+	r := mustRecord(t, a, org.ID, "e.example.com")
+	select {
+	case <-sub.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("B heard of no change")
+	}
+	found := false
+	for _, ch := range sub.Take() {
+		found = found || ch.ID == r.ID
+	}
+	if !found {
+		t.Error("B's feed does not name the record created on A")
+	}
+}
+
+func waitFor(t *testing.T, bound time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", bound, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func writeFile(path string, data []byte) error { return os.WriteFile(path, data, 0o600) }
+
+func ptr(s string) *string { return &s }
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
