@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // ACME DNS-01 challenge tokens, served as TXT records by edgeproxy's own
@@ -66,7 +64,7 @@ func (s *Store) PutChallengeTXT(fqdn, value string) error {
 		return fmt.Errorf("store: putting challenge TXT for %q: %w", fqdn, err)
 	}
 	at := s.stamp()
-	err = s.update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *txn) error {
 		b := tx.Bucket(bucketChallenges)
 		prefix := challengePrefix(name)
 		key := append(bytes.Clone(prefix), value...)
@@ -112,7 +110,7 @@ func (s *Store) DeleteChallengeTXT(fqdn, value string) error {
 	if err != nil {
 		return fmt.Errorf("store: deleting challenge TXT for %q: %w", fqdn, err)
 	}
-	err = s.update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *txn) error {
 		return tx.Bucket(bucketChallenges).Delete(append(challengePrefix(name), value...))
 	})
 	if err != nil {
@@ -129,7 +127,8 @@ func (s *Store) ChallengeTXT(fqdn string) ([]string, error) {
 		return nil, fmt.Errorf("store: reading challenge TXT for %q: %w", fqdn, err)
 	}
 	var values []string
-	err = s.view(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *txn) error {
+		values = nil
 		prefix := challengePrefix(name)
 		c := tx.Bucket(bucketChallenges).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {

@@ -130,6 +130,7 @@ func TestChallengeTXTSurvivesReopen(t *testing.T) {
 // gets the bucket and schema 6 at Open, and keeps what it held.
 func TestOpenMigratesVersion5(t *testing.T) {
 	t.Parallel()
+	bboltOnly(t)
 	path := filepath.Join(t.TempDir(), "edgeproxy.db")
 	s := openAt(t, path, store.Options{})
 	org, err := s.CreateOrg("acme", nil)

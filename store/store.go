@@ -155,7 +155,7 @@ var migrations = []func(tx *txn) error{
 		return nil
 	},
 	// 6: ACME DNS-01 challenge tokens (challenges.go). It starts empty.
-	5: func(tx *bolt.Tx) error {
+	5: func(tx *txn) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketChallenges); err != nil {
 			return fmt.Errorf("creating bucket %s: %w", bucketChallenges, err)
 		}
