@@ -46,4 +46,9 @@
 // own listeners on Config.HTTPPort and Config.TLSPort if those ports were
 // free; they find them taken by ours and stand aside, so Obtain must only be
 // called once the listeners are up.
+//
+// ZoneDNSProvider is the libdns provider (certmagic.DNSProvider) for ACME
+// DNS-01 through the target zone edgeproxy serves itself (dnszone): it
+// writes and deletes the challenge TXT values in the store, where every
+// node's DNS server answers them. The Manager does not use DNS-01 yet.
 package certs

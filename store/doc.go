@@ -84,6 +84,14 @@
 // and the domains whose last record was deleted, with the time (written
 // by the deleting transaction itself), for the certificate retention.
 //
+// # ACME DNS-01 challenges
+//
+// The TXT values of DNS-01 challenges (challenges.go) are kept per name
+// (PutChallengeTXT, DeleteChallengeTXT, ChallengeTXT), so that the zone
+// edgeproxy serves answers the CA with the same values on every node. A
+// name holds at most MaxChallengeTXT values; a put beyond drops the
+// oldest, so values a crashed order left behind cannot pile up.
+//
 // # Schema
 //
 // The file carries a schema version in the meta bucket. Open applies the

@@ -32,6 +32,9 @@ var (
 	// ErrLastOwner: the membership to remove is the organization's only
 	// owner; an organization is never left without one.
 	ErrLastOwner = errors.New("store: the organization's last owner")
+	// ErrInvalidChallenge: a challenge TXT name or value breaks a rule of
+	// challenges.go; the error's text states it.
+	ErrInvalidChallenge = errors.New("store: invalid challenge TXT")
 	// ErrNewerSchema: the file was written by a newer edgeproxy.
 	ErrNewerSchema = errors.New("store: database schema is newer than this program")
 	// ErrClosed: the store has been closed.
@@ -55,7 +58,7 @@ func (e *LimitError) Error() string {
 const batchDelay = 2 * time.Millisecond
 
 // SchemaVersion is the version of the file layout this program writes.
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // migrations[i] moves a file from schema version i to i+1. Version 0 is an
 // empty file. Each runs inside the one transaction that also records the new
@@ -151,6 +154,13 @@ var migrations = []func(tx *txn) error{
 		}
 		return nil
 	},
+	// 6: ACME DNS-01 challenge tokens (challenges.go). It starts empty.
+	5: func(tx *txn) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketChallenges); err != nil {
+			return fmt.Errorf("creating bucket %s: %w", bucketChallenges, err)
+		}
+		return nil
+	},
 }
 
 var (
@@ -173,6 +183,7 @@ var (
 	bucketACMEOrders      = []byte("acme_orders")
 	bucketCAHolds         = []byte("ca_holds")
 	bucketReleasedDomains = []byte("released_domains")
+	bucketChallenges      = []byte("acme_challenges")
 
 	v1Buckets = [][]byte{bucketMeta, bucketOrgs, bucketUsers, bucketUsersByEmail, bucketMembers,
 		bucketUserOrgs, bucketKeys, bucketKeysByHash, bucketRecords, bucketRecordsByDomain, bucketRecordsByOrg}

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"github.com/edgeproxy/edgeproxy/certs"
+	"github.com/edgeproxy/edgeproxy/dnszone"
 	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/proxy"
 )
@@ -49,7 +52,13 @@ type config struct {
 	// WebhookAllowPrivate lets webhooks use http:// URLs and any address;
 	// --dev implies it.
 	WebhookAllowPrivate bool
-	Dev                 bool
+	// DNSAddr is where the target zone's DNS server listens (UDP and
+	// TCP); empty: no DNS server. EdgeIPs and DNSNameservers are then
+	// required: the addresses it answers and its NS records.
+	DNSAddr        string
+	EdgeIPs        []netip.Addr
+	DNSNameservers []string
+	Dev            bool
 }
 
 // Defaults of the flags that belong to no package: where the server
@@ -244,6 +253,9 @@ func serveFlags(fs *flag.FlagSet) *config {
 	str(&c.LogFormat, "log-format", "`format` of the log: text or json", checkLogFormat)
 	defineFlag(fs, &c.AccessLogEvery, "access-log", "access `log`: on, off or sample:N", parseAccessLog, showAccessLog)
 	boolean(&c.MetricsPerDomain, "metrics-per-domain", "add a capped domain label to the edge's request counters")
+	defineFlag(fs, &c.DNSAddr, "dns-addr", "`host:port` (UDP and TCP) of the authoritative DNS server of --target-cname-base, or off", parseDNSAddr, showDNSAddr)
+	defineFlag(fs, &c.EdgeIPs, "edge-ips", "comma-separated IPv4/IPv6 `addresses` the zone answers for every record's target_cname (required with --dns-addr)", parseEdgeIPs, joinAddrs)
+	defineFlag(fs, &c.DNSNameservers, "dns-ns", "comma-separated host `names` of the zone's nameservers, the nodes' names, outside the zone (required with --dns-addr)", parseNameservers, joinList)
 	boolean(&c.WebhookAllowPrivate, "webhook-allow-private", "accept webhook URLs that are http:// or resolve to loopback or private addresses (tests, local trials; --dev implies it)")
 	boolean(&c.Dev, "dev", "local trial: proxy.localhost base, 127.0.0.1:8081 and :8443, bootstrap key printed")
 	return c
@@ -272,7 +284,82 @@ func (c *config) finish(fs *flag.FlagSet) error {
 	if c.TargetCNAMEBase == "" {
 		return &flagError{"target-cname-base", "is required (the zone whose wildcard *.<base> points at this machine); --dev uses " + devTargetCNAMEBase}
 	}
+	if c.DNSAddr != "" {
+		if len(c.EdgeIPs) == 0 {
+			return &flagError{"edge-ips", "is required with --dns-addr: the addresses the zone answers for every record's target_cname"}
+		}
+		if len(c.DNSNameservers) == 0 {
+			return &flagError{"dns-ns", "is required with --dns-addr: the host names of the zone's nameservers (its NS records)"}
+		}
+		for _, ns := range c.DNSNameservers {
+			if _, err := dnszone.CheckNameserver(c.TargetCNAMEBase, ns); err != nil {
+				return &flagError{"dns-ns", err.Error()}
+			}
+		}
+	}
 	return nil
+}
+
+// parseDNSAddr takes off (or nothing) for no DNS server, else host:port.
+func parseDNSAddr(s string) (string, error) {
+	if s == "" || s == "off" {
+		return "", nil
+	}
+	return checkAddr(s)
+}
+
+func showDNSAddr(addr string) string {
+	if addr == "" {
+		return "off"
+	}
+	return addr
+}
+
+func parseEdgeIPs(s string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, part := range splitList(s) {
+		ip, err := netip.ParseAddr(part)
+		if err != nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("%q is not an IPv4 or IPv6 address", part)
+		}
+		if err := dnszone.CheckEdgeIP(ip); err != nil {
+			return nil, err
+		}
+		if slices.Contains(out, ip.Unmap()) {
+			return nil, fmt.Errorf("%s is listed twice", ip)
+		}
+		out = append(out, ip.Unmap())
+	}
+	if len(out) > dnszone.MaxEdgeIPs {
+		return nil, fmt.Errorf("lists %d addresses; at most %d", len(out), dnszone.MaxEdgeIPs)
+	}
+	return out, nil
+}
+
+func joinAddrs(addrs []netip.Addr) string {
+	parts := make([]string, len(addrs))
+	for i, a := range addrs {
+		parts[i] = a.String()
+	}
+	return joinList(parts)
+}
+
+func parseNameservers(s string) ([]string, error) {
+	var out []string
+	for _, part := range splitList(s) {
+		name, err := checkHostname(part)
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(out, name) {
+			return nil, fmt.Errorf("%s is listed twice", name)
+		}
+		out = append(out, name)
+	}
+	if len(out) > dnszone.MaxNameservers {
+		return nil, fmt.Errorf("lists %d names; at most %d", len(out), dnszone.MaxNameservers)
+	}
+	return out, nil
 }
 
 func nonEmpty(s string) (string, error) {

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -278,4 +280,68 @@ func TestWebhookAllowPrivate(t *testing.T) {
 		!strings.Contains(err.Error(), "webhook-allow-private") {
 		t.Errorf("a bad value: %v, want an error naming the flag", err)
 	}
+}
+
+// TestDNSZoneFlags: --dns-addr is off by default; with it, --edge-ips and
+// --dns-ns are required and parsed, from flags or the environment.
+func TestDNSZoneFlags(t *testing.T) {
+	cfg, err := parseServe(t, []string{"--target-cname-base", "p.example.net"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DNSAddr != "" || cfg.EdgeIPs != nil || cfg.DNSNameservers != nil {
+		t.Errorf("defaults: dns-addr %q, edge-ips %v, dns-ns %q; want off and none", cfg.DNSAddr, cfg.EdgeIPs, cfg.DNSNameservers)
+	}
+	cfg, err = parseServe(t, []string{"--target-cname-base", "p.example.net", "--dns-addr", ":53",
+		"--edge-ips", " 192.0.2.1 , 2001:DB8::1,::ffff:192.0.2.2"}, map[string]string{"EDGEPROXY_DNS_NS": "NS1.Example.NET.,ns2.example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := joinAddrs(cfg.EdgeIPs), "192.0.2.1,2001:db8::1,192.0.2.2"; cfg.DNSAddr != ":53" || got != want {
+		t.Errorf("dns-addr %q, edge-ips %q; want :53 and %q", cfg.DNSAddr, got, want)
+	}
+	if got, want := joinList(cfg.DNSNameservers), "ns1.example.net,ns2.example.org"; got != want {
+		t.Errorf("dns-ns from the environment = %q, want %q", got, want)
+	}
+	cfg, err = parseServe(t, []string{"--target-cname-base", "p.example.net", "--dns-addr", "off"}, map[string]string{"EDGEPROXY_DNS_ADDR": "127.0.0.1:5353"})
+	if err != nil || cfg.DNSAddr != "" {
+		t.Errorf("--dns-addr off over the environment: %q, %v; want off", cfg.DNSAddr, err)
+	}
+	var stdout, stderr bytes.Buffer
+	run([]string{"serve", "--help"}, &stdout, &stderr, func(string) string { return "" })
+	if !strings.Contains(stdout.String(), "(default off)\n  -dns-ns") {
+		t.Errorf("serve --help does not show --dns-addr's default as off:\n%s", stdout.String())
+	}
+
+	base := []string{"--target-cname-base", "p.example.net"}
+	zone := append(slices.Clone(base), "--dns-addr", "127.0.0.1:5353")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(slices.Clone(base), "--dns-addr", "dns.example.net:53"), "--dns-addr: "},
+		{append(slices.Clone(base), "--dns-addr", "53"), "--dns-addr: "},
+		{append(slices.Clone(zone), "--dns-ns", "ns1.example.net"), "--edge-ips: is required with --dns-addr"},
+		{append(slices.Clone(zone), "--edge-ips", "192.0.2.1"), "--dns-ns: is required with --dns-addr"},
+		{append(slices.Clone(zone), "--edge-ips", "192.0.2.1,nonsense", "--dns-ns", "ns1.example.net"), `--edge-ips: "nonsense" is not an IPv4 or IPv6 address`},
+		{append(slices.Clone(zone), "--edge-ips", "0.0.0.0", "--dns-ns", "ns1.example.net"), "--edge-ips: 0.0.0.0 is not a unicast address"},
+		{append(slices.Clone(zone), "--edge-ips", "192.0.2.1,192.0.2.1", "--dns-ns", "ns1.example.net"), "--edge-ips: 192.0.2.1 is listed twice"},
+		{append(slices.Clone(zone), "--edge-ips", "192.0.2.1", "--dns-ns", "ns1"), "--dns-ns: "},
+		{append(slices.Clone(zone), "--edge-ips", "192.0.2.1", "--dns-ns", "ns1.p.example.net"), "--dns-ns: \"ns1.p.example.net\" is inside the zone p.example.net"},
+		{append(slices.Clone(zone), "--edge-ips", manyIPs(17), "--dns-ns", "ns1.example.net"), "--edge-ips: lists 17 addresses; at most 16"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(append([]string{"serve"}, tc.args...), &stdout, &stderr, func(string) string { return "" })
+		if out := stderr.String(); code != 2 || strings.Count(out, "\n") != 1 || !strings.Contains(out, tc.want) {
+			t.Errorf("serve %s: exit %d, stderr %q; want exit 2 and one line containing %q", strings.Join(tc.args, " "), code, out, tc.want)
+		}
+	}
+}
+
+func manyIPs(n int) string {
+	var ips []string
+	for i := range n {
+		ips = append(ips, fmt.Sprintf("192.0.2.%d", i+1))
+	}
+	return strings.Join(ips, ",")
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/control"
 	"github.com/edgeproxy/edgeproxy/diagnose"
 	"github.com/edgeproxy/edgeproxy/dnsverify"
+	"github.com/edgeproxy/edgeproxy/dnszone"
 	"github.com/edgeproxy/edgeproxy/docs"
 	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/proxy"
@@ -186,6 +187,37 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		httpLn.Close()
 		return fmt.Errorf("--https-addr: %w", err)
 	}
+	// The target zone's DNS server, when asked for: its names are read
+	// before it listens, so its first answer is already complete.
+	var zone *dnszone.Zone
+	var dnsPC net.PacketConn
+	var dnsLn net.Listener
+	if cfg.DNSAddr != "" {
+		zone, err = dnszone.New(st, dnszone.Config{
+			Zone:        cfg.TargetCNAMEBase,
+			EdgeIPs:     cfg.EdgeIPs,
+			Nameservers: cfg.DNSNameservers,
+			Logger:      log,
+			Registerer:  reg,
+		})
+		if err == nil {
+			err = zone.Start(context.Background())
+		}
+		if err == nil {
+			dnsPC, dnsLn, err = dnszone.Listen(cfg.DNSAddr)
+			if err != nil {
+				zone.Shutdown(context.Background())
+			}
+		}
+		if err != nil {
+			apiLn.Close()
+			adminLn.Close()
+			httpLn.Close()
+			httpsLn.Close()
+			return fmt.Errorf("--dns-addr: %w", err)
+		}
+	}
+
 	// Diagnose's reachability probes, then ACME HTTP-01, then the
 	// redirect to HTTPS.
 	httpSrv := proxy.NewPlainServer(proxy.RedirectHandler(cm, func(w http.ResponseWriter, r *http.Request) bool {
@@ -218,14 +250,23 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		hooks.Run(hooksCtx)
 	}()
 
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- apiSrv.Serve(apiLn) }()
 	go func() { errc <- adminSrv.Serve(adminLn) }()
 	go func() { errc <- httpSrv.Serve(httpLn) }()
 	go func() { errc <- httpsSrv.ServeTLS(httpsLn, "", "") }()
+	dnsAddr := "off"
+	if zone != nil {
+		dnsAddr = dnsPC.LocalAddr().String()
+		go func() {
+			if err := zone.Serve(dnsPC, dnsLn); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	ready.Store(true)
 	log.Info("edgeproxy serving", "api_addr", apiLn.Addr().String(), "admin_socket", sockPath,
-		"http_addr", httpLn.Addr().String(), "https_addr", httpsLn.Addr().String(),
+		"http_addr", httpLn.Addr().String(), "https_addr", httpsLn.Addr().String(), "dns_addr", dnsAddr,
 		"target_cname_base", cfg.TargetCNAMEBase, "dev", cfg.Dev)
 
 	var serveErr error
@@ -246,6 +287,13 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		drained.Go(func() {
 			if err := srv.Shutdown(drainCtx); err != nil {
 				log.Warn(name+" drain incomplete", "err", err)
+			}
+		})
+	}
+	if zone != nil {
+		drained.Go(func() {
+			if err := zone.Shutdown(drainCtx); err != nil {
+				log.Warn("dns drain incomplete", "err", err)
 			}
 		})
 	}

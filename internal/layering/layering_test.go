@@ -21,7 +21,8 @@ var forbidden = map[string][]string{
 	"diagnose":  {"control", "lifecycle"},
 	"dnsverify": {"control", "lifecycle", "diagnose", "certs"},
 	"certs":     {"control", "lifecycle", "diagnose", "dnsverify"},
-	"store":     {"control", "lifecycle", "diagnose", "certs", "dnsverify", "proxy", "webhooks"},
+	"store":     {"control", "lifecycle", "diagnose", "certs", "dnsverify", "proxy", "webhooks", "dnszone"},
+	"dnszone":   {"control", "lifecycle", "diagnose", "proxy", "webhooks"},
 	"proxy":     {"control", "lifecycle", "diagnose", "dnsverify"},
 	// The delivery worker reads the store and sends; the API renders
 	// records for it (passed in), so it needs none of the control plane.
