@@ -687,13 +687,16 @@ func (e *etcdBackend) apply(events []*clientv3.Event) error {
 	if err != nil {
 		return fmt.Errorf("store: applying etcd changes to the local copy: %w", err)
 	}
-	e.setApplied(rev)
+	// Published before the copy counts as at rev: a writer waiting for
+	// rev then returns after its change reached the subscribers, as on
+	// bbolt, so a subscription made after the write never hears of it.
 	for _, c := range changes {
 		e.s.publish(c)
 	}
 	if outbox {
 		e.s.wakeOutbox()
 	}
+	e.setApplied(rev)
 	return nil
 }
 
