@@ -214,7 +214,8 @@ func summarize(checks []Check) Summary {
 func (d *Diagnoser) checkCNAME(ctx context.Context, rec store.Record) Check {
 	c := Check{ID: "cname", Name: "DNS points at the target"}
 	ctx, cancel := context.WithTimeout(ctx, diagnoseDNSTimeout)
-	res := d.DNS.CheckCNAME(ctx, rec.Domain, rec.TargetCNAME)
+	own := rec.Ownership()
+	res := d.DNS.CheckCNAME(ctx, rec.Domain, rec.TargetCNAME, dnsverify.Ownership{Name: own.Name, Token: own.Value})
 	cancel()
 	c.Detail = res.Message
 	domain, target := rec.Domain, rec.TargetCNAME
