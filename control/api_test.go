@@ -317,10 +317,10 @@ type recordView struct {
 	Ownership     store.DNSRecord `json:"ownership"`
 	DCVDelegation store.DNSRecord `json:"dcv_delegation"`
 	Status        string          `json:"status"`
-	Message     *string `json:"message"`
-	CreatedAt   string  `json:"created_at"`
-	UpdatedAt   string  `json:"updated_at"`
-	CreatedBy   *int64  `json:"created_by"`
+	Message       *string         `json:"message"`
+	CreatedAt     string          `json:"created_at"`
+	UpdatedAt     string          `json:"updated_at"`
+	CreatedBy     *int64          `json:"created_by"`
 }
 
 // ownershipToken is the form of a record's ownership token.
