@@ -278,7 +278,7 @@ func TestOpenAPISchemas(t *testing.T) {
 	}
 	for key, values := range map[string][]string{
 		"DiagnoseSummary.status": {"healthy", "warn", "fail"},
-		"DiagnoseCheck.id":       {"cname", "caa", "http_challenge", "certificate", "live"},
+		"DiagnoseCheck.id":       {"cname", "ownership", "dcv_delegation", "caa", "http_challenge", "certificate", "live"},
 		"DiagnoseCheck.status":   {"pass", "warn", "fail", "skip"},
 	} {
 		if got := d.enums[key]; !slices.Equal(got, values) {
