@@ -323,7 +323,9 @@ func ownershipCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.O
 	case res.Outcome == dnsverify.Pointing && res.Via != dnsverify.ViaFlattened:
 		c.Status = checkPass
 		c.Detail = fmt.Sprintf("The CNAME of %s to %s proves that the domain is this record's; no TXT record is needed.", domain, target)
-	case txt.Proven:
+	case txt.Proven || res.Outcome == dnsverify.Pointing:
+		// Pointing by flattening means the cname check's own look at the
+		// TXT record found the token.
 		c.Status = checkPass
 		c.Detail = fmt.Sprintf("The ownership TXT record %s holds this record's token.", o.Name)
 	case txt.Err != nil && (res.Outcome == dnsverify.OwnershipMissing || apex || res.Outcome == dnsverify.CloudflareProxied):
