@@ -326,28 +326,34 @@ func (a *API) resolveOrg(key store.APIKey, ref string) (store.Org, *apiError) {
 	return org, nil
 }
 
-// recordJSON is a proxy record exactly as the API shows it.
+// recordJSON is a proxy record exactly as the API shows it. Ownership and
+// DCVDelegation are the two DNS records the customer may add besides the
+// one that brings traffic (see store/ownership.go).
 type recordJSON struct {
-	ID          string  `json:"id"`
-	Domain      string  `json:"domain"`
-	TargetCNAME string  `json:"target_cname"`
-	Status      string  `json:"status"`
-	Message     *string `json:"message"`
-	CreatedAt   string  `json:"created_at"`
-	UpdatedAt   string  `json:"updated_at"`
-	CreatedBy   *int64  `json:"created_by"`
+	ID            string          `json:"id"`
+	Domain        string          `json:"domain"`
+	TargetCNAME   string          `json:"target_cname"`
+	Ownership     store.DNSRecord `json:"ownership"`
+	DCVDelegation store.DNSRecord `json:"dcv_delegation"`
+	Status        string          `json:"status"`
+	Message       *string         `json:"message"`
+	CreatedAt     string          `json:"created_at"`
+	UpdatedAt     string          `json:"updated_at"`
+	CreatedBy     *int64          `json:"created_by"`
 }
 
 func toJSON(r store.Record) recordJSON {
 	return recordJSON{
-		ID:          r.ID,
-		Domain:      r.Domain,
-		TargetCNAME: r.TargetCNAME,
-		Status:      string(r.Status),
-		Message:     r.Message,
-		CreatedAt:   r.CreatedAt.UTC().Format(store.TimeFormat),
-		UpdatedAt:   r.UpdatedAt.UTC().Format(store.TimeFormat),
-		CreatedBy:   r.CreatedBy,
+		ID:            r.ID,
+		Domain:        r.Domain,
+		TargetCNAME:   r.TargetCNAME,
+		Ownership:     r.Ownership(),
+		DCVDelegation: r.DCVDelegation(),
+		Status:        string(r.Status),
+		Message:       r.Message,
+		CreatedAt:     r.CreatedAt.UTC().Format(store.TimeFormat),
+		UpdatedAt:     r.UpdatedAt.UTC().Format(store.TimeFormat),
+		CreatedBy:     r.CreatedBy,
 	}
 }
 
@@ -408,8 +414,12 @@ func (a *API) createRecord(c *call) *apiError {
 		OrgID:       c.org.ID,
 		Domain:      domain,
 		TargetCNAME: TargetCNAME(c.org.ID, domain, a.cfg.TargetCNAMEBase),
-		Status:      store.StatusWaiting,
-		CreatedBy:   &userID,
+		// Random for every record, so that no other record (of this or
+		// another organization, for this domain or another) can be proven
+		// by the TXT record published for this one.
+		OwnershipToken: store.NewOwnershipToken(),
+		Status:         store.StatusWaiting,
+		CreatedBy:      &userID,
 		// The first DNS check is due at once.
 		NextCheckAt:  now,
 		WaitingSince: now,

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -310,18 +311,24 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 
 // recordView is a record as the API shows it.
 type recordView struct {
-	ID          string  `json:"id"`
-	Domain      string  `json:"domain"`
-	TargetCNAME string  `json:"target_cname"`
-	Status      string  `json:"status"`
-	Message     *string `json:"message"`
-	CreatedAt   string  `json:"created_at"`
-	UpdatedAt   string  `json:"updated_at"`
-	CreatedBy   *int64  `json:"created_by"`
+	ID            string          `json:"id"`
+	Domain        string          `json:"domain"`
+	TargetCNAME   string          `json:"target_cname"`
+	Ownership     store.DNSRecord `json:"ownership"`
+	DCVDelegation store.DNSRecord `json:"dcv_delegation"`
+	Status        string          `json:"status"`
+	Message       *string         `json:"message"`
+	CreatedAt     string          `json:"created_at"`
+	UpdatedAt     string          `json:"updated_at"`
+	CreatedBy     *int64          `json:"created_by"`
 }
 
-// decodeRecord checks that data is a record of exactly the contract's eight
-// fields, with a UUID id and RFC 3339 UTC times, and returns it.
+// ownershipToken is the form of a record's ownership token.
+var ownershipToken = regexp.MustCompile(`^edgeproxy-verification=[a-z2-7]{26}$`)
+
+// decodeRecord checks that data is a record of exactly the contract's ten
+// fields, with a UUID id, RFC 3339 UTC times, and the ownership and DCV
+// delegation records of its domain and target, and returns it.
 func decodeRecord(t *testing.T, data []byte) recordView {
 	t.Helper()
 	var fields map[string]json.RawMessage
@@ -329,7 +336,7 @@ func decodeRecord(t *testing.T, data []byte) recordView {
 		t.Fatalf("record %q is not a JSON object: %v", data, err)
 	}
 	if got, want := strings.Join(slices.Sorted(mapKeys(fields)), ","),
-		"created_at,created_by,domain,id,message,status,target_cname,updated_at"; got != want {
+		"created_at,created_by,dcv_delegation,domain,id,message,ownership,status,target_cname,updated_at"; got != want {
 		t.Errorf("record fields %s, want %s", got, want)
 	}
 	var r recordView
@@ -338,6 +345,12 @@ func decodeRecord(t *testing.T, data []byte) recordView {
 	}
 	if !store.IsID(r.ID) {
 		t.Errorf("id %q is not a UUID", r.ID)
+	}
+	if o := r.Ownership; o.Name != "_edgeproxy."+r.Domain || o.Type != "TXT" || !ownershipToken.MatchString(o.Value) {
+		t.Errorf("ownership %+v, want _edgeproxy.%s TXT %s", o, r.Domain, ownershipToken)
+	}
+	if d, want := r.DCVDelegation, (store.DNSRecord{Name: "_acme-challenge." + r.Domain, Type: "CNAME", Value: "_acme-challenge." + r.TargetCNAME}); d != want {
+		t.Errorf("dcv_delegation %+v, want %+v", d, want)
 	}
 	for name, v := range map[string]string{"created_at": r.CreatedAt, "updated_at": r.UpdatedAt} {
 		ts, err := time.Parse(time.RFC3339Nano, v)
@@ -655,8 +668,6 @@ func TestCreateRejectsBadDomains(t *testing.T) {
 		{"IPv6", jsonBody("2001:db8::1"), "invalid_input", "IP address"},
 		{"bracketed IPv6", jsonBody("[2001:db8::1]"), "invalid_input", "IP address"},
 		{"single label", jsonBody("localhost"), "invalid_input", "single label"},
-		{"registrable domain", jsonBody("example.com"), "invalid_input", "registrable domain"},
-		{"registrable domain under a two-label suffix", jsonBody("example.co.uk"), "invalid_input", "registrable domain"},
 		{"public suffix", jsonBody("co.uk"), "invalid_input", "public suffix"},
 		{"numeric top-level label", jsonBody("e.example.123"), "invalid_input", "public suffix list"},
 		{"cluster-internal name", jsonBody("a.svc.cluster.local"), "invalid_input", "public suffix list"},
@@ -799,6 +810,9 @@ func TestCreate(t *testing.T) {
 		{"punycode kept", request{body: jsonBody("xn--caf-dma.example.fr"), bearer: f.key}, "xn--caf-dma.example.fr"},
 		{"hyphens inside labels", request{body: jsonBody("r3---sn-abc.example.com"), bearer: f.key}, "r3---sn-abc.example.com"},
 		{"deep name under a two-label suffix", request{body: jsonBody("a.b.example.co.uk"), bearer: f.key}, "a.b.example.co.uk"},
+		{"registrable domain (zone apex)", request{body: jsonBody("example.com"), bearer: f.key}, "example.com"},
+		{"registrable domain under a two-label suffix", request{body: jsonBody("Example.CO.UK."), bearer: f.key}, "example.co.uk"},
+		{"registrable Unicode domain", request{body: jsonBody("bücher.de"), bearer: f.key}, "xn--bcher-kva.de"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -843,6 +857,9 @@ func TestCreate(t *testing.T) {
 			if got, want := stored.Domain, tt.want; got != want {
 				t.Errorf("stored domain %q, want %q", got, want)
 			}
+			if got, want := stored.OwnershipToken, r.Ownership.Value; got != want {
+				t.Errorf("stored ownership token %q, want the one shown, %q", got, want)
+			}
 			get := f.send(t, request{method: "GET", path: recPath(f.org.ID, r.ID), bearer: f.key})
 			if got, want := get.status, http.StatusOK; got != want {
 				t.Fatalf("GET: status %d, want %d", got, want)
@@ -852,6 +869,50 @@ func TestCreate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOwnershipTokenPerRecord: every record gets its own random ownership
+// token, so the TXT record published for one never proves another: not
+// another domain's record, and not a later record of the same domain in
+// another organization (or in the same one). (TestCreate checks that
+// reads show the token the create showed.)
+func TestOwnershipTokenPerRecord(t *testing.T) {
+	f := newOwnerFixture(t, nil)
+	other := f.addOrg(t, "Other", nil)
+	f.addMember(t, other, f.owner, store.LevelOwner)
+	create := func(org, domain string) recordView {
+		t.Helper()
+		res := f.send(t, request{method: "POST", path: listPath(org), bearer: f.key, body: jsonBody(domain)})
+		if res.status != http.StatusCreated {
+			t.Fatalf("create %s: %d %s", domain, res.status, res.body)
+		}
+		return decodeRecord(t, res.body)
+	}
+	del := func(org, id string) {
+		t.Helper()
+		if res := f.send(t, request{method: "DELETE", path: recPath(org, id), bearer: f.key}); res.status != http.StatusNoContent {
+			t.Fatalf("delete: %d %s", res.status, res.body)
+		}
+	}
+	seen := map[string]string{}
+	note := func(r recordView, what string) {
+		t.Helper()
+		if prev, ok := seen[r.Ownership.Value]; ok {
+			t.Errorf("%s has the ownership token of %s: %s", what, prev, r.Ownership.Value)
+		}
+		seen[r.Ownership.Value] = what
+	}
+	a := create(f.org.ID, "e.example.com")
+	note(a, "the first record of e.example.com")
+	note(create(f.org.ID, "f.example.com"), "a record of f.example.com")
+	del(f.org.ID, a.ID)
+	b := create(other.ID, "e.example.com")
+	note(b, "another organization's record of e.example.com")
+	if b.TargetCNAME == a.TargetCNAME {
+		t.Errorf("two organizations' records of e.example.com share the target %s", a.TargetCNAME)
+	}
+	del(other.ID, b.ID)
+	note(create(f.org.ID, "e.example.com"), "the first organization's second record of e.example.com")
 }
 
 // TestBodyOfExactly1MiB checks the edge of the body limit: 1 MiB is read.

@@ -32,8 +32,11 @@
 //
 // # Records
 //
-// The API creates a record waiting, its first DNS check due at once; the
-// lifecycle engine (package lifecycle) moves it on from there. A DELETE
+// The API creates a record waiting, its first DNS check due at once, with
+// a random ownership token of its own (store.Record.Ownership); the
+// lifecycle engine (package lifecycle) moves it on from there. Records
+// show the ownership TXT record and the DCV delegation CNAME a customer
+// may add besides the one that brings the traffic. A DELETE
 // removes a waiting, erroring or timed_out record at once and moves an
 // issuing, valid or warning one to deleting. Retry moves erroring or
 // timed_out back to waiting. Both rules are the record's own

@@ -44,11 +44,13 @@ func invalidDomain(format string, args ...any) *domainError {
 // trailing dot dropped, Unicode turned into punycode; refused when empty,
 // when it carries a scheme, path, port, user info, space or '*', when it
 // is an IP address, a single label, a name whose top-level label the
-// public suffix list does not know, a public suffix or a registrable
-// domain (a CNAME cannot sit at a zone apex), when a label is longer than
-// 63 bytes or the name longer than 253, when it holds anything but
-// letters, digits, '-' and dots, when a label starts or ends with '-', and
-// when it is targetBase or a name under it.
+// public suffix list does not know or a public suffix, when a label is
+// longer than 63 bytes or the name longer than 253, when it holds anything
+// but letters, digits, '-' and dots, when a label starts or ends with '-',
+// and when it is targetBase or a name under it. A registrable domain
+// (example.com) is accepted: it cannot hold a CNAME, so it goes live only
+// through address or ALIAS records and the record's ownership TXT record,
+// which the lifecycle engine checks.
 func NormalizeDomain(raw, targetBase string) (string, error) {
 	d := strings.TrimSpace(raw)
 	if d == "" {
@@ -106,12 +108,8 @@ func NormalizeDomain(raw, targetBase string) (string, error) {
 	if tld := labels[len(labels)-1]; !knownTLD(tld) {
 		return "", invalidDomain("%q ends in .%s, a top-level domain that is not in the public suffix list; enter a name under a public top-level domain such as .com.", d, tld)
 	}
-	apex, err := publicsuffix.EffectiveTLDPlusOne(d)
-	if err != nil {
-		return "", invalidDomain("%q is a public suffix; enter a subdomain of a domain you own, such as e.example.com.", d)
-	}
-	if apex == d {
-		return "", invalidDomain("%q is a registrable domain (a zone apex), where a CNAME cannot be added; use a subdomain such as e.%s.", d, d)
+	if _, err := publicsuffix.EffectiveTLDPlusOne(d); err != nil {
+		return "", invalidDomain("%q is a public suffix; enter a domain you own, such as example.com or e.example.com.", d)
 	}
 	return d, nil
 }

@@ -49,6 +49,13 @@ func TestNormalizeDomain(t *testing.T) {
 		{"e.shop.zone", "e.shop.zone"},
 		{"e.shop.xn--p1ai", "e.shop.xn--p1ai"}, // .рф
 		{"e.shop.рф", "e.shop.xn--p1ai"},
+		// Registrable domains (zone apexes): accepted, to go live through
+		// address or ALIAS records and the ownership TXT record.
+		{"example.com", "example.com"},
+		{"EXAMPLE.COM.", "example.com"},
+		{"example.co.uk", "example.co.uk"},
+		{"foo.github.io", "foo.github.io"}, // under a private suffix
+		{"bücher.de", "xn--bcher-kva.de"},
 	}
 	// A name of exactly 253 bytes is allowed.
 	long := strings.Repeat(strings.Repeat("a", 62)+".", 3) + strings.Repeat("b", 52) + ".example.com"
@@ -99,12 +106,10 @@ func TestNormalizeDomainRefuses(t *testing.T) {
 		{"bracketed IPv6", "[2001:db8::1]", "invalid_input", "IP address"},
 		{"single label", "localhost", "invalid_input", "single label"},
 		{"single label with dot", "intranet.", "invalid_input", "single label"},
-		{"registrable domain", "example.com", "invalid_input", "registrable domain"},
-		{"registrable domain, upper case", "EXAMPLE.COM.", "invalid_input", "registrable domain"},
-		{"registrable domain under co.uk", "example.co.uk", "invalid_input", "registrable domain"},
-		{"registrable domain under a private suffix", "foo.github.io", "invalid_input", "registrable domain"},
-		{"registrable Unicode domain", "bücher.de", "invalid_input", "registrable domain"},
 		{"public suffix", "co.uk", "invalid_input", "public suffix"},
+		{"public suffix, upper case", "CO.UK.", "invalid_input", "public suffix"},
+		{"private public suffix", "github.io", "invalid_input", "public suffix"},
+		{"public suffix listed by a wildcard", "co.ck", "invalid_input", "public suffix"},
 		{"numeric top-level label", "e.example.123", "invalid_input", "public suffix list"},
 		{"cluster-local name", "a.svc.cluster.local", "invalid_input", "public suffix list"},
 		{".internal", "x.internal", "invalid_input", "public suffix list"},
@@ -224,8 +229,8 @@ func TestTargetCNAME(t *testing.T) {
 // detail; an accepted name holds only [a-z0-9.-], is at most 253 bytes, has
 // at least two labels of 1 to 63 bytes that neither start nor end with '-',
 // is not at or under the base, ends in a top-level domain of the public
-// suffix list, and normalizes to itself again, also when sent upper case
-// with a trailing dot.
+// suffix list, is not itself a public suffix, and normalizes to itself
+// again, also when sent upper case with a trailing dot.
 func FuzzNormalizeDomain(f *testing.F) {
 	f.Add("e.example.com")
 	f.Add("e.shop.co.ck")
@@ -273,6 +278,9 @@ func FuzzNormalizeDomain(f *testing.F) {
 		// is not ICANN's: the top-level label is unknown.
 		if suffix, icann := publicsuffix.PublicSuffix(out); !icann && !strings.Contains(suffix, ".") {
 			t.Fatalf("NormalizeDomain(%q) = %q: top-level label %q is not in the public suffix list", raw, out, suffix)
+		}
+		if _, err := publicsuffix.EffectiveTLDPlusOne(out); err != nil {
+			t.Fatalf("NormalizeDomain(%q) = %q: a public suffix (%v)", raw, out, err)
 		}
 		for _, again := range []string{out, strings.ToUpper(out) + "."} {
 			if got, err := NormalizeDomain(again, domainTestBase); err != nil || got != out {

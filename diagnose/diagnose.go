@@ -64,8 +64,8 @@ type Report struct {
 	// RanAt is when the diagnosis started, RFC 3339 in UTC.
 	RanAt   string  `json:"ran_at"`
 	Summary Summary `json:"summary"`
-	// Checks are cname, caa, http_challenge, certificate and live, in
-	// that order.
+	// Checks are cname, ownership, dcv_delegation, caa, http_challenge,
+	// certificate and live, in that order.
 	Checks []Check `json:"checks"`
 }
 
@@ -177,18 +177,28 @@ func (d *Diagnoser) Run(ctx context.Context, rec store.Record) Report {
 	defer cancel()
 	ranAt := d.now()
 	cert, held := d.checkCertificate(rec, ranAt)
-	var cname, caa, httpc, live Check
+	var (
+		cname, caa, httpc, live Check
+		res                     dnsverify.CNAMEResult
+		txt                     dnsverify.OwnershipResult
+		deleg                   dnsverify.DelegationResult
+	)
 	pointing := make(chan bool, 1)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		cname = d.checkCNAME(ctx, rec)
+		res = d.lookupCNAME(ctx, rec)
+		cname = cnameCheck(rec, res)
 		pointing <- cname.Status == checkPass
 	})
+	wg.Go(func() { txt = d.lookupOwnership(ctx, rec) })
+	wg.Go(func() { deleg = d.lookupDelegation(ctx, rec) })
 	wg.Go(func() { caa = d.checkCAA(ctx, rec) })
 	wg.Go(func() { httpc = d.checkHTTP(ctx, rec, pointing) })
 	wg.Go(func() { live = d.checkLive(ctx, rec, held) })
 	wg.Wait()
-	checks := []Check{cname, caa, httpc, cert, live}
+	own := ownershipCheck(rec, res, txt)
+	dcv := delegationCheck(rec, res, txt, deleg)
+	checks := []Check{cname, own, dcv, caa, httpc, cert, live}
 	return Report{RanAt: ranAt.UTC().Format(store.TimeFormat), Summary: summarize(checks), Checks: checks}
 }
 
@@ -210,17 +220,52 @@ func summarize(checks []Check) Summary {
 	return s
 }
 
-// checkCNAME: does the domain point at its target?
-func (d *Diagnoser) checkCNAME(ctx context.Context, rec store.Record) Check {
-	c := Check{ID: "cname", Name: "DNS points at the target"}
+// ownershipOf is the record's ownership TXT record, as the DNS checks
+// take it.
+func ownershipOf(rec store.Record) dnsverify.Ownership {
+	o := rec.Ownership()
+	return dnsverify.Ownership{Name: o.Name, Token: o.Value}
+}
+
+// lookupCNAME runs the DNS check the engine runs: does the domain point at
+// its target, with its ownership proven?
+func (d *Diagnoser) lookupCNAME(ctx context.Context, rec store.Record) dnsverify.CNAMEResult {
 	ctx, cancel := context.WithTimeout(ctx, diagnoseDNSTimeout)
-	res := d.DNS.CheckCNAME(ctx, rec.Domain, rec.TargetCNAME)
-	cancel()
+	defer cancel()
+	return d.DNS.CheckCNAME(ctx, rec.Domain, rec.TargetCNAME, ownershipOf(rec))
+}
+
+// lookupOwnership looks up the record's ownership TXT record by itself,
+// whatever the domain's other records.
+func (d *Diagnoser) lookupOwnership(ctx context.Context, rec store.Record) dnsverify.OwnershipResult {
+	ctx, cancel := context.WithTimeout(ctx, diagnoseDNSTimeout)
+	defer cancel()
+	return d.DNS.CheckOwnership(ctx, ownershipOf(rec))
+}
+
+// lookupDelegation looks up the record's DCV delegation CNAME.
+func (d *Diagnoser) lookupDelegation(ctx context.Context, rec store.Record) dnsverify.DelegationResult {
+	ctx, cancel := context.WithTimeout(ctx, diagnoseDNSTimeout)
+	defer cancel()
+	dcv := rec.DCVDelegation()
+	return d.DNS.CheckDelegation(ctx, dcv.Name, dcv.Value)
+}
+
+// cnameCheck: does the domain point at its target? A domain that reaches
+// it by its addresses alone passes here (traffic would arrive); the
+// ownership check says what else it needs.
+func cnameCheck(rec store.Record, res dnsverify.CNAMEResult) Check {
+	c := Check{ID: "cname", Name: "DNS points at the target"}
 	c.Detail = res.Message
 	domain, target := rec.Domain, rec.TargetCNAME
 	switch res.Outcome {
 	case dnsverify.Pointing:
 		c.Status = checkPass
+		return c
+	case dnsverify.OwnershipMissing:
+		c.Status = checkPass
+		c.Detail = fmt.Sprintf("%s has no CNAME but the same addresses as %s (CNAME flattening, an ALIAS record or address records), "+
+			"so its traffic reaches this server; the ownership check says whether it is proven to be this record's.", domain, target)
 		return c
 	case dnsverify.ResolverFailure:
 		c.Status = checkWarn
@@ -228,12 +273,26 @@ func (d *Diagnoser) checkCNAME(ctx context.Context, rec store.Record) Check {
 			"which says nothing about your records.")
 		return c
 	}
+	if dnsverify.IsApex(domain) {
+		// A CNAME cannot sit at a zone apex: the addresses, and the
+		// ownership TXT record (the ownership check's).
+		summary := fmt.Sprintf("%s is a zone apex: give it the addresses of %s with an ALIAS or ANAME record (or CNAME flattening) "+
+			"at your DNS host, or with A/AAAA records equal to those of %s.", domain, target, target)
+		if res.Outcome == dnsverify.CloudflareProxied {
+			summary = fmt.Sprintf("In Cloudflare, set the record of %s to \"DNS only\" (grey cloud) and flatten it to %s, "+
+				"or keep the proxy and add the records of the dcv_delegation check.", domain, target)
+		}
+		c.Status = checkFail
+		c.Remediation = remedy(remedyDNS, summary, DNSRecord{Name: domain, Type: "ALIAS", Value: target})
+		return c
+	}
 	var summary string
 	switch res.Outcome {
 	case dnsverify.WrongTarget:
 		summary = fmt.Sprintf("Change the CNAME record of %s to point at %s.", domain, target)
 	case dnsverify.CloudflareProxied:
-		summary = fmt.Sprintf("In Cloudflare, set the record of %s to \"DNS only\" (grey cloud) and make it a CNAME to %s.", domain, target)
+		summary = fmt.Sprintf("In Cloudflare, set the record of %s to \"DNS only\" (grey cloud) and make it a CNAME to %s, "+
+			"or keep the proxy and add the records of the dcv_delegation check.", domain, target)
 	case dnsverify.OtherAddresses:
 		summary = fmt.Sprintf("Replace the address records of %s with a CNAME record pointing at %s.", domain, target)
 	default:
@@ -241,6 +300,112 @@ func (d *Diagnoser) checkCNAME(ctx context.Context, rec store.Record) Check {
 	}
 	c.Status = checkFail
 	c.Remediation = remedy(remedyDNS, summary, DNSRecord{Name: domain, Type: "CNAME", Value: target})
+	return c
+}
+
+// ownershipCheck: is the domain proven to be this record's? A CNAME (or
+// chain) to the target proves it by itself; otherwise the ownership TXT
+// record must hold the record's token. It applies when the domain cannot
+// or does not use a CNAME: it reaches the target by its addresses, it is
+// a zone apex, or Cloudflare's proxy hides its records.
+func ownershipCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.OwnershipResult) Check {
+	c := Check{ID: "ownership", Name: "The domain is proven to be this record's"}
+	domain, target := rec.Domain, rec.TargetCNAME
+	o := rec.Ownership()
+	record := DNSRecord{Name: o.Name, Type: o.Type, Value: o.Value}
+	addTXT := fmt.Sprintf("Add the TXT record %s with the value %s.", o.Name, o.Value)
+	found := o.Name + " has no TXT record"
+	if len(txt.Found) > 0 {
+		found = "the TXT records of " + o.Name + " do not hold this record's token"
+	}
+	apex := dnsverify.IsApex(domain)
+	switch {
+	case res.Outcome == dnsverify.Pointing && res.Via != dnsverify.ViaFlattened:
+		c.Status = checkPass
+		c.Detail = fmt.Sprintf("The CNAME of %s to %s proves that the domain is this record's; no TXT record is needed.", domain, target)
+	case txt.Proven || res.Outcome == dnsverify.Pointing:
+		// Pointing by flattening means the cname check's own look at the
+		// TXT record found the token.
+		c.Status = checkPass
+		c.Detail = fmt.Sprintf("The ownership TXT record %s holds this record's token.", o.Name)
+	case txt.Err != nil && (res.Outcome == dnsverify.OwnershipMissing || apex || res.Outcome == dnsverify.CloudflareProxied):
+		c.Status = checkWarn
+		c.Detail = fmt.Sprintf("The ownership TXT record %s could not be looked up: the DNS resolver did not answer.", o.Name)
+		c.Remediation = remedy(remedyWait, "Run the diagnosis again in a few minutes: the DNS resolver did not answer, "+
+			"which says nothing about your records.")
+	case res.Outcome == dnsverify.OwnershipMissing:
+		c.Status = checkFail
+		c.Detail = fmt.Sprintf("%s reaches %s by its addresses alone, which every domain served here shares, so they do not prove "+
+			"that %s is yours; %s.", domain, target, domain, found)
+		c.Remediation = remedy(remedyDNS, addTXT, record)
+	case apex:
+		c.Status = checkFail
+		c.Detail = fmt.Sprintf("%s is a zone apex, which cannot hold a CNAME: only its ownership TXT record can prove that it is "+
+			"this record's, and %s.", domain, found)
+		c.Remediation = remedy(remedyDNS, addTXT, record)
+	case res.Outcome == dnsverify.CloudflareProxied:
+		c.Status = checkFail
+		c.Detail = fmt.Sprintf("Cloudflare's proxy hides the records of %s, so no CNAME can prove that it is this record's; "+
+			"while it stays proxied, only its ownership TXT record can, and %s.", domain, found)
+		c.Remediation = remedy(remedyDNS, addTXT+" (Or set the record to \"DNS only\" and use a CNAME, as the cname check says.)", record)
+	case res.Outcome == dnsverify.ResolverFailure:
+		c.Status = checkSkip
+		c.Detail = "Not checked: the cname check could not resolve the domain."
+	default:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Not needed once %s has a CNAME to %s, which proves by itself that the domain is this record's. "+
+			"Only if %s reaches %s by address records instead (CNAME flattening, ALIAS) must it also publish the TXT record "+
+			"%s with the value %s.", domain, target, domain, target, o.Name, o.Value)
+	}
+	return c
+}
+
+// delegationCheck: is _acme-challenge.<domain> a CNAME to the record's
+// delegation target? It is optional: it lets the certificate authority's
+// DNS-01 validation be answered by this deployment's own zone, so a
+// certificate can be had before traffic points here, and it is the way
+// for a domain kept behind Cloudflare's proxy, together with the
+// ownership TXT record.
+func delegationCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.OwnershipResult, deleg dnsverify.DelegationResult) Check {
+	c := Check{ID: "dcv_delegation", Name: "Certificate validation is delegated to this server"}
+	dcv := rec.DCVDelegation()
+	record := DNSRecord{Name: dcv.Name, Type: dcv.Type, Value: dcv.Value}
+	cloudflare := res.Outcome == dnsverify.CloudflareProxied
+	now := "there is no such record now"
+	if len(deleg.Chain) > 0 {
+		now = "it is now a CNAME to " + strings.TrimSuffix(deleg.Chain[0], ".")
+	}
+	switch {
+	case deleg.Delegated:
+		c.Status = checkPass
+		c.Detail = fmt.Sprintf("%s is a CNAME to %s: the certificate authority's DNS-01 validation of %s is answered by this "+
+			"server's zone.", dcv.Name, dcv.Value, rec.Domain)
+	case deleg.Err != nil:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Not checked: the DNS resolver did not answer for %s.", dcv.Name)
+	case cloudflare:
+		c.Status = checkWarn
+		c.Detail = fmt.Sprintf("%s is proxied by Cloudflare (orange cloud), which hides its DNS records, so no CNAME to %s can "+
+			"be seen. To keep the proxy, delegate the certificate authority's validation to this server with a CNAME from %s "+
+			"to %s (%s), and prove the domain is yours with its ownership TXT record.", rec.Domain, rec.TargetCNAME, dcv.Name, dcv.Value, now)
+		records := []DNSRecord{record}
+		if !txt.Proven {
+			o := rec.Ownership()
+			records = append(records, DNSRecord{Name: o.Name, Type: o.Type, Value: o.Value})
+		}
+		c.Remediation = remedy(remedyDNS, "To keep Cloudflare's proxy, add these records (set the CNAME to \"DNS only\"): the delegation "+
+			"lets the certificate be validated through this server's zone, and the TXT record proves the domain is yours.", records...)
+	case len(deleg.Chain) > 0:
+		c.Status = checkWarn
+		c.Detail = fmt.Sprintf("%s is a CNAME to %s, not to %s, so this server cannot answer the certificate authority's DNS-01 "+
+			"validation of %s.", dcv.Name, strings.TrimSuffix(deleg.Chain[0], "."), dcv.Value, rec.Domain)
+		c.Remediation = remedy(remedyDNS, fmt.Sprintf("Change the CNAME of %s to point at %s.", dcv.Name, dcv.Value), record)
+	default:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Optional, and not set up (%s): with a CNAME from %s to %s, the certificate authority validates %s "+
+			"through this server's zone (DNS-01), so a certificate can be had before traffic points here, and a domain behind "+
+			"Cloudflare's proxy can be served with its ownership TXT record.", now, dcv.Name, dcv.Value, rec.Domain)
+	}
 	return c
 }
 

@@ -25,7 +25,7 @@ import (
 )
 
 // checkIDs are the checks of a report, in order.
-var checkIDs = []string{"cname", "caa", "http_challenge", "certificate", "live"}
+var checkIDs = []string{"cname", "ownership", "dcv_delegation", "caa", "http_challenge", "certificate", "live"}
 
 // postDiagnose sends POST …/proxy_records/{id}/diagnose/ with key to srv.
 func postDiagnose(t *testing.T, srv *httptest.Server, key, org, id string) (int, http.Header, []byte) {
@@ -209,7 +209,7 @@ func TestDiagnoseWaitingWithoutCNAME(t *testing.T) {
 	rec := env.Create(t, "diag.shop.example.com")
 	rep := diagnoseRecord(t, env, rec.ID)
 
-	wantStatuses(t, rep, "fail", "pass", "skip", "skip", "skip")
+	wantStatuses(t, rep, "fail", "skip", "skip", "pass", "skip", "skip", "skip")
 	wantSummary(t, rep, "fail", "cname")
 	cname := byID(t, rep, "cname")
 	if cname.Remediation == nil || cname.Remediation.Type != "dns" {
@@ -234,7 +234,7 @@ func TestDiagnoseValidIsHealthy(t *testing.T) {
 	env.WaitStatus(t, rec.ID, store.StatusValid)
 
 	rep := diagnoseRecord(t, env, rec.ID)
-	wantStatuses(t, rep, "pass", "pass", "pass", "pass", "pass")
+	wantStatuses(t, rep, "pass", "pass", "skip", "pass", "pass", "pass", "pass")
 	if s := rep.Summary; s.Status != "healthy" || s.PrimaryIssue != nil || s.NextAction != nil {
 		t.Errorf("summary %+v, want healthy with nothing to do", s)
 	}
@@ -256,7 +256,7 @@ func TestDiagnoseCAAForbids(t *testing.T) {
 	env.WaitStatus(t, rec.ID, store.StatusErroring)
 
 	rep := diagnoseRecord(t, env, rec.ID)
-	wantStatuses(t, rep, "pass", "fail", "pass", "warn", "skip")
+	wantStatuses(t, rep, "pass", "pass", "skip", "fail", "pass", "warn", "skip")
 	wantSummary(t, rep, "fail", "caa")
 	caa := byID(t, rep, "caa")
 	if caa.Remediation == nil || caa.Remediation.Type != "dns" {
@@ -282,7 +282,7 @@ func TestDiagnoseCNAMERemoved(t *testing.T) {
 	env.DNS.Remove("gone.shop.example.com")
 
 	rep := diagnoseRecord(t, env, rec.ID)
-	wantStatuses(t, rep, "fail", "pass", "skip", "pass", "pass")
+	wantStatuses(t, rep, "fail", "skip", "skip", "pass", "skip", "pass", "pass")
 	wantSummary(t, rep, "fail", "cname")
 	if got := byID(t, rep, "cname").Remediation.Records; len(got) != 1 || got[0].Value != rec.TargetCNAME {
 		t.Errorf("cname remediation records %+v", got)
@@ -384,7 +384,7 @@ func TestDiagnoseBounded(t *testing.T) {
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
 		t.Errorf("the diagnosis took %v, want at most 5 s", elapsed)
 	}
-	wantStatuses(t, rep, "pass", "warn", "fail", "pass", "fail")
+	wantStatuses(t, rep, "pass", "pass", "skip", "warn", "fail", "pass", "fail")
 }
 
 func TestDiagnoseAuthorization(t *testing.T) {

@@ -1,9 +1,22 @@
 // Package diagnose runs the diagnostic report of one proxy record: the
-// cname, caa, http_challenge, certificate and live checks against the world
-// as it is now, each with a status (pass, warn, fail, skip) and, when
-// something is to be done, a remediation (change DNS, change the server's
-// configuration, wait, retry). A diagnosis only reads; it never changes a
-// record.
+// cname, ownership, dcv_delegation, caa, http_challenge, certificate and
+// live checks against the world as it is now, each with a status (pass,
+// warn, fail, skip) and, when something is to be done, a remediation
+// (change DNS, change the server's configuration, wait, retry). A
+// diagnosis only reads; it never changes a record.
+//
+// # Ownership and delegation
+//
+// The cname check passes when traffic for the domain reaches the target:
+// by a CNAME, a chain, or the same addresses. The ownership check says
+// whether the domain is proven to be this record's: a CNAME to the target
+// proves it; the same addresses do not (every target has them), so a
+// flattened domain, a zone apex, or one kept behind Cloudflare's proxy
+// needs the record's ownership TXT record. The dcv_delegation check looks
+// at the optional _acme-challenge CNAME that hands the certificate
+// authority's DNS-01 validation to this deployment's zone; for a domain
+// behind Cloudflare's proxy it and the ownership TXT record are the way to
+// keep the proxy, and the report says so.
 //
 // # Probes on a customer's behalf
 //

@@ -7,6 +7,9 @@ import "github.com/edgeproxy/edgeproxy/lifecycle/lifecycletest"
 // its plain HTTP listener answers the Diagnoser's probes.
 const lifecycleBase = lifecycletest.Base
 
-type lifecycleEnv = lifecycletest.Env
+type (
+	lifecycleEnv = lifecycletest.Env
+	apiRecord    = lifecycletest.Record
+)
 
 var newLifecycleEnv = lifecycletest.New

@@ -32,6 +32,11 @@ const (
 	// ResolverFailure: no resolver answered (SERVFAIL, REFUSED, timeout, network error). It
 	// says nothing about the customer's records; check again later.
 	ResolverFailure
+	// OwnershipMissing: the domain has no CNAME but the same A/AAAA set as the target
+	// (flattening, ALIAS, a zone apex), and its ownership TXT record is missing or does not
+	// hold the record's token. Traffic would arrive, but nothing proves the domain is the
+	// record's.
+	OwnershipMissing
 )
 
 var outcomeNames = map[Outcome]string{
@@ -41,6 +46,7 @@ var outcomeNames = map[Outcome]string{
 	CloudflareProxied: "cloudflare_proxied",
 	OtherAddresses:    "other_addresses",
 	ResolverFailure:   "resolver_failure",
+	OwnershipMissing:  "ownership_missing",
 }
 
 // String returns the outcome in snake_case ("wrong_target"), fit for logs and metric labels.
@@ -55,14 +61,15 @@ func (o Outcome) String() string {
 const (
 	ViaCNAME     = "cname"     // the domain's own CNAME is the target
 	ViaChain     = "chain"     // a later hop of the domain's CNAME chain is the target
-	ViaFlattened = "flattened" // no CNAME, but the same non-empty A/AAAA set as the target
+	ViaFlattened = "flattened" // no CNAME, the same non-empty A/AAAA set as the target, and the ownership TXT
 )
 
 // CNAMEResult is the result of [Verifier.CheckCNAME].
 type CNAMEResult struct {
 	Outcome Outcome
 	// Via says how the domain points at the target when Outcome is Pointing: ViaCNAME,
-	// ViaChain or ViaFlattened; "" otherwise.
+	// ViaChain or ViaFlattened; "" otherwise. It is also how the domain's ownership was proven:
+	// by the CNAME, or by the ownership TXT record.
 	Via string
 	// Found is what DNS shows for the domain now, one record a line in presentation form:
 	// "CNAME other.example.net." or "A 192.0.2.1" for the domain's own records, prefixed by
@@ -74,7 +81,9 @@ type CNAMEResult struct {
 	// when the answer carried no SOA.
 	NegativeTTL time.Duration
 	// Message is one or a few sentences for the customer: what DNS shows now and, unless
-	// Pointing or ResolverFailure, the exact record to add ("Add this record: ...").
+	// Pointing or ResolverFailure, the exact record to add ("Add this record: ..."): a CNAME
+	// to the target, the ownership TXT record, or for a zone apex the address (or ALIAS)
+	// records and the ownership TXT record.
 	Message string
 	// Err is the error behind a ResolverFailure, for logs; nil otherwise. It wraps ErrNoAnswer
 	// unless domain was not a valid name (a caller's bug, not worth retrying).
@@ -86,6 +95,7 @@ type lookup struct {
 	err   error
 	chain []string     // CNAME targets from the queried name on, fully qualified
 	addrs []netip.Addr // A or AAAA records in the answer
+	txts  []string     // TXT records in the answer, each one's strings joined
 	nx    bool         // NXDOMAIN
 	soa   *dns.SOA     // from the authority section of a negative answer
 }
@@ -121,6 +131,12 @@ func (v *Verifier) lookup(ctx context.Context, name string, qtype uint16) lookup
 			if a, ok := netip.AddrFromSlice(rr.AAAA); ok {
 				l.addrs = append(l.addrs, a)
 			}
+		case *dns.TXT:
+			var v strings.Builder
+			for _, part := range rr.Txt {
+				v.WriteString(unescapeTXT(part))
+			}
+			l.txts = append(l.txts, v.String())
 		}
 	}
 	for _, rr := range r.Ns {
@@ -141,17 +157,42 @@ func (v *Verifier) lookupAddrs(ctx context.Context, name string) (a, aaaa lookup
 	return a, aaaa
 }
 
-// CheckCNAME reports whether domain points at target: by its CNAME, by a CNAME chain that
-// reaches target, or by flattening (see the package documentation). It never returns an
-// error: a failure to get an answer is the ResolverFailure outcome, with Err set.
-func (v *Verifier) CheckCNAME(ctx context.Context, domain, target string) CNAMEResult {
+// CheckCNAME reports whether domain points at target and the domain's ownership is proven:
+// by its CNAME, by a CNAME chain that reaches target, or by flattening (the same A/AAAA set as
+// target) together with the ownership TXT record own (see the package documentation). It never
+// returns an error: a failure to get an answer is the ResolverFailure outcome, with Err set.
+func (v *Verifier) CheckCNAME(ctx context.Context, domain, target string, own Ownership) CNAMEResult {
 	d, t := normalize(domain), normalize(target)
 	if _, ok := dns.IsDomainName(d); !ok || d == "" {
 		err := fmt.Errorf("dnsverify: checking CNAME: invalid domain name %q", domain)
 		return CNAMEResult{Outcome: ResolverFailure, Err: err,
 			Message: fmt.Sprintf("%q is not a valid domain name.", domain)}
 	}
-	addRecord := fmt.Sprintf("Add this record: %s CNAME %s", d, t)
+	apex := IsApex(d)
+	// addRecord ends every message that asks for a change: the CNAME to add, or what a zone
+	// apex needs instead. An apex's advice lists the target's addresses, looked up once.
+	var (
+		targetLooked bool
+		ta, taaaa    lookup
+	)
+	targetAddrs := func() (lookup, lookup) {
+		if !targetLooked {
+			ta, taaaa = v.lookupAddrs(ctx, t)
+			targetLooked = true
+		}
+		return ta, taaaa
+	}
+	addRecord := func() string {
+		if !apex {
+			return fmt.Sprintf("Add this record: %s CNAME %s", d, t)
+		}
+		a, aaaa := targetAddrs()
+		var addrs []netip.Addr
+		if a.err == nil && aaaa.err == nil {
+			addrs = append(append(addrs, a.addrs...), aaaa.addrs...)
+		}
+		return apexAdvice(d, t, own, addrs)
+	}
 
 	a, aaaa := v.lookupAddrs(ctx, d)
 
@@ -182,7 +223,7 @@ func (v *Verifier) CheckCNAME(ctx context.Context, domain, target string) CNAMER
 		}
 		res.Outcome = WrongTarget
 		res.Message = fmt.Sprintf("%s has a CNAME to %s, not to %s. Replace that CNAME. %s",
-			d, first, t, addRecord)
+			d, first, t, addRecord())
 		return res
 	}
 
@@ -191,18 +232,28 @@ func (v *Verifier) CheckCNAME(ctx context.Context, domain, target string) CNAMER
 	}
 	addrs := append(append([]netip.Addr(nil), a.addrs...), aaaa.addrs...)
 	if len(addrs) == 0 {
-		return missing(d, a, aaaa, addRecord)
+		return missing(d, a, aaaa, addRecord())
 	}
 	found := describeAddrs("", addrs)
 
-	ta, taaaa := v.lookupAddrs(ctx, t)
+	ta, taaaa = targetAddrs()
 	targetErr := cmp.Or(ta.err, taaaa.err)
-	var targetAddrs []netip.Addr
+	var targetAddrList []netip.Addr
 	if targetErr == nil {
-		targetAddrs = append(append(targetAddrs, ta.addrs...), taaaa.addrs...)
-		if sameAddrs(addrs, targetAddrs) {
+		targetAddrList = append(append(targetAddrList, ta.addrs...), taaaa.addrs...)
+		if sameAddrs(addrs, targetAddrList) {
+			// The addresses reach the target, but every target has them: only the ownership
+			// TXT record says the domain is this record's.
+			txt := v.CheckOwnership(ctx, own)
+			switch {
+			case txt.Err != nil:
+				return resolverFailure(d, fmt.Errorf("dnsverify: checking CNAME of %s: %w", d, txt.Err))
+			case !txt.Proven:
+				return unproven(d, t, own, apex, found, txt)
+			}
 			return CNAMEResult{Outcome: Pointing, Via: ViaFlattened, Found: found,
-				Message: fmt.Sprintf("%s has no CNAME but the same addresses as %s (a flattened CNAME).", d, t)}
+				Message: fmt.Sprintf("%s has no CNAME but the same addresses as %s (a flattened CNAME), and its ownership TXT record %s holds this record's token.",
+					d, t, normalize(own.Name))}
 		}
 	}
 	var cf []string
@@ -215,25 +266,30 @@ func (v *Verifier) CheckCNAME(ctx context.Context, domain, target string) CNAMER
 		return CNAMEResult{Outcome: CloudflareProxied, Found: found, Message: fmt.Sprintf(
 			"%s resolves to %s, addresses of Cloudflare's proxy: the record is proxied "+
 				"(orange cloud), which hides any CNAME behind it. In Cloudflare's DNS settings, "+
-				"set the record to \"DNS only\" (grey cloud). %s", d, strings.Join(cf, ", "), addRecord)}
+				"set the record to \"DNS only\" (grey cloud). %s", d, strings.Join(cf, ", "), addRecord())}
 	}
 	if targetErr != nil {
 		// The addresses might be a flattened CNAME; without the target's there is no telling.
 		return resolverFailure(d, fmt.Errorf("dnsverify: checking CNAME of %s: resolving target %s: %w", d, t, targetErr))
 	}
-	if subsetAddrs(addrs, targetAddrs) {
+	replace := "Replace those address records with a CNAME. "
+	if apex {
+		replace = ""
+	}
+	if subsetAddrs(addrs, targetAddrList) {
 		// A flattening that copied only some of the target's addresses (often A but not AAAA).
 		return CNAMEResult{Outcome: OtherAddresses, Found: found, Message: fmt.Sprintf(
 			"%s has %s and no CNAME: only part of the addresses of %s (%s), so it is not a complete "+
-				"flattened CNAME. Replace those address records with a CNAME. %s",
-			d, strings.Join(found, ", "), t, strings.Join(describeAddrs("", targetAddrs), ", "), addRecord)}
+				"flattened CNAME. %s%s",
+			d, strings.Join(found, ", "), t, strings.Join(describeAddrs("", targetAddrList), ", "), replace, addRecord())}
 	}
 	return CNAMEResult{Outcome: OtherAddresses, Found: found, Message: fmt.Sprintf(
-		"%s has %s and no CNAME to %s. Replace those address records with a CNAME. %s",
-		d, strings.Join(found, ", "), t, addRecord)}
+		"%s has %s and no CNAME to %s. %s%s",
+		d, strings.Join(found, ", "), t, replace, addRecord())}
 }
 
-// missing builds the result for a domain with no CNAME, A or AAAA record.
+// missing builds the result for a domain with no CNAME, A or AAAA record; addRecord is the
+// last sentence, the records to add.
 func missing(d string, a, aaaa lookup, addRecord string) CNAMEResult {
 	res := CNAMEResult{Outcome: Missing}
 	var msg strings.Builder

@@ -1,6 +1,7 @@
 package dnsverify
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +19,12 @@ const (
 	domain    = "e.example.com"
 	target    = "0123456789abcdef0123.proxy.example.net"
 	addRecord = "Add this record: e.example.com CNAME 0123456789abcdef0123.proxy.example.net"
+	token     = "edgeproxy-verification=thisrecordstoken"
+	addTXT    = `add this record: _edgeproxy.e.example.com TXT "edgeproxy-verification=thisrecordstoken"`
 )
+
+// own is the ownership TXT record of the record under test.
+var own = Ownership{Name: "_edgeproxy." + domain, Token: token}
 
 // newVerifier returns a Verifier for servers with a short timeout, failing the test on error.
 func newVerifier(t *testing.T, timeout time.Duration, servers ...string) *Verifier {
@@ -43,6 +49,9 @@ func TestCheckCNAME(t *testing.T) {
 		// message must contain each of these, and none of notInMsg.
 		inMsg    []string
 		notInMsg []string
+		// end is how the message of an outcome that asks for a change ends: the record to
+		// add. Default addRecord.
+		end string
 	}{
 		{
 			name: "CNAME to the target",
@@ -95,28 +104,138 @@ func TestCheckCNAME(t *testing.T) {
 			want: Pointing, via: ViaChain,
 		},
 		{
-			name: "flattened, A",
+			// The squatting case: anyone can make a name resolve to the edge's addresses.
+			name: "flattened, A, without the ownership TXT",
 			setup: func(s *dnstest.Server) {
 				s.SetA(domain, "192.0.2.11", "192.0.2.10")
 				s.SetA(target, "192.0.2.10", "192.0.2.11")
 			},
-			want: Pointing, via: ViaFlattened,
+			want:  OwnershipMissing,
 			found: []string{"A 192.0.2.11", "A 192.0.2.10"},
+			inMsg: []string{"same addresses as " + target, "do not prove", "_edgeproxy.e.example.com has no TXT record",
+				"replace the address records of e.example.com with a CNAME to " + target},
+			end: addTXT,
 		},
 		{
-			name: "flattened, AAAA",
+			name: "flattened, A, with the ownership TXT",
+			setup: func(s *dnstest.Server) {
+				s.SetA(domain, "192.0.2.11", "192.0.2.10")
+				s.SetA(target, "192.0.2.10", "192.0.2.11")
+				s.SetTXT("_edgeproxy."+domain, "v=spf1 -all", token)
+			},
+			want: Pointing, via: ViaFlattened,
+			found: []string{"A 192.0.2.11", "A 192.0.2.10"},
+			inMsg: []string{"_edgeproxy.e.example.com holds this record's token"},
+		},
+		{
+			name: "flattened, AAAA, with the ownership TXT",
 			setup: func(s *dnstest.Server) {
 				s.SetA(domain, "2001:db8::10")
 				s.SetA(target, "2001:db8::10")
+				s.SetTXT("_edgeproxy."+domain, token)
 			},
 			want: Pointing, via: ViaFlattened, found: []string{"AAAA 2001:db8::10"},
 		},
 		{
-			name: "flattened, A and AAAA, target behind its own CNAME",
+			name: "flattened, A and AAAA, target behind its own CNAME, TXT behind a CNAME",
 			setup: func(s *dnstest.Server) {
 				s.SetA(domain, "192.0.2.10", "2001:db8::10")
 				s.SetCNAME(target, "lb.proxy.example.net")
 				s.SetA("lb.proxy.example.net", "2001:db8::10", "192.0.2.10")
+				s.SetCNAME("_edgeproxy."+domain, "verify.dns-host.example.org")
+				s.SetTXT("verify.dns-host.example.org", token)
+			},
+			want: Pointing, via: ViaFlattened,
+		},
+		{
+			name: "flattened, TXT value in quotes, as some DNS hosts store it",
+			setup: func(s *dnstest.Server) {
+				s.SetA(domain, "192.0.2.10")
+				s.SetA(target, "192.0.2.10")
+				s.SetTXT("_edgeproxy."+domain, ` "`+token+`" `)
+			},
+			want: Pointing, via: ViaFlattened,
+		},
+		{
+			name: "flattened, TXT holding another record's token",
+			setup: func(s *dnstest.Server) {
+				s.SetA(domain, "192.0.2.10")
+				s.SetA(target, "192.0.2.10")
+				s.SetTXT("_edgeproxy."+domain, "edgeproxy-verification=anotherrecordstoken")
+			},
+			want:  OwnershipMissing,
+			inMsg: []string{`the TXT records of _edgeproxy.e.example.com ("edgeproxy-verification=anotherrecordstoken") do not hold this record's token`},
+			end:   addTXT,
+		},
+		{
+			name: "flattened, TXT with the token only as a prefix",
+			setup: func(s *dnstest.Server) {
+				s.SetA(domain, "192.0.2.10")
+				s.SetA(target, "192.0.2.10")
+				s.SetTXT("_edgeproxy."+domain, token+"x", "x"+token)
+			},
+			want: OwnershipMissing, end: addTXT,
+		},
+		{
+			name: "flattened, the TXT lookup fails",
+			setup: func(s *dnstest.Server) {
+				s.SetA(domain, "192.0.2.10")
+				s.SetA(target, "192.0.2.10")
+				s.SetRcode("_edgeproxy."+domain, dns.RcodeServerFailure)
+			},
+			want: ResolverFailure, inMsg: []string{"retried"}, notInMsg: []string{"Add this record", "add this record"},
+		},
+		{
+			name: "the ownership TXT alone, addresses elsewhere",
+			setup: func(s *dnstest.Server) {
+				s.SetA(domain, "203.0.113.5")
+				s.SetA(target, "192.0.2.10")
+				s.SetTXT("_edgeproxy."+domain, token)
+			},
+			want: OtherAddresses, inMsg: []string{"no CNAME to " + target},
+		},
+		{
+			name:   "apex without records",
+			domain: "example.com",
+			setup: func(s *dnstest.Server) {
+				s.SetA(target, "192.0.2.10", "2001:db8::10")
+			},
+			want: Missing,
+			inMsg: []string{"example.com is a zone apex, where a CNAME cannot be added",
+				"ALIAS", "example.com A 192.0.2.10, example.com AAAA 2001:db8::10"},
+			notInMsg: []string{"CNAME " + target},
+			end:      `add this record: _edgeproxy.example.com TXT "` + token + `"`,
+		},
+		{
+			name:   "apex with other addresses",
+			domain: "example.com",
+			setup: func(s *dnstest.Server) {
+				s.SetA("example.com", "203.0.113.5")
+				s.SetA(target, "192.0.2.10")
+			},
+			want:     OtherAddresses,
+			inMsg:    []string{"zone apex", "example.com A 192.0.2.10"},
+			notInMsg: []string{"Replace those address records with a CNAME"},
+			end:      `add this record: _edgeproxy.example.com TXT "` + token + `"`,
+		},
+		{
+			name:   "apex with the target's addresses, without the TXT",
+			domain: "example.com",
+			setup: func(s *dnstest.Server) {
+				s.SetA("example.com", "192.0.2.10")
+				s.SetA(target, "192.0.2.10")
+			},
+			want:     OwnershipMissing,
+			notInMsg: []string{"replace the address records"},
+			end:      `Add this record: _edgeproxy.example.com TXT "` + token + `"`,
+		},
+		{
+			name:   "apex with the target's addresses and the TXT",
+			domain: "example.co.uk",
+			setup: func(s *dnstest.Server) {
+				s.SetA("example.co.uk", "192.0.2.10")
+				s.SetA(target, "192.0.2.10")
+				s.SetTXT("_edgeproxy.example.co.uk", token)
 			},
 			want: Pointing, via: ViaFlattened,
 		},
@@ -265,7 +384,8 @@ func TestCheckCNAME(t *testing.T) {
 				tg = tt.target
 			}
 			v := newVerifier(t, time.Second, s.Addr())
-			got := v.CheckCNAME(context.Background(), d, tg)
+			o := Ownership{Name: "_edgeproxy." + strings.ToLower(strings.TrimSuffix(d, ".")), Token: token}
+			got := v.CheckCNAME(context.Background(), d, tg, o)
 			t.Logf("message: %s", got.Message)
 
 			if got.Outcome != tt.want {
@@ -295,7 +415,7 @@ func TestCheckCNAME(t *testing.T) {
 			}
 			switch got.Outcome {
 			case Pointing:
-				if strings.Contains(got.Message, "Add this record") {
+				if strings.Contains(strings.ToLower(got.Message), "add this record") {
 					t.Error("Pointing message asks to add a record")
 				}
 			case ResolverFailure:
@@ -303,8 +423,9 @@ func TestCheckCNAME(t *testing.T) {
 					t.Errorf("Err = %v, want it to wrap ErrNoAnswer", got.Err)
 				}
 			default:
-				if !strings.HasSuffix(got.Message, addRecord) {
-					t.Errorf("Message does not end with %q", addRecord)
+				end := cmp.Or(tt.end, addRecord)
+				if !strings.HasSuffix(got.Message, end) {
+					t.Errorf("Message does not end with %q", end)
 				}
 			}
 			if got.Outcome != ResolverFailure && got.Err != nil {
@@ -321,7 +442,7 @@ func TestCheckCNAMEFollowsChanges(t *testing.T) {
 	v := newVerifier(t, time.Second, s.Addr())
 	check := func(want Outcome) {
 		t.Helper()
-		if got := v.CheckCNAME(context.Background(), domain, target); got.Outcome != want {
+		if got := v.CheckCNAME(context.Background(), domain, target, own); got.Outcome != want {
 			t.Errorf("Outcome = %v, want %v: %s", got.Outcome, want, got.Message)
 		}
 	}
@@ -341,7 +462,7 @@ func TestResolverFailures(t *testing.T) {
 		s.Stop()
 		v := newVerifier(t, 300*time.Millisecond, s.Addr())
 		start := time.Now()
-		got := v.CheckCNAME(context.Background(), domain, target)
+		got := v.CheckCNAME(context.Background(), domain, target, own)
 		if elapsed := time.Since(start); elapsed > 2*time.Second {
 			t.Errorf("took %v with a 300ms timeout", elapsed)
 		}
@@ -359,7 +480,7 @@ func TestResolverFailures(t *testing.T) {
 		s.SetDelay(3 * time.Second)
 		v := newVerifier(t, 150*time.Millisecond, s.Addr())
 		start := time.Now()
-		got := v.CheckCNAME(context.Background(), domain, target)
+		got := v.CheckCNAME(context.Background(), domain, target, own)
 		if elapsed := time.Since(start); elapsed > 2*time.Second {
 			t.Errorf("took %v with a 150ms timeout", elapsed)
 		}
@@ -376,7 +497,7 @@ func TestResolverFailures(t *testing.T) {
 		s.SetCNAME(domain, target)
 		s.SetDelay(50 * time.Millisecond)
 		v := newVerifier(t, time.Second, s.Addr())
-		if got := v.CheckCNAME(context.Background(), domain, target); got.Outcome != Pointing {
+		if got := v.CheckCNAME(context.Background(), domain, target, own); got.Outcome != Pointing {
 			t.Errorf("Outcome = %v, want Pointing: %s", got.Outcome, got.Message)
 		}
 	})
@@ -387,7 +508,7 @@ func TestResolverFailures(t *testing.T) {
 		v := newVerifier(t, time.Second, s.Addr())
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if got := v.CheckCNAME(ctx, domain, target); got.Outcome != ResolverFailure {
+		if got := v.CheckCNAME(ctx, domain, target, own); got.Outcome != ResolverFailure {
 			t.Errorf("Outcome = %v, want ResolverFailure", got.Outcome)
 		}
 		if got := s.Queries(); got != 0 {
@@ -402,7 +523,7 @@ func TestFallbacks(t *testing.T) {
 		s.SetCNAME(domain, target)
 		s.SetTruncateUDP(true)
 		v := newVerifier(t, time.Second, s.Addr())
-		if got := v.CheckCNAME(context.Background(), domain, target); got.Outcome != Pointing {
+		if got := v.CheckCNAME(context.Background(), domain, target, own); got.Outcome != Pointing {
 			t.Errorf("Outcome = %v, want Pointing: %s (%v)", got.Outcome, got.Message, got.Err)
 		}
 		// A and AAAA, each over UDP then TCP.
@@ -419,8 +540,9 @@ func TestFallbacks(t *testing.T) {
 		}
 		s.SetA(domain, ips...)
 		s.SetA(target, ips...)
+		s.SetTXT("_edgeproxy."+domain, token)
 		v := newVerifier(t, time.Second, s.Addr())
-		got := v.CheckCNAME(context.Background(), domain, target)
+		got := v.CheckCNAME(context.Background(), domain, target, own)
 		if got.Outcome != Pointing || got.Via != ViaFlattened || len(got.Found) != 100 {
 			t.Errorf("Outcome = %v via %q with %d records, want Pointing via flattened with 100",
 				got.Outcome, got.Via, len(got.Found))
@@ -432,7 +554,7 @@ func TestFallbacks(t *testing.T) {
 		down.Stop()
 		up.SetCNAME(domain, target)
 		v := newVerifier(t, 300*time.Millisecond, down.Addr(), up.Addr())
-		if got := v.CheckCNAME(context.Background(), domain, target); got.Outcome != Pointing {
+		if got := v.CheckCNAME(context.Background(), domain, target, own); got.Outcome != Pointing {
 			t.Errorf("Outcome = %v, want Pointing: %s (%v)", got.Outcome, got.Message, got.Err)
 		}
 	})
@@ -442,7 +564,7 @@ func TestFallbacks(t *testing.T) {
 		failing.SetRcode(domain, dns.RcodeServerFailure)
 		good.SetCNAME(domain, target)
 		v := newVerifier(t, time.Second, failing.Addr(), good.Addr())
-		if got := v.CheckCNAME(context.Background(), domain, target); got.Outcome != Pointing {
+		if got := v.CheckCNAME(context.Background(), domain, target, own); got.Outcome != Pointing {
 			t.Errorf("Outcome = %v, want Pointing: %s (%v)", got.Outcome, got.Message, got.Err)
 		}
 		if failing.Queries() == 0 {
@@ -454,7 +576,7 @@ func TestFallbacks(t *testing.T) {
 		first, second := dnstest.Start(t), dnstest.Start(t)
 		second.SetCNAME(domain, target)
 		v := newVerifier(t, time.Second, first.Addr(), second.Addr())
-		if got := v.CheckCNAME(context.Background(), domain, target); got.Outcome != Missing {
+		if got := v.CheckCNAME(context.Background(), domain, target, own); got.Outcome != Missing {
 			t.Errorf("Outcome = %v, want Missing", got.Outcome)
 		}
 		if got := second.Queries(); got != 0 {
@@ -467,7 +589,7 @@ func TestFallbacks(t *testing.T) {
 		a.SetRcode(domain, dns.RcodeServerFailure)
 		b.Stop()
 		v := newVerifier(t, 300*time.Millisecond, a.Addr(), b.Addr())
-		got := v.CheckCNAME(context.Background(), domain, target)
+		got := v.CheckCNAME(context.Background(), domain, target, own)
 		if got.Outcome != ResolverFailure {
 			t.Fatalf("Outcome = %v, want ResolverFailure", got.Outcome)
 		}
@@ -481,7 +603,7 @@ func TestFallbacks(t *testing.T) {
 
 func TestCheckCNAMEInvalidDomain(t *testing.T) {
 	v := newVerifier(t, time.Second, "127.0.0.1:1")
-	if got := v.CheckCNAME(context.Background(), "", target); got.Outcome != ResolverFailure || got.Err == nil {
+	if got := v.CheckCNAME(context.Background(), "", target, own); got.Outcome != ResolverFailure || got.Err == nil {
 		t.Errorf("empty domain: Outcome = %v, Err = %v", got.Outcome, got.Err)
 	}
 }
@@ -490,7 +612,7 @@ func TestOutcomeString(t *testing.T) {
 	for o, want := range map[Outcome]string{
 		Pointing: "pointing", Missing: "missing", WrongTarget: "wrong_target",
 		CloudflareProxied: "cloudflare_proxied", OtherAddresses: "other_addresses",
-		ResolverFailure: "resolver_failure", 0: "outcome(0)",
+		ResolverFailure: "resolver_failure", OwnershipMissing: "ownership_missing", 0: "outcome(0)",
 	} {
 		if got := o.String(); got != want {
 			t.Errorf("Outcome(%d).String() = %q, want %q", int(o), got, want)

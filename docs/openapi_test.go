@@ -256,7 +256,9 @@ func TestOpenAPISchemas(t *testing.T) {
 		t.Errorf("ProxyRecord.status enum = %v, the store's statuses are %v", got, want)
 	}
 	for schema, props := range map[string][]string{
-		"ProxyRecord":               {"id", "domain", "target_cname", "status", "message", "created_at", "updated_at", "created_by"},
+		"ProxyRecord":               {"id", "domain", "target_cname", "ownership", "dcv_delegation", "status", "message", "created_at", "updated_at", "created_by"},
+		"OwnershipRecord":           {"name", "type", "value"},
+		"DCVDelegationRecord":       {"name", "type", "value"},
 		"ProxyRecordList":           {"results", "max_proxy_records"},
 		"Organization":              {"id", "name", "slug", "created_at", "max_proxy_records"},
 		"PaginatedOrganizationList": {"count", "next", "previous", "results"},
@@ -276,7 +278,7 @@ func TestOpenAPISchemas(t *testing.T) {
 	}
 	for key, values := range map[string][]string{
 		"DiagnoseSummary.status": {"healthy", "warn", "fail"},
-		"DiagnoseCheck.id":       {"cname", "caa", "http_challenge", "certificate", "live"},
+		"DiagnoseCheck.id":       {"cname", "ownership", "dcv_delegation", "caa", "http_challenge", "certificate", "live"},
 		"DiagnoseCheck.status":   {"pass", "warn", "fail", "skip"},
 	} {
 		if got := d.enums[key]; !slices.Equal(got, values) {
@@ -894,9 +896,9 @@ func TestOpenAPIErrorAnswers(t *testing.T) {
 		f.checkError(t, "no domain", create(t, `{}`), http.StatusBadRequest, "required", "This field is required.")
 		f.checkError(t, "a domain that is not a string", create(t, `{"domain":1}`), http.StatusBadRequest,
 			"invalid_input", "Not a valid string.")
-		a := create(t, `{"domain":"example.com"}`)
+		a := create(t, `{"domain":"co.uk"}`)
 		if a.status != http.StatusBadRequest || !bytes.Contains(a.body, []byte(`"invalid_input"`)) {
-			t.Errorf("a registrable domain: %d %s, want 400 invalid_input", a.status, a.body)
+			t.Errorf("a public suffix: %d %s, want 400 invalid_input", a.status, a.body)
 		}
 		f.checkError(t, "a domain another record holds", create(t, `{"domain":"r.example.com"}`), http.StatusBadRequest,
 			"unique", "A proxy record with this domain already exists.")

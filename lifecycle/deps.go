@@ -31,6 +31,9 @@ type Certs interface {
 
 // DNS is what the engine needs of the DNS verifier (*dnsverify.Verifier).
 type DNS interface {
-	CheckCNAME(ctx context.Context, domain, target string) dnsverify.CNAMEResult
+	// CheckCNAME reports whether the domain points at the target with its
+	// ownership proven: by a CNAME (or chain) to the target, or by the
+	// target's addresses together with the ownership TXT record own.
+	CheckCNAME(ctx context.Context, domain, target string, own dnsverify.Ownership) dnsverify.CNAMEResult
 	CheckCAA(ctx context.Context, domain string, identities []string) dnsverify.CAAResult
 }

@@ -5,10 +5,16 @@
 //
 // # Statuses
 //
-//   - waiting: registered; DNS does not yet point at target_cname.
-//   - issuing: DNS points at us; a certificate is being obtained.
+//   - waiting: registered; DNS does not yet point at target_cname, or
+//     reaches it by its addresses alone without the record's ownership
+//     TXT record (every target has the same addresses, so they prove
+//     nothing; a CNAME to the target does).
+//   - issuing: DNS points at us and proves the domain is the record's; a
+//     certificate is being obtained.
 //   - valid: a certificate is held and the domain is served.
-//   - warning: served, but the last monitor pass found a problem.
+//   - warning: served, but the last monitor pass found a problem (DNS
+//     moved away, the ownership proof is gone, the certificate is close to
+//     expiry, the edge did not answer).
 //   - erroring: no certificate could be had, or serving broke; retry allowed.
 //   - timed_out: DNS never pointed at us in time; retry allowed.
 //   - deleting: deletion was asked for while a certificate may exist; the

@@ -203,15 +203,23 @@ func NewEngine(st *store.Store, dns DNS, cm Certs, cfg Config) *Engine {
 	return e
 }
 
-// checkCNAME runs one CNAME check within dnsCheckTimeout and counts it.
+// checkCNAME runs one check of the record's DNS, its ownership proof
+// included, within dnsCheckTimeout and counts it.
 func (e *Engine) checkCNAME(ctx context.Context, r store.Record) dnsverify.CNAMEResult {
 	ctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
 	defer cancel()
 	start := time.Now()
-	res := e.dns.CheckCNAME(ctx, r.Domain, r.TargetCNAME)
+	res := e.dns.CheckCNAME(ctx, r.Domain, r.TargetCNAME, ownership(r))
 	e.metrics.dnsDuration.Observe(time.Since(start).Seconds())
 	e.metrics.dnsChecks.WithLabelValues(res.Outcome.String()).Inc()
 	return res
+}
+
+// ownership is the record's ownership TXT record, as the DNS check takes
+// it.
+func ownership(r store.Record) dnsverify.Ownership {
+	o := r.Ownership()
+	return dnsverify.Ownership{Name: o.Name, Token: o.Value}
 }
 
 // Wake makes the engine look for due records now; tests call it after
@@ -524,7 +532,8 @@ func (e *Engine) backoff(n int) time.Duration {
 // save applies fn to the record as stored, if it is still in the status
 // the step began with (an API call may have moved it meanwhile: then the
 // step's outcome no longer applies and the record is left alone). A status
-// change is logged once.
+// change is logged once. A record stored before ownership tokens existed
+// gets the token it has shown so far (store.Record.Token) written into it.
 func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 	var before store.Record
 	after, op, err := e.store.Mutate(r.ID, func(n *store.Record) (store.Op, error) {
@@ -533,6 +542,9 @@ func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 		}
 		before = *n
 		fn(n)
+		if n.OwnershipToken == "" {
+			n.OwnershipToken = n.Token()
+		}
 		return store.OpSave, nil
 	})
 	if err != nil {
@@ -579,8 +591,8 @@ func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 	if !now.Before(r.WaitingSince.Add(e.cfg.DNSWaitTimeout)) && res.Outcome != dnsverify.Pointing && res.Outcome != dnsverify.ResolverFailure {
 		e.save(r, func(n *store.Record) {
 			n.Status = store.StatusTimedOut
-			n.Message = ptr(fmt.Sprintf("DNS did not point %s at %s within %s. Add the CNAME record, then retry.",
-				r.Domain, r.TargetCNAME, e.cfg.DNSWaitTimeout))
+			n.Message = ptr(fmt.Sprintf("DNS did not point %s at %s within %s. %s, then retry.",
+				r.Domain, r.TargetCNAME, e.cfg.DNSWaitTimeout, res.Message))
 			n.NextCheckAt = time.Time{}
 			n.Checks = 0
 		})
@@ -622,7 +634,7 @@ func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 	default:
 		e.save(r, func(n *store.Record) {
 			n.Status = store.StatusIssuing
-			n.Message = ptr(fmt.Sprintf("DNS verified (%s points at %s via %s); requesting a certificate.", r.Domain, r.TargetCNAME, res.Via))
+			n.Message = ptr(verifiedMessage(r, res.Via))
 			n.IssuingSince = now
 			n.NextCheckAt = now
 			n.Checks = 0
@@ -862,11 +874,28 @@ func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 	}
 }
 
-// stepMonitor re-checks a live record: DNS still points at us, the
-// certificate is held and not close to expiry, and the edge answers a
-// handshake for the domain.
-// dnsWarning starts the monitor's finding that DNS moved away.
-const dnsWarning = "DNS no longer points here: "
+// verifiedMessage is the message of a record going issuing: how its DNS
+// points here and proves it is the record's.
+func verifiedMessage(r store.Record, via string) string {
+	if via == dnsverify.ViaFlattened {
+		return fmt.Sprintf("DNS verified (%s has the addresses of %s, and its ownership TXT record %s holds this record's token); requesting a certificate.",
+			r.Domain, r.TargetCNAME, r.Ownership().Name)
+	}
+	return fmt.Sprintf("DNS verified (%s points at %s via %s); requesting a certificate.", r.Domain, r.TargetCNAME, via)
+}
+
+// The monitor's findings about DNS start with one of these: DNS moved
+// away, or it still brings the domain here by its addresses but the
+// ownership TXT record that proved it is gone.
+const (
+	dnsWarning       = "DNS no longer points here: "
+	ownershipWarning = "The domain's ownership is no longer proven: "
+)
+
+// stepMonitor re-checks a live record: DNS still points at us and proves
+// the domain is the record's (a CNAME, or the addresses and the ownership
+// TXT record), the certificate is held and not close to expiry, and the
+// edge answers a handshake for the domain.
 
 func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 	var problems []string
@@ -875,6 +904,8 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 	switch res.Outcome {
 	case dnsverify.Pointing, dnsverify.ResolverFailure:
 		// A resolver failure says nothing about the customer's DNS.
+	case dnsverify.OwnershipMissing:
+		problems = append(problems, ownershipWarning+res.Message)
 	default:
 		problems = append(problems, dnsWarning+res.Message)
 	}
@@ -936,7 +967,8 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 		case len(problems) > 0:
 			n.Status = store.StatusWarning
 			n.Message = ptr(strings.Join(problems, " "))
-		case res.Outcome == dnsverify.ResolverFailure && n.Message != nil && strings.HasPrefix(*n.Message, dnsWarning):
+		case res.Outcome == dnsverify.ResolverFailure && n.Message != nil &&
+			(strings.HasPrefix(*n.Message, dnsWarning) || strings.HasPrefix(*n.Message, ownershipWarning)):
 			// Our resolver failed, so this run learned nothing about the
 			// DNS the warning is about: keep it.
 		default:

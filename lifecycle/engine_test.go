@@ -56,8 +56,10 @@ func TestLifecycleFlatteningAndChain(t *testing.T) {
 	env := newLifecycleEnv(t, nil)
 	flat := env.Create(t, "flat.shop.example.com")
 	chain := env.Create(t, "chain.shop.example.com")
-	// Flattening: the apex-style A answer equals the target's.
+	// Flattening: the apex-style A answer equals the target's, and the
+	// ownership TXT record proves the domain is the record's.
 	env.DNS.SetA("flat.shop.example.com", "127.0.0.1")
+	env.PublishOwnership(flat)
 	// A chain through the customer's own alias.
 	env.DNS.SetCNAME("chain.shop.example.com", "alias.shop.example.com")
 	env.DNS.SetCNAME("alias.shop.example.com", chain.TargetCNAME)

@@ -71,7 +71,7 @@ func newEngineMetrics(e *Engine, reg prometheus.Registerer) *engineMetrics {
 		m.held.WithLabelValues(by)
 	}
 	for _, o := range []dnsverify.Outcome{dnsverify.Pointing, dnsverify.Missing, dnsverify.WrongTarget,
-		dnsverify.CloudflareProxied, dnsverify.OtherAddresses, dnsverify.ResolverFailure} {
+		dnsverify.CloudflareProxied, dnsverify.OtherAddresses, dnsverify.ResolverFailure, dnsverify.OwnershipMissing} {
 		m.dnsChecks.WithLabelValues(o.String())
 	}
 	for _, r := range []string{"allowed", "forbidden", "resolver_failure"} {

@@ -256,7 +256,8 @@ func TestProvisionBurst(t *testing.T) {
 		float64(s.heap)/(1<<20), hwmBefore, provisionHWM(t))
 	// The engine's share: the checks of one record, alone.
 	q0 := dns.Queries()
-	verifier.CheckCNAME(context.Background(), domains[0], control.TargetCNAME(org.ID, domains[0], "proxy.example.net"))
+	verifier.CheckCNAME(context.Background(), domains[0], control.TargetCNAME(org.ID, domains[0], "proxy.example.net"),
+		dnsverify.Ownership{Name: "_edgeproxy." + domains[0], Token: store.NewOwnershipToken()})
 	verifier.CheckCAA(context.Background(), domains[0], cfg.CAAIdentities)
 	t.Logf("DNS queries: %d (%.1f per record; the engine's and Pebble's together, of which the engine's CNAME and CAA checks make %d); Pebble orders: %d",
 		queries, float64(queries)/float64(n), dns.Queries()-q0, pebble.Orders())

@@ -139,6 +139,10 @@ type Record struct {
 	CreatedBy   *int64    `json:"created_by"`
 	// Seq is the record's position in its organization's index.
 	Seq uint64 `json:"seq"`
+	// OwnershipToken is the value of the record's ownership TXT record
+	// (see Ownership), random and different for every record. Empty in
+	// records written before tokens existed: Ownership then derives one.
+	OwnershipToken string `json:"ownership_token,omitempty"`
 
 	// The lifecycle engine's bookkeeping; the API never shows it.
 

@@ -185,10 +185,13 @@ func TestServeAndAdminCommands(t *testing.T) {
 		t.Fatalf("key create printed value %q", key.Value)
 	}
 
+	type dnsRecord struct{ Name, Type, Value string }
 	var rec struct {
-		ID          string `json:"id"`
-		Status      string `json:"status"`
-		TargetCNAME string `json:"target_cname"`
+		ID            string    `json:"id"`
+		Status        string    `json:"status"`
+		TargetCNAME   string    `json:"target_cname"`
+		Ownership     dnsRecord `json:"ownership"`
+		DCVDelegation dnsRecord `json:"dcv_delegation"`
 	}
 	if code := s.request(t, key.Value, "POST", "/api/organizations/@current/proxy_records/", `{"domain":"e.acme.example.com"}`, &rec); code != 201 {
 		t.Fatalf("create with the new key: %d", code)
@@ -207,12 +210,22 @@ func TestServeAndAdminCommands(t *testing.T) {
 		t.Errorf("org list = %+v", orgs)
 	}
 	var records []struct {
-		OrgID  string `json:"org_id"`
-		Domain string `json:"domain"`
+		OrgID         string    `json:"org_id"`
+		Domain        string    `json:"domain"`
+		Ownership     dnsRecord `json:"ownership"`
+		DCVDelegation dnsRecord `json:"dcv_delegation"`
 	}
 	s.admin(t, &records, "records", "list", "--org", org.ID, "--status", "waiting")
 	if len(records) != 1 || records[0].Domain != "e.acme.example.com" || records[0].OrgID != org.ID {
 		t.Errorf("records list = %+v", records)
+	}
+	// The operator sees the records the customer is asked for, as the API
+	// showed them.
+	if len(records) == 1 && (records[0].Ownership != rec.Ownership || records[0].DCVDelegation != rec.DCVDelegation ||
+		rec.Ownership.Name != "_edgeproxy.e.acme.example.com" || !strings.HasPrefix(rec.Ownership.Value, "edgeproxy-verification=") ||
+		rec.DCVDelegation.Value != "_acme-challenge."+rec.TargetCNAME) {
+		t.Errorf("records list shows ownership %+v and dcv_delegation %+v; the API showed %+v and %+v",
+			records[0].Ownership, records[0].DCVDelegation, rec.Ownership, rec.DCVDelegation)
 	}
 	var keys []struct {
 		ID string `json:"id"`

@@ -202,6 +202,27 @@ func (s *Server) SetCAA(name string, flag uint8, tag, value string) {
 	s.setLocked(name, append(withoutType(s.records[name], dns.TypeCNAME), rr))
 }
 
+// SetTXT replaces the TXT records of name with one record per value (none removes them),
+// removing a CNAME of name. Each value is sent byte for byte; one longer than 255 bytes is
+// split into several strings of one record, as zone files do.
+func (s *Server) SetTXT(name string, values ...string) {
+	name = canonical(name)
+	// miekg/dns packs TXT strings from their presentation form, where a backslash escapes.
+	escape := strings.NewReplacer(`\`, `\\`).Replace
+	var rrs []dns.RR
+	for _, v := range values {
+		var parts []string
+		for len(v) > 255 {
+			parts, v = append(parts, escape(v[:255])), v[255:]
+		}
+		rrs = append(rrs, &dns.TXT{Hdr: header(name, dns.TypeTXT, ttl), Txt: append(parts, escape(v))})
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := withoutType(withoutType(s.records[name], dns.TypeCNAME), dns.TypeTXT)
+	s.setLocked(name, append(kept, rrs...))
+}
+
 // SetSOA declares zone (replacing an earlier SOA of it): negative answers for names at or
 // under zone, when no closer zone is declared, carry this SOA in their authority section.
 // ttl is the SOA record's own TTL and minttl its MINIMUM field; a resolver caches a negative

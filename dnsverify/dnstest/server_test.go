@@ -178,6 +178,22 @@ func TestEdits(t *testing.T) {
 		t.Errorf("after SetCAA: A answer = %q, want the address kept", got)
 	}
 
+	// SetTXT replaces the TXT set, keeps the rest, and splits long values.
+	s.SetTXT("e.example.com", "one", "two")
+	s.SetTXT("e.example.com", "three", strings.Repeat("x", 300))
+	txt := ask(t, s, "tcp", "e.example.com", dns.TypeTXT).Answer
+	if len(txt) != 2 || !slices.Equal(txt[0].(*dns.TXT).Txt, []string{"three"}) ||
+		!slices.Equal(txt[1].(*dns.TXT).Txt, []string{strings.Repeat("x", 255), strings.Repeat("x", 45)}) {
+		t.Errorf("after SetTXT: answer = %q, want \"three\" and one record of two strings", rrs(txt))
+	}
+	if got := rrs(ask(t, s, "udp", "e.example.com", dns.TypeA).Answer); len(got) != 1 {
+		t.Errorf("after SetTXT: A answer = %q, want the address kept", got)
+	}
+	s.SetTXT("e.example.com")
+	if got := rrs(ask(t, s, "udp", "e.example.com", dns.TypeTXT).Answer); len(got) != 0 {
+		t.Errorf("after SetTXT with no value: answer = %q, want none", got)
+	}
+
 	// Remove deletes every record: NXDOMAIN again.
 	s.Remove("E.example.com.")
 	if got := ask(t, s, "udp", "e.example.com", dns.TypeA).Rcode; got != dns.RcodeNameError {

@@ -36,6 +36,8 @@ const failing = `{"ran_at":"2025-11-26T12:35:10.481516Z",
   {"id":"live","name":"Live","status":"skip","detail":"later","remediation":null}]}`
 
 const record = `{"id":"` + recordID + `","domain":"e.example.com","target_cname":"64016eff57d031801127.proxy.example.net",
+ "ownership":{"name":"_edgeproxy.e.example.com","type":"TXT","value":"edgeproxy-verification=q4hzmlq3kivhjxqptwyk6e2ctm"},
+ "dcv_delegation":{"name":"_acme-challenge.e.example.com","type":"CNAME","value":"_acme-challenge.64016eff57d031801127.proxy.example.net"},
  "status":"waiting","message":null,"created_at":"2025-11-26T12:31:07.123456Z","updated_at":"2025-11-26T12:31:07.123456Z","created_by":1}`
 
 const notFound = `{"type":"invalid_request","code":"not_found","detail":"Not found.","attr":null}`
@@ -76,6 +78,10 @@ func TestCheck(t *testing.T) {
 			strings.Replace(record, `"message":null,`, ``, 1), "message"},
 		{"an id that is not a UUID", "GET", recordPath, 200, "application/json",
 			strings.Replace(record, recordID, "record-1", 1), "uuid"},
+		{"an ownership token of another form", "GET", recordPath, 200, "application/json",
+			strings.Replace(record, `edgeproxy-verification=q4hzmlq3kivhjxqptwyk6e2ctm`, `q4hzmlq3kivhjxqptwyk6e2ctm`, 1), "pattern"},
+		{"a record without its ownership record", "GET", recordPath, 200, "application/json",
+			strings.Replace(record, `"ownership":{"name":"_edgeproxy.e.example.com","type":"TXT","value":"edgeproxy-verification=q4hzmlq3kivhjxqptwyk6e2ctm"},`, ``, 1), "ownership"},
 		{"a string where an integer or null must be", "GET", recordPath, 200, "application/json",
 			strings.Replace(record, `"created_by":1`, `"created_by":"1"`, 1), "created_by"},
 		{"a status the operation does not list", "GET", recordPath, 418, "application/json", notFound, "status is not supported"},

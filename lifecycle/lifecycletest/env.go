@@ -313,11 +313,13 @@ func (env *Env) RestartEngine(t *testing.T) {
 
 // Record is a proxy record as the API answers it.
 type Record struct {
-	ID          string  `json:"id"`
-	Domain      string  `json:"domain"`
-	TargetCNAME string  `json:"target_cname"`
-	Status      string  `json:"status"`
-	Message     *string `json:"message"`
+	ID            string          `json:"id"`
+	Domain        string          `json:"domain"`
+	TargetCNAME   string          `json:"target_cname"`
+	Ownership     store.DNSRecord `json:"ownership"`
+	DCVDelegation store.DNSRecord `json:"dcv_delegation"`
+	Status        string          `json:"status"`
+	Message       *string         `json:"message"`
 }
 
 // Tenant is an organization with an owner whose API key reaches it.
@@ -376,12 +378,24 @@ func (env *Env) CallAs(t *testing.T, tn Tenant, method, path, body string) (int,
 // resolve to this machine, as *.<base> does in production.
 func (env *Env) Create(t *testing.T, domain string) Record {
 	t.Helper()
-	code, rec := env.Call(t, "POST", "", `{"domain":"`+domain+`"}`)
+	return env.CreateAs(t, env.Home(), domain)
+}
+
+// CreateAs is Create as the tenant.
+func (env *Env) CreateAs(t *testing.T, tn Tenant, domain string) Record {
+	t.Helper()
+	code, rec := env.CallAs(t, tn, "POST", "", `{"domain":"`+domain+`"}`)
 	if code != 201 {
 		t.Fatalf("create %s: %d", domain, code)
 	}
 	env.DNS.SetA(rec.TargetCNAME, "127.0.0.1")
 	return rec
+}
+
+// PublishOwnership publishes the record's ownership TXT record, as its
+// customer would.
+func (env *Env) PublishOwnership(rec Record) {
+	env.DNS.SetTXT(rec.Ownership.Name, rec.Ownership.Value)
 }
 
 // Msg is the record's message, or <nil>.
