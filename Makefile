@@ -5,7 +5,7 @@ DATA_DIR ?= ./data
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 10m
 
-.PHONY: help run build test tools e2e bench bench-proxy bench-lifecycle fuzz fuzz-ci chaos soak clean
+.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-proxy bench-lifecycle fuzz fuzz-ci chaos soak clean
 
 ## help: list the targets, each with what it does
 help:
@@ -18,6 +18,18 @@ run:
 ## build: the binary in ./bin
 build:
 	$(GO) build -o bin/edgeproxy ./cmd/edgeproxy
+
+## cluster: a local cluster on loopback: 3 etcd members and 3 edgeproxy nodes on them (APIs on 127.0.0.1:8101-8103), state in ./.cluster; prints where each node is and the bootstrap key (docs/CLUSTER.md)
+cluster:
+	GO=$(GO) ./scripts/cluster.sh start
+
+## cluster-stop: stop the local cluster (nodes drain, then etcd); its data stays in ./.cluster for the next make cluster
+cluster-stop:
+	./scripts/cluster.sh stop
+
+## cluster-clean: stop the local cluster and remove ./.cluster
+cluster-clean:
+	./scripts/cluster.sh clean
 
 ## test: make tools, go vet, every test with -race (a missing external tool fails the tests that need it), then each fuzz target for 5 s
 test: tools

@@ -16,6 +16,10 @@
 // leader changes take a fraction of a second; they are still loose enough
 // for a shared, busy test machine running with -race.
 //
+// NewTLSCluster does the same with TLS and client certificate
+// authentication on the client URLs, and hands out the PEM files a
+// program is given to reach it (--etcd-ca, --etcd-cert, --etcd-key).
+//
 // etcd's own log (and the clients') goes to a bounded buffer that the test
 // log gets only when the test fails.
 package etcdtest
@@ -71,6 +75,8 @@ type Cluster struct {
 	token    string
 	logs     *tailBuffer
 	logger   *zap.Logger
+	// tls is nil unless NewTLSCluster made the cluster.
+	tls *TLSFiles
 
 	// mu guards members' running state (the etcd field of each member).
 	mu      sync.Mutex
@@ -92,6 +98,13 @@ type member struct {
 // has accepted a write. The test's cleanup stops every member.
 func NewCluster(tb testing.TB, n int) *Cluster {
 	tb.Helper()
+	return newCluster(tb, n, nil)
+}
+
+// newCluster starts a cluster whose client URLs use TLS with files, or
+// plain HTTP when files is nil.
+func newCluster(tb testing.TB, n int, files *TLSFiles) *Cluster {
+	tb.Helper()
 	if n < 1 {
 		tb.Fatalf("etcdtest: a cluster needs at least one member, not %d", n)
 	}
@@ -108,7 +121,7 @@ func NewCluster(tb testing.TB, n int) *Cluster {
 	})
 	var err error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
-		c := &Cluster{tb: tb, token: "etcdtest-" + randomHex(8), logs: logs, logger: logger}
+		c := &Cluster{tb: tb, token: "etcdtest-" + randomHex(8), logs: logs, logger: logger, tls: files}
 		err = c.init(n)
 		if err == nil {
 			err = c.startAll()
@@ -138,7 +151,7 @@ func (c *Cluster) init(n int) error {
 			name:      "m" + strconv.Itoa(i),
 			dir:       filepath.Join(base, "m"+strconv.Itoa(i)),
 			peerURL:   url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2*i]))},
-			clientURL: url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2*i+1]))},
+			clientURL: url.URL{Scheme: c.clientScheme(), Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2*i+1]))},
 		})
 	}
 	return nil
@@ -174,16 +187,33 @@ func (c *Cluster) Client(tb testing.TB) *clientv3.Client {
 // member in particular uses it.
 func (c *Cluster) ClientOf(tb testing.TB, endpoints ...string) *clientv3.Client {
 	tb.Helper()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   endpoints,
-		DialTimeout: 5 * time.Second,
-		Logger:      c.logger.Named("client"),
-	})
+	cli, err := clientv3.New(c.clientConfig(endpoints, "client"))
 	if err != nil {
 		tb.Fatalf("etcdtest: client of %v: %v", endpoints, err)
 	}
 	tb.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// clientConfig is the configuration of a client of endpoints, with the
+// cluster's TLS when it has some; its log goes to etcd's, named logName.
+func (c *Cluster) clientConfig(endpoints []string, logName string) clientv3.Config {
+	cfg := clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      c.logger.Named(logName),
+	}
+	if c.tls != nil {
+		cfg.TLS = c.tls.client.Clone()
+	}
+	return cfg
+}
+
+func (c *Cluster) clientScheme() string {
+	if c.tls != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // Running reports whether member i is running.
@@ -316,6 +346,9 @@ func (c *Cluster) startMember(i int) (*embed.Etcd, error) {
 	cfg.AdvertisePeerUrls = []url.URL{m.peerURL}
 	cfg.ListenClientUrls = []url.URL{m.clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{m.clientURL}
+	if c.tls != nil {
+		cfg.ClientTLSInfo = c.tls.serverTLSInfo()
+	}
 	// A member restarted from its data directory takes the cluster from
 	// its WAL and ignores these two.
 	cfg.InitialCluster = c.initialCluster()
@@ -359,11 +392,7 @@ func (c *Cluster) waitReady(servers []*embed.Etcd) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   c.Endpoints(),
-		DialTimeout: 5 * time.Second,
-		Logger:      c.logger.Named("ready"),
-	})
+	cli, err := clientv3.New(c.clientConfig(c.Endpoints(), "ready"))
 	if err != nil {
 		return err
 	}
