@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // The store on etcd.
@@ -973,6 +976,9 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 		return fill(errs, live, ErrClosed)
 	}
 	var lease clientv3.LeaseID = clientv3.NoLease
+	// The whole write, retries after transient failures included, takes
+	// at most the store's timeout.
+	deadline := time.Now().Add(e.timeout)
 	for attempt := 0; ; attempt++ {
 		if len(live) == 0 {
 			return errs
@@ -1051,7 +1057,7 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			}
 			return fill(errs, live, fmt.Errorf("store: one write of %d operations exceeds etcd's transaction limit", len(ops)))
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		var failure []clientv3.Op
 		if fence != nil {
 			failure = append(failure, clientv3.OpGet(fence.Key))
@@ -1059,7 +1065,20 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 		resp, err := e.client.Txn(ctx).If(cmps...).Then(ops...).Else(failure...).Commit()
 		cancel()
 		if err != nil {
-			return fill(errs, live, e.unavailable(err))
+			// A member lost or a leader changing fails a request that
+			// etcd may or may not have applied; quorum is usually back
+			// within moments. Within the write's time, look whether it
+			// was applied, and send it again if not.
+			if !transient(err) || time.Now().Add(transientPause).After(deadline) {
+				return fill(errs, live, e.unavailable(err))
+			}
+			time.Sleep(transientPause)
+			if e.landed(rec) {
+				runOnCommit(rec)
+				return errs
+			}
+			attempt--
+			continue
 		}
 		e.up.Store(true)
 		if resp.Succeeded {
@@ -1078,6 +1097,66 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			return fill(errs, live, fmt.Errorf("%w: the local copy did not catch up with revision %d", ErrUnavailable, resp.Header.Revision))
 		}
 	}
+}
+
+// transientPause is the wait before looking again after a transient
+// failure of a commit.
+const transientPause = 200 * time.Millisecond
+
+// transient reports whether err is etcd (or the way to it) failing for
+// a moment: no leader, a leader change, a member gone, a timeout.
+func transient(err error) bool {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, rpctypes.ErrTimeout),
+		errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail),
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost),
+		errors.Is(err, rpctypes.ErrLeaderChanged),
+		errors.Is(err, rpctypes.ErrNoLeader),
+		errors.Is(err, rpctypes.ErrTooManyRequests):
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
+
+// landed reports whether etcd applied a commit whose answer was lost:
+// once the local copy has caught up with etcd, every key the commit wrote
+// holds what it wrote. The values a write puts carry fresh ids and
+// times, so another write leaving exactly the same is not a concern.
+func (e *etcdBackend) landed(rec *recorder) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	resp, err := e.client.Get(ctx, e.schemaKey(), clientv3.WithKeysOnly())
+	cancel()
+	if err != nil || !e.catchUp(resp.Header.Revision, e.timeout) {
+		return false
+	}
+	if len(rec.writes) == 0 {
+		return false
+	}
+	landed := true
+	_ = e.s.db.View(func(tx *bolt.Tx) error {
+		for k, w := range rec.writes {
+			name, key, ok := strings.Cut(strings.TrimPrefix(k, e.prefix+"d/"), "/")
+			if !ok {
+				continue
+			}
+			b := tx.Bucket([]byte(name))
+			var got []byte
+			if b != nil {
+				got = b.Get([]byte(key))
+			}
+			if w.delete != (got == nil) || !w.delete && !bytes.Equal(got, w.value) {
+				landed = false
+				return nil
+			}
+		}
+		return nil
+	})
+	return landed
 }
 
 // errRollback rolls back the local transaction of a write on etcd.

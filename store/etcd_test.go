@@ -424,3 +424,40 @@ func deref(s *string) string {
 	}
 	return *s
 }
+
+// TestEtcdMemberLoss: one etcd member of three stops (each in turn, so one
+// of them is the raft leader) while writes go on: no write fails.
+func TestEtcdMemberLoss(t *testing.T) {
+	c := etcdtest.NewCluster(t, 3)
+	n := openNode(t, c, "/memberloss/", t.TempDir(), func(o *store.EtcdOptions) { o.Timeout = 10 * time.Second })
+	org := mustOrg(t, n, "acme", nil)
+	for m := range 3 {
+		var wg sync.WaitGroup
+		stopped := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				if _, err := n.CreateRecord(store.Record{OrgID: org.ID, Domain: fmt.Sprintf("m%d-%d.example.com", m, i), Status: store.StatusWaiting}, noLimit); err != nil {
+					t.Errorf("create while member %d stops: %v", m, err)
+					return
+				}
+				select {
+				case <-stopped:
+					if i > 20 {
+						return
+					}
+				default:
+					if i > 2000 {
+						t.Errorf("member %d never stopped", m)
+						return
+					}
+				}
+			}
+		}()
+		c.StopMember(m)
+		close(stopped)
+		wg.Wait()
+		c.RestartMember(m)
+	}
+}
