@@ -92,6 +92,15 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 			Help: "1 while the store answers (on etcd: the last request reached the cluster; asked again at most once a second), else 0. While 0, API writes answer 503 and the edge serves from the node's local copy.",
 		}, func() float64 { return b2f(storeUp.up()) }),
 	)
+	if cfg.NodeName != "" {
+		nodeInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "edgeproxy_node_info",
+			Help:        "Always 1; its label node is this node's --node-name.",
+			ConstLabels: prometheus.Labels{"node": cfg.NodeName},
+		})
+		nodeInfo.Set(1)
+		reg.MustRegister(nodeInfo)
+	}
 
 	verifier, err := dnsverify.New(cfg.DNSResolvers, 0)
 	if err != nil {
