@@ -284,7 +284,11 @@ func (g *caGate) persistLocked(h caHold, now time.Time) {
 	}
 	err := st.PutCAHold(store.CAHold{Scope: h.scope, Subject: h.subject, Until: h.until, FromCA: h.fromCA,
 		Capped: h.capped, Reason: h.reason, RecordID: h.recordID}, now)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrNotLeader):
+		// The term is over; the next leader meets the limit again.
+		g.log.Debug("engine: storing a hold of the certificate authority: no longer the leader", "scope", h.scope, "subject", h.subject, "err", err)
+	case err != nil:
 		g.log.Error("engine: storing a hold of the certificate authority", "scope", h.scope, "subject", h.subject, "err", err)
 	}
 }

@@ -79,20 +79,30 @@ func (c *etcdConfig) client() (*clientv3.Client, error) {
 	return cli, nil
 }
 
+// openedStore is the store serve runs on, and how to let go of it.
+type openedStore struct {
+	*store.Store
+	// close closes the store, then the etcd connection.
+	close func()
+	// abandon closes the etcd connection at once (nothing on the bbolt
+	// file): at a shutdown during an etcd outage, what waits for etcd
+	// (a resignation, a new session's lease) gives up instead.
+	abandon func()
+}
+
 // openStore opens the store cfg names, the bbolt file or the etcd
-// cluster, and returns it with the function that closes it (and then
-// the etcd connection).
-func openStore(cfg *config, log *slog.Logger) (*store.Store, func(), error) {
+// cluster.
+func openStore(cfg *config, log *slog.Logger) (*openedStore, error) {
 	if !cfg.clustered() {
 		st, err := store.Open(filepath.Join(cfg.DataDir, dbFile), store.Options{})
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		return st, func() { st.Close() }, nil
+		return &openedStore{Store: st, close: func() { st.Close() }, abandon: func() {}}, nil
 	}
 	cli, err := cfg.Etcd.client()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	st, err := store.OpenEtcd(store.EtcdOptions{
 		Client:   cli,
@@ -102,11 +112,11 @@ func openStore(cfg *config, log *slog.Logger) (*store.Store, func(), error) {
 	})
 	if err != nil {
 		cli.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	var once sync.Once
 	closeClient := func() { once.Do(func() { cli.Close() }) }
-	return st, func() {
+	closeStore := func() {
 		done := make(chan struct{})
 		go func() {
 			st.Close()
@@ -120,7 +130,16 @@ func openStore(cfg *config, log *slog.Logger) (*store.Store, func(), error) {
 			<-done
 		}
 		closeClient()
-	}, nil
+	}
+	return &openedStore{Store: st, close: closeStore, abandon: closeClient}, nil
+}
+
+// reachable reports whether the store answers within a second (always,
+// on the bbolt file).
+func (s *openedStore) reachable() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return s.Ping(ctx) == nil
 }
 
 // storeProbe answers whether the cluster store answers, as the store saw

@@ -56,11 +56,12 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	if err := privateDataDir(cfg.DataDir, log); err != nil {
 		return err
 	}
-	st, closeStore, err := openStore(cfg, log)
+	opened, err := openStore(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer closeStore()
+	defer opened.close()
+	st := opened.Store
 
 	if err := bootstrap(st, cfg, stdout, log); err != nil {
 		if !errors.Is(err, store.ErrUnavailable) {
@@ -319,6 +320,12 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	// again, with the same webhook-id.
 	stopHooks()
 	if st.Clustered() {
+		if !opened.reachable() {
+			// Nothing can be handed over: the leadership and the locks
+			// go with the session's lease.
+			log.Warn("etcd cannot be reached: stopping without resigning")
+			opened.abandon()
+		}
 		waitBounded(engineDone, clusterStopWait, "the leadership loop", log)
 	} else {
 		<-engineDone
