@@ -101,6 +101,11 @@ func (a *Admin) reply(w http.ResponseWriter, status int, v any, err error) {
 			ae = &adminError{http.StatusServiceUnavailable, fmt.Sprintf(
 				"the data store cannot write (%s); nothing was changed, retry later", diskCause(err))}
 			w.Header().Set("Retry-After", strconv.Itoa(storageRetryAfter))
+		case errors.Is(err, store.ErrUnavailable):
+			a.log.Error("admin request failed", "err", err)
+			ae = &adminError{http.StatusServiceUnavailable,
+				"the cluster store (etcd) cannot be reached, so the change could not be confirmed; nothing was half-written, retry later"}
+			w.Header().Set("Retry-After", strconv.Itoa(clusterRetryAfter))
 		default:
 			a.log.Error("admin request failed", "err", err)
 			ae = &adminError{http.StatusInternalServerError, "internal error: " + err.Error()}
@@ -464,10 +469,38 @@ func (a *Admin) listRecords(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Admin) backup(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/octet-stream")
-	if _, err := a.store.Backup(w); err != nil {
+	out := &countingWriter{w: w}
+	if _, err := a.store.Backup(out); err != nil {
+		if out.n == 0 {
+			// Nothing sent yet (on etcd the copy is taken whole before
+			// it is sent, and etcd may be out of reach): an error the
+			// client can tell from an empty database.
+			if errors.Is(err, store.ErrUnavailable) {
+				a.log.Error("backup failed", "err", err)
+				w.Header().Set("Retry-After", strconv.Itoa(clusterRetryAfter))
+				err = &adminError{http.StatusServiceUnavailable, "the cluster store (etcd) cannot be reached, so no consistent copy can be taken now; retry later"}
+			}
+			a.reply(w, 0, nil, fmt.Errorf("taking the backup: %w", err))
+			return
+		}
 		// The status line is gone; the client sees a short body and the
 		// size it was promised does not match.
 		a.log.Error("backup failed", "err", err)
 	}
+}
+
+// countingWriter sends a backup, setting its content type before the
+// first byte, and counts the bytes sent.
+type countingWriter struct {
+	w http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.n == 0 {
+		c.w.Header().Set("Content-Type", "application/octet-stream")
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }

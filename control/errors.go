@@ -86,10 +86,11 @@ func invalidState(status string) *apiError {
 }
 
 // internalError hides cause from the client; the log gets it. A write the
-// disk refused is no fault of the server's code and passes once space
-// returns, so it is the 503 of storageUnavailable instead.
+// disk refused, or one the cluster store could not be reached for, is no
+// fault of the server's code and passes once the disk or the cluster is
+// back, so it is the 503 of storageUnavailable instead.
 func internalError(cause error) *apiError {
-	if errors.Is(cause, store.ErrUnwritable) {
+	if errors.Is(cause, store.ErrUnwritable) || errors.Is(cause, store.ErrUnavailable) {
 		return storageUnavailable(cause)
 	}
 	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "error",
@@ -101,15 +102,35 @@ func internalError(cause error) *apiError {
 // enough that retrying clients do not add load meanwhile.
 const storageRetryAfter = 30
 
+// clusterRetryAfter is the Retry-After of a write the cluster store could
+// not be reached for, in seconds: etcd elects a new leader within
+// seconds, and a network partition or a restart of the cluster takes
+// longer than one retry should wait.
+const clusterRetryAfter = 10
+
 // storageUnavailable is the answer to a request whose write the disk
-// refused (store.ErrUnwritable): the store rolled the write back, so the
-// request changed nothing and can be sent again later.
+// refused (store.ErrUnwritable), or for which the cluster store could not
+// be reached (store.ErrUnavailable). Either way the request can be sent
+// again later. The disk's refusal is rolled back: nothing changed. An etcd
+// transaction is atomic, so nothing is half-written; but a commit whose
+// answer was lost on the way may have been applied whole, which is why
+// that detail does not promise that nothing changed.
 func storageUnavailable(cause error) *apiError {
+	if errors.Is(cause, store.ErrUnavailable) {
+		return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "storage_unavailable",
+			Detail:     clusterUnreachable,
+			cause:      cause,
+			retryAfter: clusterRetryAfter}
+	}
 	return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "storage_unavailable",
 		Detail:     fmt.Sprintf("The data store cannot write (%s); nothing was changed. Retry later.", diskCause(cause)),
 		cause:      cause,
 		retryAfter: storageRetryAfter}
 }
+
+// clusterUnreachable is the detail of a write the cluster store could not
+// be reached for.
+const clusterUnreachable = "The cluster store (etcd) cannot be reached, so the change could not be confirmed; nothing was half-written. Retry later."
 
 // diskCause names, for a client, why the disk refused a write.
 func diskCause(err error) string {

@@ -75,6 +75,9 @@ type caHold struct {
 // order after a restart is the probe.
 type caGate struct {
 	store *store.Store
+	// write is the handle holds are written through; the store if nil
+	// (the engine sets its writer: fenced while it leads a term).
+	write func() *store.Store
 	log   *slog.Logger
 	// backoff sizes the n-th outage pause, and the pause of an account
 	// limit the CA gave no time for; estimate is the hold of a name the
@@ -275,9 +278,17 @@ func (g *caGate) setPauseLocked(now time.Time, h caHold, extending bool) {
 // persistLocked writes a rate-limit hold to the store, so a restart keeps
 // it. A failed write is logged: the hold still holds until the restart.
 func (g *caGate) persistLocked(h caHold, now time.Time) {
-	err := g.store.PutCAHold(store.CAHold{Scope: h.scope, Subject: h.subject, Until: h.until, FromCA: h.fromCA,
+	st := g.store
+	if g.write != nil {
+		st = g.write()
+	}
+	err := st.PutCAHold(store.CAHold{Scope: h.scope, Subject: h.subject, Until: h.until, FromCA: h.fromCA,
 		Capped: h.capped, Reason: h.reason, RecordID: h.recordID}, now)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrNotLeader):
+		// The term is over; the next leader meets the limit again.
+		g.log.Debug("engine: storing a hold of the certificate authority: no longer the leader", "scope", h.scope, "subject", h.subject, "err", err)
+	case err != nil:
 		g.log.Error("engine: storing a hold of the certificate authority", "scope", h.scope, "subject", h.subject, "err", err)
 	}
 }

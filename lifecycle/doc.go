@@ -42,6 +42,23 @@
 // account's limits for all. A held record stays issuing and tells why and
 // until when; only the record whose own order met a limit quotes the CA.
 //
+// # Several nodes
+//
+// On one process, Run does everything. When several nodes share a store
+// on etcd, the work splits in two. Every node runs a Follower, which keeps
+// that node's allowlist and certificate cache equal to the served
+// records: it loads from storage (shared by the nodes) the certificate of
+// every record that becomes served and serves it, and stops serving what
+// stops being served. One node at a time, elected on etcd, runs Lead for
+// the length of its leadership: the steps of due records, the retention
+// sweep and the cancelling of stale steps, writing through a store handle
+// fenced on the leadership, so that a node that has lost it without
+// knowing yet cannot overwrite its successor's work. Lead ends when its
+// context does (the caller cancels it when the leadership is lost) or
+// at the first write the fence refuses; the steps in flight are
+// cancelled and redone by the next leader, since all the engine's state
+// is in the store.
+//
 // The engine reaches the certificate manager and the DNS verifier through
 // the small interfaces Certs and DNS.
 package lifecycle

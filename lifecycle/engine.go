@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -96,7 +95,10 @@ const (
 // exactly the steps that were due. The engine works on at most Workers
 // records at once, whatever the number waiting.
 type Engine struct {
+	// store is read by the engine and its metrics; Run also writes
+	// through it. Lead writes through the handle of its term instead (term).
 	store   *store.Store
+	term    atomic.Pointer[store.Store]
 	dns     DNS
 	certs   Certs
 	cfg     Config
@@ -123,6 +125,21 @@ type Engine struct {
 
 	// idlePasses counts the passes of Run that ended with no step running.
 	idlePasses atomic.Uint64
+
+	// endTerm ends the leadership term Lead is running (nil under Run):
+	// a write refused with store.ErrNotLeader proves the term is over
+	// even before the store's session says so. Set by Lead before its
+	// goroutines start and cleared after they have all returned.
+	endTerm context.CancelCauseFunc
+}
+
+// writer is the handle steps write through: the fenced handle of the
+// term while Lead runs, else the engine's store.
+func (e *Engine) writer() *store.Store {
+	if w := e.term.Load(); w != nil {
+		return w
+	}
+	return e.store
 }
 
 // unwritableRecheck is how often a held engine asks the store whether it
@@ -199,6 +216,7 @@ func NewEngine(st *store.Store, dns DNS, cm Certs, cfg Config) *Engine {
 	e.gate = newCAGate(st, cfg.Logger, e.backoff, cfg.RecheckMax, func(cause string) {
 		e.metrics.pauses.WithLabelValues(cause).Inc()
 	})
+	e.gate.write = e.writer
 	e.metrics = newEngineMetrics(e, cfg.Registerer)
 	return e
 }
@@ -268,43 +286,10 @@ func (e *Engine) Start(ctx context.Context) error {
 		return fmt.Errorf("engine: listing records: %w", err)
 	}
 	holders := map[string]bool{}
-	var toLoad []store.Record
 	for _, r := range records {
 		holders[r.Domain] = true
-		if r.Served() {
-			toLoad = append(toLoad, r)
-		}
 	}
-	// Loading is parsing (certificate and key) more than reading: one
-	// loader per CPU.
-	var (
-		mu     sync.Mutex
-		served []string
-		wg     sync.WaitGroup
-		next   = make(chan store.Record)
-	)
-	for range runtime.GOMAXPROCS(0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r := range next {
-				if _, err := e.certs.Load(ctx, r.Domain); err != nil {
-					// The monitor finds it missing and gets a new one.
-					e.log.Warn("certificate of a served record not in storage", "record_id", r.ID, "domain", r.Domain, "err", err)
-					continue
-				}
-				mu.Lock()
-				served = append(served, r.Domain)
-				mu.Unlock()
-			}
-		}()
-	}
-	for _, r := range toLoad {
-		next <- r
-	}
-	close(next)
-	wg.Wait()
-	e.certs.ServeOnly(served)
+	e.certs.ServeOnly(loadServed(ctx, e.certs, e.log, records))
 	e.sweepAt = e.sweepRetained(ctx, func(domain string) bool { return holders[domain] })
 	return nil
 }
@@ -342,7 +327,7 @@ func (e *Engine) sweepRetained(ctx context.Context, held func(domain string) boo
 		}
 		at, ok := released[d]
 		if !ok {
-			if err := e.store.MarkReleased(d, now); err != nil {
+			if err := e.writer().MarkReleased(d, now); err != nil {
 				e.log.Warn("engine: starting the retention of a certificate", "domain", d, "err", err)
 			}
 			at = now
@@ -359,7 +344,7 @@ func (e *Engine) sweepRetained(ctx context.Context, held func(domain string) boo
 			soonest(retry)
 			continue
 		}
-		if err := e.store.ForgetReleased(d, at); err != nil {
+		if err := e.writer().ForgetReleased(d, at); err != nil {
 			e.log.Warn("engine: forgetting a released domain", "domain", d, "err", err)
 		}
 		e.log.Info("certificate of a deleted record removed after its retention", "domain", d,
@@ -367,7 +352,7 @@ func (e *Engine) sweepRetained(ctx context.Context, held func(domain string) boo
 	}
 	for d, at := range released {
 		if !isStored[d] {
-			if err := e.store.ForgetReleased(d, at); err != nil {
+			if err := e.writer().ForgetReleased(d, at); err != nil {
 				e.log.Warn("engine: forgetting a released domain", "domain", d, "err", err)
 			}
 		}
@@ -397,14 +382,61 @@ func (e *Engine) recordHolds(domain string) bool {
 	return !errors.Is(err, store.ErrNotFound)
 }
 
-// Run works on due records until ctx is done. It calls Start first unless
-// started is true.
+// Run works on due records until ctx is done, and keeps the edge's
+// allowlist equal to the served records. It calls Start first unless
+// started is true. It is the engine of a single process; on several
+// nodes every node runs a Follower for the allowlist and the elected one
+// runs Lead.
 func (e *Engine) Run(ctx context.Context, started bool) error {
 	if !started {
 		if err := e.Start(ctx); err != nil {
 			return err
 		}
 	}
+	e.loop(ctx, e.applyChanges)
+	return nil
+}
+
+// Lead does the engine's work for one leadership term, writing through
+// st, the store handle fenced on that leadership (store.WithFence): the
+// steps of due records, the retention sweep, and the cancelling of steps
+// an API call made stale. It leaves the edge's allowlist to the node's
+// Follower. It returns once ctx ends (cancel it as soon as the leadership
+// is lost: the steps in flight are cancelled with it) and every step in
+// flight has returned, or with store.ErrNotLeader as soon as a write
+// finds the leadership gone. Lead may be called again for a later term;
+// the engine's metrics stay registered across terms. Only one Lead or
+// Run may run at a time.
+func (e *Engine) Lead(ctx context.Context, st *store.Store) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	e.term.Store(st)
+	defer e.term.Store(nil)
+	e.endTerm = cancel
+	defer func() { e.endTerm = nil }()
+	// Another node led before: take up the CA's holds it stored.
+	if err := e.gate.load(e.cfg.Now()); err != nil {
+		return err
+	}
+	records, err := e.store.Records(nil)
+	if err != nil {
+		return fmt.Errorf("engine: listing records: %w", err)
+	}
+	holders := map[string]bool{}
+	for _, r := range records {
+		holders[r.Domain] = true
+	}
+	e.sweepAt = e.sweepRetained(ctx, func(domain string) bool { return holders[domain] })
+	e.loop(ctx, e.applyLeaderChanges)
+	if errors.Is(context.Cause(ctx), store.ErrNotLeader) {
+		return store.ErrNotLeader
+	}
+	return nil
+}
+
+// loop works on due records until ctx is done, handing the record
+// changes the store reports to apply.
+func (e *Engine) loop(ctx context.Context, apply func(context.Context, []store.Change)) {
 	sub := e.store.Subscribe()
 	defer sub.Close()
 	slots := make(chan struct{}, e.cfg.Workers)
@@ -460,11 +492,11 @@ func (e *Engine) Run(ctx context.Context, started bool) error {
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return nil
+			return
 		case <-timer.C:
 		case <-e.wake:
 		case <-sub.Ready():
-			e.applyChanges(ctx, sub.Take())
+			apply(ctx, sub.Take())
 		}
 		timer.Stop()
 	}
@@ -490,6 +522,26 @@ func (e *Engine) applyChanges(ctx context.Context, changes []store.Change) {
 					e.log.Warn("releasing certificate of deleted record", "domain", c.Domain, "err", err)
 				}
 				cancel()
+				e.noteReleased(c.Domain)
+			}
+		default:
+			e.log.Error("engine: reading changed record", "record_id", c.ID, "err", err)
+		}
+	}
+}
+
+// applyLeaderChanges is applyChanges without the allowlist, which the
+// node's Follower keeps: it cancels the steps an API call made stale and
+// brings the retention sweep forward when a domain's last record is gone.
+func (e *Engine) applyLeaderChanges(_ context.Context, changes []store.Change) {
+	for _, c := range changes {
+		r, err := e.store.Record(c.ID)
+		switch {
+		case err == nil:
+			e.cancelStale(c.ID, r.Status, true)
+		case errors.Is(err, store.ErrNotFound):
+			e.cancelStale(c.ID, "", false)
+			if _, err := e.store.RecordByDomain(c.Domain); errors.Is(err, store.ErrNotFound) {
 				e.noteReleased(c.Domain)
 			}
 		default:
@@ -536,7 +588,7 @@ func (e *Engine) backoff(n int) time.Duration {
 // gets the token it has shown so far (store.Record.Token) written into it.
 func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 	var before store.Record
-	after, op, err := e.store.Mutate(r.ID, func(n *store.Record) (store.Op, error) {
+	after, op, err := e.writer().Mutate(r.ID, func(n *store.Record) (store.Op, error) {
 		if n.Status != r.Status {
 			return store.OpKeep, nil
 		}
@@ -549,8 +601,7 @@ func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 	})
 	if err != nil {
 		if !errors.Is(err, store.ErrNotFound) {
-			e.log.Error("engine: saving record", "record_id", r.ID, "domain", r.Domain, "err", err)
-			e.noteWriteErr(err)
+			e.writeFailed("engine: saving record", err, "record_id", r.ID, "domain", r.Domain)
 		}
 		return
 	}
@@ -560,11 +611,42 @@ func (e *Engine) save(r store.Record, fn func(n *store.Record)) {
 	}
 }
 
+// writeFailed handles a write of the engine's that failed. A write
+// refused because the leadership is gone ends the term (Lead) and is
+// not an error: the next leader does the step again. A write the
+// cluster store could not be reached for holds the engine (noteWriteErr),
+// which logs once; so an outage or a lost leadership with many steps in
+// flight does not log one error per step. Anything else is logged as an
+// error, and holds the engine if the disk refused it.
+func (e *Engine) writeFailed(msg string, err error, args ...any) {
+	args = append(args, "err", err)
+	switch {
+	case errors.Is(err, store.ErrNotLeader):
+		e.log.Debug(msg+": no longer the leader", args...)
+		if e.endTerm != nil {
+			e.endTerm(store.ErrNotLeader)
+		}
+	case errors.Is(err, store.ErrUnavailable):
+		e.log.Debug(msg, args...)
+		e.noteWriteErr(err)
+	default:
+		e.log.Error(msg, args...)
+		e.noteWriteErr(err)
+	}
+}
+
 // noteWriteErr holds the engine (see Run) when err is the disk refusing
-// writes, logging that once.
+// writes, or the cluster store out of reach, logging that once.
 func (e *Engine) noteWriteErr(err error) {
-	if errors.Is(err, store.ErrUnwritable) && e.unwritable.CompareAndSwap(false, true) {
-		e.log.Error("engine: the data store cannot write; holding every step until it can", "err", err)
+	switch {
+	case errors.Is(err, store.ErrUnwritable):
+		if e.unwritable.CompareAndSwap(false, true) {
+			e.log.Error("engine: the data store cannot write; holding every step until it can", "err", err)
+		}
+	case errors.Is(err, store.ErrUnavailable):
+		if e.unwritable.CompareAndSwap(false, true) {
+			e.log.Warn("engine: the cluster store cannot be reached; holding every step until it can", "err", err)
+		}
 	}
 }
 
@@ -758,10 +840,9 @@ func (e *Engine) order(ctx context.Context, r store.Record, limit time.Duration)
 		e.metrics.held.WithLabelValues(by).Inc()
 		return orderOutcome{kind: orderHeld, hold: h, held: true}
 	}
-	spent, ok, next, err := e.store.SpendOrder(r.OrgID, r.Domain, now, orderWindow, e.cfg.OrgOrdersPerHour)
+	spent, ok, next, err := e.writer().SpendOrder(r.OrgID, r.Domain, now, orderWindow, e.cfg.OrgOrdersPerHour)
 	if err != nil {
-		e.log.Error("engine: counting an order against the organization's budget", "record_id", r.ID, "org_id", r.OrgID, "err", err)
-		e.noteWriteErr(err)
+		e.writeFailed("engine: counting an order against the organization's budget", err, "record_id", r.ID, "org_id", r.OrgID)
 		return orderOutcome{kind: orderUnrecorded}
 	}
 	if !ok {
@@ -774,7 +855,7 @@ func (e *Engine) order(ctx context.Context, r store.Record, limit time.Duration)
 	notAfter, err := e.certs.Obtain(octx, r.Domain)
 	cancel()
 	if certs.CAUnavailable(err) {
-		if rerr := e.store.RefundOrder(spent); rerr != nil {
+		if rerr := e.writer().RefundOrder(spent); rerr != nil {
 			e.log.Warn("engine: giving an order back to the organization's budget", "org_id", r.OrgID, "err", rerr)
 		}
 	}
@@ -858,15 +939,14 @@ func (e *Engine) stepDeleting(ctx context.Context, r store.Record) {
 		})
 		return
 	}
-	_, op, err := e.store.Mutate(r.ID, func(n *store.Record) (store.Op, error) {
+	_, op, err := e.writer().Mutate(r.ID, func(n *store.Record) (store.Op, error) {
 		if n.Status != store.StatusDeleting {
 			return store.OpKeep, nil
 		}
 		return store.OpDelete, nil
 	})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		e.log.Error("engine: deleting record", "record_id", r.ID, "domain", r.Domain, "err", err)
-		e.noteWriteErr(err)
+		e.writeFailed("engine: deleting record", err, "record_id", r.ID, "domain", r.Domain)
 	}
 	if err == nil && op == store.OpDelete {
 		e.metrics.transitions.WithLabelValues(string(store.StatusDeleting), "gone").Inc()

@@ -367,6 +367,10 @@ func (c *adminClient) backup(outPath string) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("writing backup: %w", err)
 	}
+	if n == 0 {
+		// bbolt would open an empty file as a new, empty database.
+		return 0, errors.New("the server sent an empty backup")
+	}
 	copyStore, err := store.Open(tmp.Name(), store.Options{})
 	if err != nil {
 		return 0, fmt.Errorf("backup does not open as a database: %w", err)

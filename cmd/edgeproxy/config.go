@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
@@ -59,6 +60,28 @@ type config struct {
 	EdgeIPs        []netip.Addr
 	DNSNameservers []string
 	Dev            bool
+	// Etcd puts the store on an etcd cluster; with no endpoints, the
+	// bbolt file in DataDir.
+	Etcd etcdConfig
+	// NodeName names this node in logs, metrics and the leader key.
+	NodeName string
+}
+
+// clustered reports whether the store is on etcd.
+func (c *config) clustered() bool { return len(c.Etcd.Endpoints) > 0 }
+
+// etcdConfig is how to reach the etcd cluster: serve's and migrate's
+// --etcd-* flags.
+type etcdConfig struct {
+	Endpoints []string
+	Prefix    string
+	CAFile    string
+	CA        *x509.CertPool // nil: the system's roots
+	CertFile  string
+	KeyFile   string
+	// Cert is the client certificate of CertFile and KeyFile (finish
+	// loads it); nil without them.
+	Cert *tls.Certificate
 }
 
 // Defaults of the flags that belong to no package: where the server
@@ -72,6 +95,7 @@ const (
 	defaultUpstream        = "https://us.i.posthog.com"
 	defaultAssetsUpstream  = "https://us-assets.i.posthog.com"
 	defaultMaxProxyRecords = 2
+	defaultEtcdPrefix      = "/edgeproxy/"
 )
 
 // What --dev puts in place of the flags it was not given.
@@ -209,7 +233,11 @@ func serveFlags(fs *flag.FlagSet) *config {
 		MaxProxyRecords:  defaultMaxProxyRecords,
 		MaxBodyBytes:     proxy.DefaultMaxBodyBytes,
 		LogFormat:        "text",
+		Etcd:             etcdConfig{Prefix: defaultEtcdPrefix},
 	}
+	// A host name that cannot be read leaves the flag empty; finish
+	// requires it then, in cluster mode only.
+	c.NodeName, _ = os.Hostname()
 	str := func(p *string, name, usage string, parse func(string) (string, error)) {
 		defineFlag(fs, p, name, usage, parse, func(s string) string { return s })
 	}
@@ -258,7 +286,54 @@ func serveFlags(fs *flag.FlagSet) *config {
 	defineFlag(fs, &c.DNSNameservers, "dns-ns", "comma-separated host `names` of the zone's nameservers, the nodes' names, outside the zone (required with --dns-addr)", parseNameservers, joinList)
 	boolean(&c.WebhookAllowPrivate, "webhook-allow-private", "accept webhook URLs that are http:// or resolve to loopback or private addresses (tests, local trials; --dev implies it)")
 	boolean(&c.Dev, "dev", "local trial: proxy.localhost base, 127.0.0.1:8081 and :8443, bootstrap key printed")
+	etcdFlags(fs, &c.Etcd)
+	str(&c.NodeName, "node-name", "`name` of this node in logs, metrics and the leader key (with --etcd-endpoints)", checkNodeName)
 	return c
+}
+
+// etcdFlags declares the flags of c on fs: serve's and migrate's.
+func etcdFlags(fs *flag.FlagSet, c *etcdConfig) {
+	str := func(p *string, name, usage string, parse func(string) (string, error)) {
+		defineFlag(fs, p, name, usage, parse, func(s string) string { return s })
+	}
+	defineFlag(fs, &c.Endpoints, "etcd-endpoints", "comma-separated `host:port` list of etcd members: the store goes on that cluster instead of the bbolt file (empty: the bbolt file)", parseEtcdEndpoints, joinList)
+	str(&c.Prefix, "etcd-prefix", "etcd key `prefix` of this deployment; starts and ends with /", checkEtcdPrefix)
+	str(&c.CAFile, "etcd-ca", "PEM `file` of the roots that sign etcd's server certificates (TLS to etcd)", func(file string) (string, error) {
+		pool, err := readRoots(file)
+		if err != nil {
+			return "", err
+		}
+		c.CA = pool
+		return file, nil
+	})
+	str(&c.CertFile, "etcd-cert", "PEM `file` of the client certificate presented to etcd (with --etcd-key)", readableFile)
+	str(&c.KeyFile, "etcd-key", "PEM `file` of the client certificate's private key (with --etcd-cert)", readableFile)
+}
+
+// finish checks what no single --etcd-* flag can: TLS settings only with
+// endpoints, a certificate and its key together and matching.
+func (c *etcdConfig) finish() error {
+	if len(c.Endpoints) == 0 {
+		for _, f := range []struct{ name, file string }{{"etcd-ca", c.CAFile}, {"etcd-cert", c.CertFile}, {"etcd-key", c.KeyFile}} {
+			if f.file != "" {
+				return &flagError{f.name, "needs --etcd-endpoints (TLS settings for an etcd cluster that is not configured)"}
+			}
+		}
+		return nil
+	}
+	switch {
+	case c.CertFile != "" && c.KeyFile == "":
+		return &flagError{"etcd-cert", "needs --etcd-key (a client certificate and its key go together)"}
+	case c.KeyFile != "" && c.CertFile == "":
+		return &flagError{"etcd-key", "needs --etcd-cert (a client certificate and its key go together)"}
+	case c.CertFile != "":
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return &flagError{"etcd-cert", fmt.Sprintf("%s with key %s: %v", c.CertFile, c.KeyFile, err)}
+		}
+		c.Cert = &cert
+	}
+	return nil
 }
 
 // finish applies --dev to the flags it was not given and checks what no
@@ -296,6 +371,12 @@ func (c *config) finish(fs *flag.FlagSet) error {
 				return &flagError{"dns-ns", err.Error()}
 			}
 		}
+	}
+	if err := c.Etcd.finish(); err != nil {
+		return err
+	}
+	if c.clustered() && c.NodeName == "" {
+		return &flagError{"node-name", "is required with --etcd-endpoints (the host name could not be read)"}
 	}
 	return nil
 }
@@ -460,6 +541,58 @@ func readRoots(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", file)
 	}
 	return pool, nil
+}
+
+// parseEtcdEndpoints accepts host:port, or an http:// or https:// URL of
+// one, for each comma-separated member.
+func parseEtcdEndpoints(s string) ([]string, error) {
+	var out []string
+	for _, ep := range splitList(s) {
+		hostport := ep
+		if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+			if scheme != "http" && scheme != "https" {
+				return nil, fmt.Errorf("%q: the scheme must be http or https, or none (host:port)", ep)
+			}
+			hostport = strings.TrimSuffix(rest, "/")
+		}
+		host, port, err := net.SplitHostPort(hostport)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%q is not host:port (e.g. 10.0.0.1:2379)", ep)
+		}
+		out = append(out, ep)
+	}
+	return out, nil
+}
+
+func checkEtcdPrefix(s string) (string, error) {
+	if !strings.HasPrefix(s, "/") || !strings.HasSuffix(s, "/") {
+		return "", fmt.Errorf("%q must start and end with / (e.g. %s)", s, defaultEtcdPrefix)
+	}
+	return s, nil
+}
+
+// readableFile checks that file can be read now (empty: none).
+func readableFile(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "", err
+	}
+	f.Close()
+	return file, nil
+}
+
+// checkNodeName accepts 1 to 253 letters, digits, '.', '-' and '_': a
+// host name, or any name that reads well in a log line and a label.
+func checkNodeName(s string) (string, error) {
+	if s == "" || len(s) > 253 || strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_')
+	}) >= 0 {
+		return "", fmt.Errorf("%q is not 1 to 253 letters, digits, '.', '-' or '_'", s)
+	}
+	return s, nil
 }
 
 func checkEmail(s string) (string, error) {

@@ -5,6 +5,7 @@
 //
 //	edgeproxy serve [flags]        run the server
 //	edgeproxy org|user|member|key|records|backup ...   admin commands
+//	edgeproxy migrate --to-etcd ...  copy a bbolt database into etcd
 //	edgeproxy version
 //
 // Admin commands talk to the running server over <data-dir>/admin.sock.
@@ -42,6 +43,8 @@ commands:
   records list                every proxy record (the operator's view)
   webhooks list               every webhook, its queue and last delivery (never its secret)
   backup --out FILE           a consistent copy of the database, taken while serving
+  migrate --to-etcd --from FILE --etcd-endpoints H:P[,H:P…]
+                              copy a bbolt database into an empty etcd prefix (several nodes)
   version                     print the version
 `
 
@@ -54,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	switch args[0] {
 	case "serve":
 		return runServe(args[1:], stdout, stderr, getenv)
+	case "migrate":
+		return runMigrate(args[1:], stdout, stderr, getenv)
 	case "version":
 		fmt.Fprintf(stdout, "{\"version\": %q, \"go\": %q}\n", versionString(), goVersion())
 		return 0

@@ -51,23 +51,58 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 // serve runs the server until ctx is done, then drains and returns. Startup
 // failures return an error; a clean shutdown returns nil.
 func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger) error {
+	if cfg.clustered() {
+		log = log.With("node", cfg.NodeName)
+	}
 	if err := privateDataDir(cfg.DataDir, log); err != nil {
 		return err
 	}
-	st, err := store.Open(filepath.Join(cfg.DataDir, dbFile), store.Options{})
+	opened, err := openStore(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer opened.close()
+	st := opened.Store
 
 	if err := bootstrap(st, cfg, stdout, log); err != nil {
-		return err
+		if !errors.Is(err, store.ErrUnavailable) {
+			return err
+		}
+		// A node that has seen the cluster empty and cannot reach it now
+		// still serves from its copy; the cluster is bootstrapped once
+		// etcd answers (by this node or another).
+		log.Warn("bootstrap: the cluster store cannot be reached; trying again in the background", "err", err)
+		go retryBootstrap(ctx, st, cfg, stdout, log)
 	}
 
 	// One registry for the whole process; each component registers its
 	// own collectors.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// leader is whether this node runs the lifecycle engine: always on
+	// the bbolt file, while elected on etcd.
+	var leader atomic.Bool
+	leader.Store(!st.Clustered())
+	storeUp := &storeProbe{store: st}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgeproxy_leader",
+			Help: "1 on the node that runs the lifecycle engine and the webhook deliveries (always, on the bbolt file), else 0.",
+		}, func() float64 { return b2f(leader.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgeproxy_store_up",
+			Help: "1 while the store answers (on etcd: the last request reached the cluster; asked again at most once a second), else 0. While 0, API writes answer 503 and the edge serves from the node's local copy.",
+		}, func() float64 { return b2f(storeUp.up()) }),
+	)
+	if cfg.NodeName != "" {
+		nodeInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "edgeproxy_node_info",
+			Help:        "Always 1; its label node is this node's --node-name.",
+			ConstLabels: prometheus.Labels{"node": cfg.NodeName},
+		})
+		nodeInfo.Set(1)
+		reg.MustRegister(nodeInfo)
+	}
 
 	verifier, err := dnsverify.New(cfg.DNSResolvers, 0)
 	if err != nil {
@@ -130,6 +165,17 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !ready.Load() {
 			http.Error(w, "starting\n", http.StatusServiceUnavailable)
+			return
+		}
+		if st.Clustered() {
+			// The edge serves from the local copy whatever etcd does: a
+			// store outage must not take the node out of its load
+			// balancer.
+			if !storeUp.up() {
+				w.Write([]byte("ready; degraded: store unreachable (writes answer 503)\n"))
+				return
+			}
+			w.Write([]byte("ready\n"))
 			return
 		}
 		if err := writable.check(); err != nil {
@@ -231,24 +277,43 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	// Certificates of served records are loaded from storage before the
 	// edge reports ready: no ACME traffic, and no handshake fails for a
 	// domain that is valid.
-	if err := engine.Start(ctx); err != nil {
-		return err
-	}
 	engineCtx, stopEngine := context.WithCancel(context.Background())
+	defer stopEngine()
 	engineDone := make(chan struct{})
-	go func() {
-		defer close(engineDone)
-		if err := engine.Run(engineCtx, true); err != nil {
-			log.Error("lifecycle engine stopped", "err", err)
-		}
-	}()
-
 	hooksCtx, stopHooks := context.WithCancel(context.Background())
+	defer stopHooks()
 	hooksDone := make(chan struct{})
-	go func() {
-		defer close(hooksDone)
-		hooks.Run(hooksCtx)
-	}()
+	if st.Clustered() {
+		follower := lifecycle.NewFollower(st, cm, log)
+		if err := follower.Start(ctx); err != nil {
+			return err
+		}
+		followerDone := make(chan struct{})
+		go func() {
+			defer close(followerDone)
+			follower.Run(engineCtx)
+		}()
+		go func() {
+			defer close(engineDone)
+			leadership(engineCtx, st, cfg.NodeName, engine, hooks, &leader, log)
+			<-followerDone
+		}()
+		close(hooksDone) // the deliveries run within the leadership
+	} else {
+		if err := engine.Start(ctx); err != nil {
+			return err
+		}
+		go func() {
+			defer close(engineDone)
+			if err := engine.Run(engineCtx, true); err != nil {
+				log.Error("lifecycle engine stopped", "err", err)
+			}
+		}()
+		go func() {
+			defer close(hooksDone)
+			hooks.Run(hooksCtx)
+		}()
+	}
 
 	errc := make(chan error, 5)
 	go func() { errc <- apiSrv.Serve(apiLn) }()
@@ -267,7 +332,7 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	ready.Store(true)
 	log.Info("edgeproxy serving", "api_addr", apiLn.Addr().String(), "admin_socket", sockPath,
 		"http_addr", httpLn.Addr().String(), "https_addr", httpsLn.Addr().String(), "dns_addr", dnsAddr,
-		"target_cname_base", cfg.TargetCNAMEBase, "dev", cfg.Dev)
+		"target_cname_base", cfg.TargetCNAMEBase, "dev", cfg.Dev, "store", storeName(cfg))
 
 	var serveErr error
 	select {
@@ -302,7 +367,17 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	// An attempt cut short here is not recorded: the next start sends it
 	// again, with the same webhook-id.
 	stopHooks()
-	<-engineDone
+	if st.Clustered() {
+		if !opened.reachable() {
+			// Nothing can be handed over: the leadership and the locks
+			// go with the session's lease.
+			log.Warn("etcd cannot be reached: stopping without resigning")
+			opened.abandon()
+		}
+		waitBounded(engineDone, clusterStopWait, "the leadership loop", log)
+	} else {
+		<-engineDone
+	}
 	<-hooksDone
 	os.Remove(sockPath)
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
@@ -403,6 +478,9 @@ func peerUID(conn net.Conn) (uint32, bool) {
 // key, and writes the key's value to <data-dir>/bootstrap-key. The file is
 // written before the database commits: a crash in between leaves a key
 // file that the next start overwrites, never a stored key nobody can read.
+// On etcd, nodes starting together on an empty prefix all try; the store
+// commits one bootstrap only (BootstrapIfEmpty is one transaction), and
+// every other node removes the file it wrote, whose key was never stored.
 func bootstrap(st *store.Store, cfg *config, stdout io.Writer, log *slog.Logger) error {
 	orgs, err := st.Orgs()
 	if err != nil {
@@ -417,8 +495,16 @@ func bootstrap(st *store.Store, cfg *config, stdout io.Writer, log *slog.Logger)
 		return fmt.Errorf("writing bootstrap key: %w", err)
 	}
 	created, _, err := st.BootstrapIfEmpty(store.Bootstrap{OrgName: "Default", Email: "admin@localhost", Key: key})
+	if err != nil || !created {
+		if rerr := os.Remove(keyPath); rerr != nil {
+			log.Warn("removing a bootstrap key that was not stored", "key_file", keyPath, "err", rerr)
+		}
+	}
 	if err != nil {
 		return err
+	}
+	if !created {
+		log.Info("the cluster was bootstrapped by another node: no bootstrap key on this one")
 	}
 	if created {
 		log.Info("first start: created organization Default, user admin@localhost and a personal API key", "key_file", keyPath)
@@ -428,6 +514,43 @@ func bootstrap(st *store.Store, cfg *config, stdout io.Writer, log *slog.Logger)
 		}
 	}
 	return nil
+}
+
+// retryBootstrap runs bootstrap every few seconds until it succeeds (or
+// finds the store bootstrapped) or ctx ends.
+func retryBootstrap(ctx context.Context, st *store.Store, cfg *config, stdout io.Writer, log *slog.Logger) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		err := bootstrap(st, cfg, stdout, log)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, store.ErrUnavailable) {
+			log.Error("bootstrap failed", "err", err)
+			return
+		}
+	}
+}
+
+// storeName names the store in the start line.
+func storeName(cfg *config) string {
+	if cfg.clustered() {
+		return "etcd " + joinList(cfg.Etcd.Endpoints) + " prefix " + cfg.Etcd.Prefix
+	}
+	return filepath.Join(cfg.DataDir, dbFile)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // writeFileAtomic writes data to path through a temporary file, fsynced
