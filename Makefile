@@ -5,7 +5,7 @@ DATA_DIR ?= ./data
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 10m
 
-.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-proxy bench-lifecycle fuzz fuzz-ci chaos soak clean
+.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-store bench-proxy bench-lifecycle fuzz fuzz-ci chaos soak clean
 
 ## help: list the targets, each with what it does
 help:
@@ -51,6 +51,10 @@ e2e: build
 ## bench: the control-plane benchmarks (numbers go to docs/PERFORMANCE.md)
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./control/
+
+## bench-store: the store's creates and reads on etcd through one node and three, and on the bbolt file (docs/PERFORMANCE.md)
+bench-store:
+	$(GO) test -run '^$$' -bench 'Etcd|Bolt' -benchtime 3s -count 2 ./store/
 
 ## bench-proxy: the TLS edge against nginx and Caddy under wrk and h2load, about 20 minutes (installs wrk, h2load, nginx, caddy when missing; args in BENCH_PROXY_ARGS)
 bench-proxy:
