@@ -461,3 +461,41 @@ func TestEtcdMemberLoss(t *testing.T) {
 		c.RestartMember(m)
 	}
 }
+
+// TestEtcdBootstrapOnce: nodes bootstrapping an empty prefix at the same
+// time create one organization, and exactly one of them reports it did.
+func TestEtcdBootstrapOnce(t *testing.T) {
+	c := etcdtest.NewCluster(t, 1)
+	for round := range 5 {
+		prefix := fmt.Sprintf("/boot%d/", round)
+		nodes := []*store.Store{openNode(t, c, prefix, t.TempDir()), openNode(t, c, prefix, t.TempDir()), openNode(t, c, prefix, t.TempDir())}
+		var (
+			wg      sync.WaitGroup
+			mu      sync.Mutex
+			created int
+		)
+		for i, n := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ok, _, err := n.BootstrapIfEmpty(store.Bootstrap{OrgName: "Default", Email: "admin@localhost", Key: store.APIKey{Hash: fmt.Sprintf("hash-%d", i)}})
+				if err != nil {
+					t.Errorf("node %d: %v", i, err)
+				}
+				if ok {
+					mu.Lock()
+					created++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		orgs, err := nodes[0].Orgs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if created != 1 || len(orgs) != 1 {
+			t.Fatalf("round %d: %d nodes report the bootstrap, %d organizations; want 1 and 1", round, created, len(orgs))
+		}
+	}
+}
