@@ -344,19 +344,37 @@ func TestClusterEtcdDown(t *testing.T) {
 		t.Errorf("list during the outage: %d %+v, want 200 with the one record", code, list.Results)
 	}
 	// Each write waits for etcd up to the store's timeout: the admin
-	// socket's is sent meanwhile.
-	adminDone := make(chan struct{})
-	var adminOut string
-	var adminErr error
+	// socket's write and a backup (which needs one etcd revision) are
+	// sent meanwhile.
+	var (
+		adminDone, backupDone = make(chan struct{}), make(chan struct{})
+		adminOut, backupOut   string
+		adminErr, backupErr   error
+		backup                = filepath.Join(t.TempDir(), "backup.db")
+	)
 	go func() {
 		defer close(adminDone)
 		adminOut, adminErr = s.adminCommand(t, "org", "create", "--name", "Outage")
 	}()
+	go func() {
+		defer close(backupDone)
+		backupOut, backupErr = s.adminCommand(t, "backup", "--out", backup)
+	}()
 	a := s.call(t, key, "POST", "/api/organizations/@current/proxy_records/", `{"domain":"e2.outage.example.com"}`)
 	wantClusterUnavailable(t, "create during the outage", a)
 	<-adminDone
-	if adminErr == nil || !strings.Contains(adminOut, "cluster store (etcd) cannot be reached") {
-		t.Errorf("admin org create during the outage: %v, %q; want a failure naming the cluster store", adminErr, adminOut)
+	if adminErr == nil || !strings.Contains(adminOut, "edgeproxy: the cluster store (etcd) cannot be reached, so the change could not be confirmed") {
+		t.Errorf("admin org create during the outage: %v, %q; want the admin socket's 503 naming the cluster store", adminErr, adminOut)
+	}
+	// Regression: the backup's error came after a 200 with an empty body,
+	// which bbolt opens as a new, empty database: an empty backup passed
+	// every check.
+	<-backupDone
+	if backupErr == nil || !strings.Contains(backupOut, "edgeproxy: the cluster store (etcd) cannot be reached, so no consistent copy can be taken now") {
+		t.Errorf("backup during the outage: %v, %q; want a failure naming the cluster store", backupErr, backupOut)
+	}
+	if _, err := os.Stat(backup); !os.IsNotExist(err) {
+		t.Errorf("backup during the outage left %s (%v)", backup, err)
 	}
 
 	// A restart while etcd is down: the node stops within the unit's 40 s
