@@ -83,15 +83,16 @@ func (te *testEtcd) start() {
 	te.etcd = e
 }
 
-// stop stops the member. It stops answering at once; etcd's Close then
-// waits up to its request timeout (over 5 s) for the watch streams of the
-// nodes, in the background.
+// stop stops the member at once, as a crash would: no request is served
+// from then on. etcd's Close then waits up to its request timeout (over
+// 5 s) for the connections of the nodes, in the background.
 func (te *testEtcd) stop() {
 	if te.etcd == nil {
 		return
 	}
 	e, closed := te.etcd, make(chan struct{})
 	te.etcd, te.closed = nil, closed
+	e.Server.HardStop()
 	go func() {
 		defer close(closed)
 		e.Close()
@@ -311,6 +312,58 @@ func TestClusterTwoNodes(t *testing.T) {
 	}
 	c.waitMetric(t, "edgeproxy_leader", 1, 15*time.Second)
 	t.Logf("node c leads %v after node b was sent SIGTERM", time.Since(stopped).Round(time.Millisecond))
+}
+
+// TestClusterBootstrapOnce starts two nodes at the same moment on an
+// empty prefix: both find it empty, both may try to bootstrap it, and
+// exactly one bootstrap is stored. Exactly one node keeps a
+// bootstrap-key file, and its key works on both.
+func TestClusterBootstrapOnce(t *testing.T) {
+	t.Parallel()
+	te := startEtcd(t)
+	bin := testbin.Build(t, true)
+	var nodes []*server
+	for _, name := range []string{"one", "two"} {
+		api, dir := testbin.FreeAddr(t), t.TempDir()
+		s := launch(t, bin, []string{"serve", "--dev", "--data-dir", dir, "--api-addr", api,
+			"--http-addr", testbin.FreeAddr(t), "--https-addr", testbin.FreeAddr(t),
+			"--etcd-endpoints", te.endpoint(), "--node-name", name})
+		s.api, s.dataDir = "http://"+api, dir
+		nodes = append(nodes, s)
+	}
+	var keys []string
+	for _, s := range nodes {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if resp, err := http.Get(s.api + "/readyz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not ready in 30 s\n%s", s.api, s.stderr)
+			}
+		}
+		if data, err := os.ReadFile(filepath.Join(s.dataDir, "bootstrap-key")); err == nil {
+			keys = append(keys, strings.TrimSpace(string(data)))
+		} else if !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if strings.Contains(s.stderr.String(), "bootstrapped by another node") {
+			t.Logf("%s tried to bootstrap too, and removed its key file", s.api)
+		}
+	}
+	if len(keys) != 1 {
+		t.Fatalf("%d nodes keep a bootstrap-key file, want exactly one", len(keys))
+	}
+	for _, s := range nodes {
+		var orgs struct {
+			Count int `json:"count"`
+		}
+		if code := s.request(t, keys[0], "GET", "/api/organizations/", "", &orgs); code != 200 || orgs.Count != 1 {
+			t.Errorf("%s: organizations with the bootstrap key: %d, count %d; want 200, one", s.api, code, orgs.Count)
+		}
+	}
 }
 
 // TestClusterEtcdDown stops etcd under a node: writes answer 503
