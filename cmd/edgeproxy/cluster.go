@@ -104,12 +104,23 @@ func openStore(cfg *config, log *slog.Logger) (*openedStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.OpenEtcd(store.EtcdOptions{
+	opts := store.EtcdOptions{
 		Client:   cli,
 		Prefix:   cfg.Etcd.Prefix,
 		CopyPath: filepath.Join(cfg.DataDir, etcdCopyFile),
 		Logger:   log,
-	})
+	}
+	st, err := store.OpenEtcd(opts)
+	if err != nil && !errors.Is(err, store.ErrUnavailable) && !errors.Is(err, store.ErrNewerSchema) {
+		// Nodes starting together on an empty prefix: one writes the
+		// schema version between another's two reads of the prefix
+		// (the version, then whether anything is there), which then
+		// looks like data without a version. A second look settles it;
+		// a prefix that really is in that state fails again.
+		log.Info("opening the store on etcd failed; trying once more", "err", err)
+		time.Sleep(time.Second)
+		st, err = store.OpenEtcd(opts)
+	}
 	if err != nil {
 		cli.Close()
 		return nil, err

@@ -83,15 +83,16 @@ func (te *testEtcd) start() {
 	te.etcd = e
 }
 
-// stop stops the member. It stops answering at once; etcd's Close then
-// waits up to its request timeout (over 5 s) for the watch streams of the
-// nodes, in the background.
+// stop stops the member at once, as a crash would: no request is served
+// from then on. etcd's Close then waits up to its request timeout (over
+// 5 s) for the connections of the nodes, in the background.
 func (te *testEtcd) stop() {
 	if te.etcd == nil {
 		return
 	}
 	e, closed := te.etcd, make(chan struct{})
 	te.etcd, te.closed = nil, closed
+	e.Server.HardStop()
 	go func() {
 		defer close(closed)
 		e.Close()
@@ -313,6 +314,58 @@ func TestClusterTwoNodes(t *testing.T) {
 	t.Logf("node c leads %v after node b was sent SIGTERM", time.Since(stopped).Round(time.Millisecond))
 }
 
+// TestClusterBootstrapOnce starts two nodes at the same moment on an
+// empty prefix: both find it empty, both may try to bootstrap it, and
+// exactly one bootstrap is stored. Exactly one node keeps a
+// bootstrap-key file, and its key works on both.
+func TestClusterBootstrapOnce(t *testing.T) {
+	t.Parallel()
+	te := startEtcd(t)
+	bin := testbin.Build(t, true)
+	var nodes []*server
+	for _, name := range []string{"one", "two"} {
+		api, dir := testbin.FreeAddr(t), t.TempDir()
+		s := launch(t, bin, []string{"serve", "--dev", "--data-dir", dir, "--api-addr", api,
+			"--http-addr", testbin.FreeAddr(t), "--https-addr", testbin.FreeAddr(t),
+			"--etcd-endpoints", te.endpoint(), "--node-name", name})
+		s.api, s.dataDir = "http://"+api, dir
+		nodes = append(nodes, s)
+	}
+	var keys []string
+	for _, s := range nodes {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if resp, err := http.Get(s.api + "/readyz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not ready in 30 s\n%s", s.api, s.stderr)
+			}
+		}
+		if data, err := os.ReadFile(filepath.Join(s.dataDir, "bootstrap-key")); err == nil {
+			keys = append(keys, strings.TrimSpace(string(data)))
+		} else if !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if strings.Contains(s.stderr.String(), "bootstrapped by another node") {
+			t.Logf("%s tried to bootstrap too, and removed its key file", s.api)
+		}
+	}
+	if len(keys) != 1 {
+		t.Fatalf("%d nodes keep a bootstrap-key file, want exactly one", len(keys))
+	}
+	for _, s := range nodes {
+		var orgs struct {
+			Count int `json:"count"`
+		}
+		if code := s.request(t, keys[0], "GET", "/api/organizations/", "", &orgs); code != 200 || orgs.Count != 1 {
+			t.Errorf("%s: organizations with the bootstrap key: %d, count %d; want 200, one", s.api, code, orgs.Count)
+		}
+	}
+}
+
 // TestClusterEtcdDown stops etcd under a node: writes answer 503
 // storage_unavailable with Retry-After, reads and /readyz go on (the
 // latter naming the degradation), the node stops on SIGTERM and starts
@@ -344,19 +397,37 @@ func TestClusterEtcdDown(t *testing.T) {
 		t.Errorf("list during the outage: %d %+v, want 200 with the one record", code, list.Results)
 	}
 	// Each write waits for etcd up to the store's timeout: the admin
-	// socket's is sent meanwhile.
-	adminDone := make(chan struct{})
-	var adminOut string
-	var adminErr error
+	// socket's write and a backup (which needs one etcd revision) are
+	// sent meanwhile.
+	var (
+		adminDone, backupDone = make(chan struct{}), make(chan struct{})
+		adminOut, backupOut   string
+		adminErr, backupErr   error
+		backup                = filepath.Join(t.TempDir(), "backup.db")
+	)
 	go func() {
 		defer close(adminDone)
 		adminOut, adminErr = s.adminCommand(t, "org", "create", "--name", "Outage")
 	}()
+	go func() {
+		defer close(backupDone)
+		backupOut, backupErr = s.adminCommand(t, "backup", "--out", backup)
+	}()
 	a := s.call(t, key, "POST", "/api/organizations/@current/proxy_records/", `{"domain":"e2.outage.example.com"}`)
 	wantClusterUnavailable(t, "create during the outage", a)
 	<-adminDone
-	if adminErr == nil || !strings.Contains(adminOut, "cluster store (etcd) cannot be reached") {
-		t.Errorf("admin org create during the outage: %v, %q; want a failure naming the cluster store", adminErr, adminOut)
+	if adminErr == nil || !strings.Contains(adminOut, "edgeproxy: the cluster store (etcd) cannot be reached, so the change could not be confirmed") {
+		t.Errorf("admin org create during the outage: %v, %q; want the admin socket's 503 naming the cluster store", adminErr, adminOut)
+	}
+	// Regression: the backup's error came after a 200 with an empty body,
+	// which bbolt opens as a new, empty database: an empty backup passed
+	// every check.
+	<-backupDone
+	if backupErr == nil || !strings.Contains(backupOut, "edgeproxy: the cluster store (etcd) cannot be reached, so no consistent copy can be taken now") {
+		t.Errorf("backup during the outage: %v, %q; want a failure naming the cluster store", backupErr, backupOut)
+	}
+	if _, err := os.Stat(backup); !os.IsNotExist(err) {
+		t.Errorf("backup during the outage left %s (%v)", backup, err)
 	}
 
 	// A restart while etcd is down: the node stops within the unit's 40 s

@@ -286,17 +286,18 @@ func serveFlags(fs *flag.FlagSet) *config {
 	defineFlag(fs, &c.DNSNameservers, "dns-ns", "comma-separated host `names` of the zone's nameservers, the nodes' names, outside the zone (required with --dns-addr)", parseNameservers, joinList)
 	boolean(&c.WebhookAllowPrivate, "webhook-allow-private", "accept webhook URLs that are http:// or resolve to loopback or private addresses (tests, local trials; --dev implies it)")
 	boolean(&c.Dev, "dev", "local trial: proxy.localhost base, 127.0.0.1:8081 and :8443, bootstrap key printed")
-	etcdFlags(fs, &c.Etcd)
+	etcdFlags(fs, &c.Etcd, "comma-separated `host:port` list of etcd members: the store goes on that cluster, shared with the other nodes, instead of the bbolt file (empty: the bbolt file)")
 	str(&c.NodeName, "node-name", "`name` of this node in logs, metrics and the leader key (with --etcd-endpoints)", checkNodeName)
 	return c
 }
 
-// etcdFlags declares the flags of c on fs: serve's and migrate's.
-func etcdFlags(fs *flag.FlagSet, c *etcdConfig) {
+// etcdFlags declares the flags of c on fs: serve's and migrate's, which
+// say what the endpoints are for.
+func etcdFlags(fs *flag.FlagSet, c *etcdConfig, endpointsUsage string) {
 	str := func(p *string, name, usage string, parse func(string) (string, error)) {
 		defineFlag(fs, p, name, usage, parse, func(s string) string { return s })
 	}
-	defineFlag(fs, &c.Endpoints, "etcd-endpoints", "comma-separated `host:port` list of etcd members: the store goes on that cluster instead of the bbolt file (empty: the bbolt file)", parseEtcdEndpoints, joinList)
+	defineFlag(fs, &c.Endpoints, "etcd-endpoints", endpointsUsage, parseEtcdEndpoints, joinList)
 	str(&c.Prefix, "etcd-prefix", "etcd key `prefix` of this deployment; starts and ends with /", checkEtcdPrefix)
 	str(&c.CAFile, "etcd-ca", "PEM `file` of the roots that sign etcd's server certificates (TLS to etcd)", func(file string) (string, error) {
 		pool, err := readRoots(file)

@@ -35,7 +35,7 @@ func runMigrate(args []string, stdout, stderr io.Writer, getenv func(string) str
 	)
 	defineFlag(fs, &toEtcd, "to-etcd", "copy the database into an etcd cluster (the only migration there is)", parseBool, func(b bool) string { return fmt.Sprint(b) })
 	defineFlag(fs, &from, "from", "the bbolt database `file` to copy (edgeproxy.db of a stopped server, or a backup)", nonEmpty, func(s string) string { return s })
-	etcdFlags(fs, &ec)
+	etcdFlags(fs, &ec, "comma-separated `host:port` list of the members of the etcd cluster to copy into")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)

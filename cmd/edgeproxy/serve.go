@@ -368,13 +368,16 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	// again, with the same webhook-id.
 	stopHooks()
 	if st.Clustered() {
+		wait := clusterStopWait
 		if !opened.reachable() {
-			// Nothing can be handed over: the leadership and the locks
-			// go with the session's lease.
+			// Nothing can be handed over, and nothing the engine does
+			// now can be stored: the leadership and the locks go with
+			// the session's lease.
 			log.Warn("etcd cannot be reached: stopping without resigning")
 			opened.abandon()
+			wait = time.Second
 		}
-		waitBounded(engineDone, clusterStopWait, "the leadership loop", log)
+		waitBounded(engineDone, wait, "the leadership loop", log)
 	} else {
 		<-engineDone
 	}
@@ -495,18 +498,27 @@ func bootstrap(st *store.Store, cfg *config, stdout io.Writer, log *slog.Logger)
 		return fmt.Errorf("writing bootstrap key: %w", err)
 	}
 	created, _, err := st.BootstrapIfEmpty(store.Bootstrap{OrgName: "Default", Email: "admin@localhost", Key: key})
+	if err == nil && created && st.Clustered() {
+		// The file must hold the stored key. On etcd a bootstrap that
+		// lost the race to another node runs again and finds the store
+		// bootstrapped; the key stored is then the other node's.
+		if _, kerr := st.KeyByHash(key.Hash); errors.Is(kerr, store.ErrNotFound) {
+			created = false
+		} else if kerr != nil {
+			err = kerr
+		}
+	}
 	if err != nil || !created {
 		if rerr := os.Remove(keyPath); rerr != nil {
 			log.Warn("removing a bootstrap key that was not stored", "key_file", keyPath, "err", rerr)
 		}
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		return err
-	}
-	if !created {
+	case !created:
 		log.Info("the cluster was bootstrapped by another node: no bootstrap key on this one")
-	}
-	if created {
+	default:
 		log.Info("first start: created organization Default, user admin@localhost and a personal API key", "key_file", keyPath)
 		if cfg.Dev {
 			fmt.Fprintf(stdout, "\nBootstrap personal API key (also in %s):\n\n    %s\n\nTry: curl -H \"Authorization: Bearer %s\" http://%s/api/organizations/@current/proxy_records/\n\n",
@@ -528,10 +540,10 @@ func retryBootstrap(ctx context.Context, st *store.Store, cfg *config, stdout io
 		case <-tick.C:
 		}
 		err := bootstrap(st, cfg, stdout, log)
-		if err == nil {
+		switch {
+		case err == nil || ctx.Err() != nil:
 			return
-		}
-		if !errors.Is(err, store.ErrUnavailable) {
+		case !errors.Is(err, store.ErrUnavailable):
 			log.Error("bootstrap failed", "err", err)
 			return
 		}
