@@ -498,16 +498,6 @@ func bootstrap(st *store.Store, cfg *config, stdout io.Writer, log *slog.Logger)
 		return fmt.Errorf("writing bootstrap key: %w", err)
 	}
 	created, _, err := st.BootstrapIfEmpty(store.Bootstrap{OrgName: "Default", Email: "admin@localhost", Key: key})
-	if err == nil && created && st.Clustered() {
-		// The file must hold the stored key. On etcd a bootstrap that
-		// lost the race to another node runs again and finds the store
-		// bootstrapped; the key stored is then the other node's.
-		if _, kerr := st.KeyByHash(key.Hash); errors.Is(kerr, store.ErrNotFound) {
-			created = false
-		} else if kerr != nil {
-			err = kerr
-		}
-	}
 	if err != nil || !created {
 		if rerr := os.Remove(keyPath); rerr != nil {
 			log.Warn("removing a bootstrap key that was not stored", "key_file", keyPath, "err", rerr)
