@@ -55,7 +55,7 @@ func startZone(t *testing.T, mod func(*dnszone.Config)) *env {
 	return e
 }
 
-func serveZone(t *testing.T, st *store.Store, mod func(*dnszone.Config)) (*dnszone.Zone, string, *prometheus.Registry) {
+func serveZone(t testing.TB, st *store.Store, mod func(*dnszone.Config)) (*dnszone.Zone, string, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg := dnszone.Config{
