@@ -38,7 +38,7 @@ func BenchmarkZoneUDP(b *testing.B) {
 		}
 		names = append(names, dns.Fqdn(r.TargetCNAME))
 	}
-	_, addr, _ := serveZone(b, st, func(c *dnszone.Config) { c.RateLimit, c.RateBurst = rate.Inf, 1 << 30 })
+	_, addr, _ := serveZone(b, st, func(c *dnszone.Config) { c.RateLimit, c.RateBurst = rate.Inf, 1<<30 })
 	var seq atomic.Int64
 	b.SetParallelism(8)
 	b.ResetTimer()
