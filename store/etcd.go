@@ -1103,24 +1103,28 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 // failure of a commit.
 const transientPause = 200 * time.Millisecond
 
-// transient reports whether err is etcd (or the way to it) failing for
-// a moment: no leader, a leader change, a member gone, a timeout.
+// transient reports whether err may be etcd (or the way to it) failing
+// for a moment: no leader, a leader change, a member stopping or gone, a
+// timeout. Sending the write again is safe (landed looks first), so
+// every error is taken for a moment's but those that say the request
+// itself is refused.
 func transient(err error) bool {
 	switch {
-	case errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, rpctypes.ErrTimeout),
-		errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail),
-		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost),
-		errors.Is(err, rpctypes.ErrLeaderChanged),
-		errors.Is(err, rpctypes.ErrNoLeader),
-		errors.Is(err, rpctypes.ErrTooManyRequests):
-		return true
+	case errors.Is(err, context.Canceled),
+		errors.Is(err, rpctypes.ErrRequestTooLarge),
+		errors.Is(err, rpctypes.ErrTooManyOps),
+		errors.Is(err, rpctypes.ErrDuplicateKey),
+		errors.Is(err, rpctypes.ErrPermissionDenied),
+		errors.Is(err, rpctypes.ErrInvalidAuthToken),
+		errors.Is(err, rpctypes.ErrAuthFailed),
+		errors.Is(err, rpctypes.ErrNoSpace):
+		return false
 	}
 	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded:
-		return true
+	case codes.InvalidArgument, codes.PermissionDenied, codes.Unauthenticated, codes.ResourceExhausted, codes.Canceled:
+		return false
 	}
-	return false
+	return true
 }
 
 // landed reports whether etcd applied a commit whose answer was lost:
