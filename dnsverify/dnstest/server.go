@@ -64,9 +64,9 @@ type Server struct {
 	records map[string][]dns.RR
 	// below counts, for each name, how many names with records lie strictly under it, so an
 	// empty non-terminal answers NODATA rather than NXDOMAIN.
-	below       map[string]int
-	rcodes      map[string]int
-	scripts     map[scriptKey]*script
+	below   map[string]int
+	rcodes  map[string]int
+	scripts map[scriptKey]*script
 	// delegations maps a delegated zone (lower-case, fully qualified) to the address of the
 	// server that answers it.
 	delegations map[string]string
