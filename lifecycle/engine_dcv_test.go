@@ -161,3 +161,28 @@ func TestLifecycleDelegationIgnoredWithoutZone(t *testing.T) {
 		t.Errorf("%d orders, want 0", got)
 	}
 }
+
+// TestLifecycleApexBeforeTraffic: a zone apex proven by its delegation is
+// valid before its traffic moves; its message names what an apex needs
+// for the traffic (the target's addresses, or an ALIAS, and the ownership
+// TXT record), and clears once they are there.
+func TestLifecycleApexBeforeTraffic(t *testing.T) {
+	env := lifecycletest.NewZone(t, nil)
+	const domain = "apex-shop.com"
+	rec := env.Create(t, domain)
+	delegate(env, rec)
+	r := env.WaitStatus(t, rec.ID, store.StatusValid)
+	env.MustServe(t, domain)
+	for _, want := range []string{"traffic does not come here yet", "zone apex", domain + " A 127.0.0.1", txtRecord(rec)} {
+		if !strings.Contains(msg(r), want) {
+			t.Errorf("valid apex before traffic, message %q lacks %q", msg(r), want)
+		}
+	}
+
+	env.DNS.SetA(domain, "127.0.0.1")
+	env.PublishOwnership(rec)
+	env.WaitFor(t, rec.ID, "valid with no message", func(r store.Record, err error) bool {
+		return err == nil && r.Status == store.StatusValid && r.Message == nil
+	})
+	env.MustServe(t, domain)
+}
