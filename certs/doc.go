@@ -50,5 +50,28 @@
 // ZoneDNSProvider is the libdns provider (certmagic.DNSProvider) for ACME
 // DNS-01 through the target zone edgeproxy serves itself (dnszone): it
 // writes and deletes the challenge TXT values in the store, where every
-// node's DNS server answers them. The Manager does not use DNS-01 yet.
+// node's DNS server answers them.
+//
+// # DNS-01 through the zone (certificates before traffic)
+//
+// With Config.Zone set, a domain given a DCV delegation (SetDCVDelegation:
+// its _acme-challenge.<domain> CNAME points at _acme-challenge.<20
+// hex>.<base>, a name of our zone) gets and renews its certificate with
+// DNS-01 instead: the CA follows the customer's CNAME into our zone and
+// finds there the TXT value the manager wrote, whether or not the
+// domain's traffic reaches the edge. A second certmagic configuration does
+// this, sharing the first one's cache, storage, locks, CA and account,
+// with one ACME issuer whose only solver writes the challenge TXT at the
+// domain's delegation target (certmagic's DNS01Solver would write under
+// the customer's own name, and asks resolvers for the zone's SOA first).
+// Every other domain is validated exactly as before. The choice is made
+// per domain: certmagic's maintenance asks which configuration manages a
+// certificate each time it looks at it, and gets the DNS-01 one for a
+// domain with a delegation. The delegation is kept in storage
+// ("edgeproxy/dcv_delegations/<domain>") besides memory, so Load finds it
+// again after a restart and on another node; Release and Drop forget it,
+// since it belongs to the record. A node that loaded a certificate before
+// its delegation changed learns the change only at its next Load of the
+// domain. No propagation check is made: the value is in the store before
+// the CA is told to look, and every node's zone answers from the store.
 package certs

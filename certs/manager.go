@@ -51,6 +51,12 @@ type Config struct {
 	// Registerer gets the manager's metrics. If nil, they are kept but not
 	// registered.
 	Registerer prometheus.Registerer
+	// Zone, when set, is the provider of the target zone edgeproxy serves
+	// itself (--dns-addr): the domains given a DCV delegation
+	// (SetDCVDelegation) then get and renew their certificates with ACME
+	// DNS-01, the challenge TXT written there. If nil, every certificate
+	// is validated with HTTP-01 or TLS-ALPN-01.
+	Zone *ZoneDNSProvider
 }
 
 // Manager obtains, renews, stores and serves certificates. It is safe for
@@ -61,6 +67,16 @@ type Manager struct {
 	magic   *certmagic.Config
 	acme    *certmagic.ACMEIssuer
 	log     *slog.Logger
+
+	// zone and dnsMagic obtain and renew the certificates of the domains
+	// with a DCV delegation, with DNS-01 (dns01.go); nil without
+	// Config.Zone.
+	zone     *ZoneDNSProvider
+	dnsMagic *certmagic.Config
+	// routesMu serializes the writers of routes, the delegation target of
+	// each domain validated with DNS-01; readers load it without a lock.
+	routesMu sync.Mutex
+	routes   atomic.Pointer[map[string]string]
 
 	// servedMu serializes the writers of served; readers load it without
 	// a lock.
@@ -110,15 +126,25 @@ func New(st *store.Store, cfg Config) (*Manager, error) {
 	}
 	zl := newZapLogger(log)
 
-	m := &Manager{log: log}
+	if z := cfg.Zone; z != nil && (z.Store == nil || normalizeName(z.Zone) == "") {
+		return nil, errors.New("certs: the zone's DNS provider needs a store and a zone")
+	}
+
+	m := &Manager{log: log, zone: cfg.Zone}
 	m.metrics = newMetrics(m, cfg.Registerer)
 	m.served.Store(&map[string]struct{}{})
+	m.routes.Store(&map[string]string{})
 	m.storage = NewStorage(st, StorageOptions{Logger: log})
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return m.magic, nil },
-		Logger:           zl,
+		GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {
+			if len(c.Names) == 0 {
+				return m.magic, nil
+			}
+			return m.configFor(c.Names[0]), nil
+		},
+		Logger: zl,
 	})
-	m.magic = certmagic.New(m.cache, certmagic.Config{
+	base := certmagic.Config{
 		Storage: m.storage,
 		Logger:  zl,
 		// Let's Encrypt stopped running OCSP in 2025, and stapling costs a
@@ -126,7 +152,8 @@ func New(st *store.Store, cfg Config) (*Manager, error) {
 		OCSP:           certmagic.OCSPConfig{DisableStapling: true},
 		OnEvent:        m.onEvent,
 		ShouldEmitFunc: func(event string) bool { return event == "cert_obtained" || event == "cert_failed" },
-	})
+	}
+	m.magic = certmagic.New(m.cache, base)
 	m.acme = certmagic.NewACMEIssuer(m.magic, certmagic.ACMEIssuer{
 		CA:             cfg.CA,
 		TestCA:         cfg.CA,
@@ -144,6 +171,9 @@ func New(st *store.Store, cfg Config) (*Manager, error) {
 		issuer = quietIssuer{m.acme}
 	}
 	m.magic.Issuers = []certmagic.Issuer{issuer}
+	if m.zone != nil {
+		m.newDNSConfig(cfg, base)
+	}
 	return m, nil
 }
 
@@ -186,17 +216,18 @@ func (m *Manager) Obtain(ctx context.Context, domain string) (notAfter time.Time
 		return time.Time{}, errors.New("certs: obtaining certificate: empty domain")
 	}
 	cert, err := m.cacheStored(ctx, name)
+	magic := m.configFor(name)
 	switch {
 	case err == nil && !cert.Expired():
 		return cert.Leaf.NotAfter, nil
 	case err == nil:
-		err := m.magic.RenewCertSync(ctx, name, false)
+		err := magic.RenewCertSync(ctx, name, false)
 		m.metrics.record("renewal", err)
 		if err != nil {
 			return time.Time{}, fmt.Errorf("%s: renewing expired certificate: %w", name, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
-		err := m.magic.ObtainCertSync(ctx, name)
+		err := magic.ObtainCertSync(ctx, name)
 		m.metrics.record("obtain", err)
 		if err != nil {
 			return time.Time{}, fmt.Errorf("%s: obtaining certificate: %w", name, err)
@@ -212,10 +243,14 @@ func (m *Manager) Obtain(ctx context.Context, domain string) (notAfter time.Time
 }
 
 // Load caches the stored certificate for domain as managed and returns its
-// expiry. It never talks to the CA; a domain with no certificate in
-// storage is an error wrapping fs.ErrNotExist.
+// expiry, and reads from storage how the certificate is validated (its DCV
+// delegation, see SetDCVDelegation), for its renewals. It never talks to
+// the CA; a domain with no certificate in storage is an error wrapping
+// fs.ErrNotExist.
 func (m *Manager) Load(ctx context.Context, domain string) (notAfter time.Time, err error) {
-	cert, err := m.cacheStored(ctx, normalizeName(domain))
+	name := normalizeName(domain)
+	m.loadRoute(ctx, name)
+	cert, err := m.cacheStored(ctx, name)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -242,7 +277,8 @@ func (m *Manager) cacheStored(ctx context.Context, name string) (certmagic.Certi
 // Release takes domain off the allowlist and its certificate out of the
 // cache, so it is neither served nor renewed, and leaves it in storage,
 // where Load and Obtain find it again (a deleted record's certificate,
-// kept for the retention). It waits for an obtain or renewal of the
+// kept for the retention). Its DCV delegation, which belonged to the
+// record, is forgotten. It waits for an obtain or renewal of the
 // domain in progress to finish first. Releasing a domain that has nothing
 // is not an error.
 func (m *Manager) Release(ctx context.Context, domain string) error {
@@ -261,12 +297,15 @@ func (m *Manager) Release(ctx context.Context, domain string) error {
 		}
 	}()
 	m.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: name}})
+	if err := m.forgetRoute(ctx, name); err != nil {
+		return fmt.Errorf("%s: releasing certificate: forgetting its DCV delegation: %w", name, err)
+	}
 	return nil
 }
 
 // Drop removes domain's certificate from the cache and deletes every
 // storage key of it (certificate, key and metadata of every issuer, OCSP
-// staples). It waits for an obtain or renewal of the domain in progress to
+// staples, DCV delegation). It waits for an obtain or renewal of the domain in progress to
 // finish first. Dropping a domain that has nothing is not an error.
 func (m *Manager) Drop(ctx context.Context, domain string) error {
 	name := normalizeName(domain)
@@ -283,6 +322,9 @@ func (m *Manager) Drop(ctx context.Context, domain string) error {
 		}
 	}()
 	m.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: name}})
+	if err := m.forgetRoute(ctx, name); err != nil {
+		return fmt.Errorf("%s: dropping certificate: forgetting its DCV delegation: %w", name, err)
+	}
 
 	safe := certmagic.StorageKeys.Safe(name)
 	issuers, err := m.storage.List(ctx, "certificates", false)

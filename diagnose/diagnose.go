@@ -137,6 +137,13 @@ type Diagnoser struct {
 	// Probes is the registry of the HTTP check's tokens. The plain HTTP
 	// listener must call its Handle before anything else.
 	Probes *Probes
+	// ZoneServed says this deployment serves the target zone itself
+	// (--dns-addr), so a record's DCV delegation is used: the certificate
+	// is then validated through the zone (DNS-01), before traffic points
+	// here or behind Cloudflare's proxy. If false, the dcv_delegation
+	// check says the delegation has no effect here, and no remediation
+	// proposes it.
+	ZoneServed bool
 	// Now is the clock, of the reports and of the limits on diagnoses.
 	// If nil, time.Now.
 	Now func() time.Time
@@ -187,7 +194,7 @@ func (d *Diagnoser) Run(ctx context.Context, rec store.Record) Report {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		res = d.lookupCNAME(ctx, rec)
-		cname = cnameCheck(rec, res)
+		cname = cnameCheck(rec, res, d.ZoneServed)
 		pointing <- cname.Status == checkPass
 	})
 	wg.Go(func() { txt = d.lookupOwnership(ctx, rec) })
@@ -196,8 +203,8 @@ func (d *Diagnoser) Run(ctx context.Context, rec store.Record) Report {
 	wg.Go(func() { httpc = d.checkHTTP(ctx, rec, pointing) })
 	wg.Go(func() { live = d.checkLive(ctx, rec, held) })
 	wg.Wait()
-	own := ownershipCheck(rec, res, txt)
-	dcv := delegationCheck(rec, res, txt, deleg)
+	own := ownershipCheck(rec, res, txt, d.ZoneServed)
+	dcv := delegationCheck(rec, res, txt, deleg, d.ZoneServed)
 	checks := []Check{cname, own, dcv, caa, httpc, cert, live}
 	return Report{RanAt: ranAt.UTC().Format(store.TimeFormat), Summary: summarize(checks), Checks: checks}
 }
@@ -253,8 +260,10 @@ func (d *Diagnoser) lookupDelegation(ctx context.Context, rec store.Record) dnsv
 
 // cnameCheck: does the domain point at its target? A domain that reaches
 // it by its addresses alone passes here (traffic would arrive); the
-// ownership check says what else it needs.
-func cnameCheck(rec store.Record, res dnsverify.CNAMEResult) Check {
+// ownership check says what else it needs. For a domain behind
+// Cloudflare's proxy the remediation names the delegation's way only when
+// the zone is served.
+func cnameCheck(rec store.Record, res dnsverify.CNAMEResult, zoneServed bool) Check {
 	c := Check{ID: "cname", Name: "DNS points at the target"}
 	c.Detail = res.Message
 	domain, target := rec.Domain, rec.TargetCNAME
@@ -279,8 +288,10 @@ func cnameCheck(rec store.Record, res dnsverify.CNAMEResult) Check {
 		summary := fmt.Sprintf("%s is a zone apex: give it the addresses of %s with an ALIAS or ANAME record (or CNAME flattening) "+
 			"at your DNS host, or with A/AAAA records equal to those of %s.", domain, target, target)
 		if res.Outcome == dnsverify.CloudflareProxied {
-			summary = fmt.Sprintf("In Cloudflare, set the record of %s to \"DNS only\" (grey cloud) and flatten it to %s, "+
-				"or keep the proxy and add the records of the dcv_delegation check.", domain, target)
+			summary = fmt.Sprintf("In Cloudflare, set the record of %s to \"DNS only\" (grey cloud) and flatten it to %s.", domain, target)
+			if zoneServed {
+				summary = strings.TrimSuffix(summary, ".") + ", or keep the proxy and add the records of the dcv_delegation check."
+			}
 		}
 		c.Status = checkFail
 		c.Remediation = remedy(remedyDNS, summary, DNSRecord{Name: domain, Type: "ALIAS", Value: target})
@@ -291,8 +302,10 @@ func cnameCheck(rec store.Record, res dnsverify.CNAMEResult) Check {
 	case dnsverify.WrongTarget:
 		summary = fmt.Sprintf("Change the CNAME record of %s to point at %s.", domain, target)
 	case dnsverify.CloudflareProxied:
-		summary = fmt.Sprintf("In Cloudflare, set the record of %s to \"DNS only\" (grey cloud) and make it a CNAME to %s, "+
-			"or keep the proxy and add the records of the dcv_delegation check.", domain, target)
+		summary = fmt.Sprintf("In Cloudflare, set the record of %s to \"DNS only\" (grey cloud) and make it a CNAME to %s.", domain, target)
+		if zoneServed {
+			summary = strings.TrimSuffix(summary, ".") + ", or keep the proxy and add the records of the dcv_delegation check."
+		}
 	case dnsverify.OtherAddresses:
 		summary = fmt.Sprintf("Replace the address records of %s with a CNAME record pointing at %s.", domain, target)
 	default:
@@ -307,8 +320,9 @@ func cnameCheck(rec store.Record, res dnsverify.CNAMEResult) Check {
 // chain) to the target proves it by itself; otherwise the ownership TXT
 // record must hold the record's token. It applies when the domain cannot
 // or does not use a CNAME: it reaches the target by its addresses, it is
-// a zone apex, or Cloudflare's proxy hides its records.
-func ownershipCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.OwnershipResult) Check {
+// a zone apex, or Cloudflare's proxy hides its records (a way open only
+// with the zone served, together with the DCV delegation).
+func ownershipCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.OwnershipResult, zoneServed bool) Check {
 	c := Check{ID: "ownership", Name: "The domain is proven to be this record's"}
 	domain, target := rec.Domain, rec.TargetCNAME
 	o := rec.Ownership()
@@ -343,6 +357,11 @@ func ownershipCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.O
 		c.Detail = fmt.Sprintf("%s is a zone apex, which cannot hold a CNAME: only its ownership TXT record can prove that it is "+
 			"this record's, and %s.", domain, found)
 		c.Remediation = remedy(remedyDNS, addTXT, record)
+	case res.Outcome == dnsverify.CloudflareProxied && !zoneServed:
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Cloudflare's proxy hides the records of %s. This server cannot validate a certificate for a domain "+
+			"kept behind the proxy (it does not serve the zone that DCV delegation needs), so the ownership TXT record would not "+
+			"help: set the record to \"DNS only\" and use a CNAME, as the cname check says.", domain)
 	case res.Outcome == dnsverify.CloudflareProxied:
 		c.Status = checkFail
 		c.Detail = fmt.Sprintf("Cloudflare's proxy hides the records of %s, so no CNAME can prove that it is this record's; "+
@@ -365,8 +384,9 @@ func ownershipCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.O
 // DNS-01 validation be answered by this deployment's own zone, so a
 // certificate can be had before traffic points here, and it is the way
 // for a domain kept behind Cloudflare's proxy, together with the
-// ownership TXT record.
-func delegationCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.OwnershipResult, deleg dnsverify.DelegationResult) Check {
+// ownership TXT record. Only when the zone is served here (zoneServed):
+// otherwise the check says the delegation is not used.
+func delegationCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.OwnershipResult, deleg dnsverify.DelegationResult, zoneServed bool) Check {
 	c := Check{ID: "dcv_delegation", Name: "Certificate validation is delegated to this server"}
 	dcv := rec.DCVDelegation()
 	record := DNSRecord{Name: dcv.Name, Type: dcv.Type, Value: dcv.Value}
@@ -375,11 +395,19 @@ func delegationCheck(rec store.Record, res dnsverify.CNAMEResult, txt dnsverify.
 	if len(deleg.Chain) > 0 {
 		now = "it is now a CNAME to " + strings.TrimSuffix(deleg.Chain[0], ".")
 	}
+	if !zoneServed {
+		c.Status = checkSkip
+		c.Detail = fmt.Sprintf("Not used by this server: it does not serve the zone of its target names (the operator has not "+
+			"enabled --dns-addr), so it cannot answer the certificate authority's DNS-01 validation, and a CNAME from %s to %s "+
+			"(%s) has no effect. Certificates are validated over HTTP-01 or TLS-ALPN-01, which need %s's traffic to reach this "+
+			"server.", dcv.Name, dcv.Value, now, rec.Domain)
+		return c
+	}
 	switch {
 	case deleg.Delegated:
 		c.Status = checkPass
 		c.Detail = fmt.Sprintf("%s is a CNAME to %s: the certificate authority's DNS-01 validation of %s is answered by this "+
-			"server's zone.", dcv.Name, dcv.Value, rec.Domain)
+			"server's zone, so its certificate is obtained and renewed whether or not its traffic points here.", dcv.Name, dcv.Value, rec.Domain)
 	case deleg.Err != nil:
 		c.Status = checkSkip
 		c.Detail = fmt.Sprintf("Not checked: the DNS resolver did not answer for %s.", dcv.Name)

@@ -16,7 +16,10 @@
 // at the optional _acme-challenge CNAME that hands the certificate
 // authority's DNS-01 validation to this deployment's zone; for a domain
 // behind Cloudflare's proxy it and the ownership TXT record are the way to
-// keep the proxy, and the report says so.
+// keep the proxy, and the report says so. All of that holds only where the
+// zone is served (--dns-addr, Diagnoser.ZoneServed): elsewhere the
+// delegation has no effect, the dcv_delegation check says so, and no
+// remediation proposes it.
 //
 // # Probes on a customer's behalf
 //

@@ -12,4 +12,9 @@ type (
 	apiRecord    = lifecycletest.Record
 )
 
-var newLifecycleEnv = lifecycletest.New
+var (
+	newLifecycleEnv = lifecycletest.New
+	// newZoneEnv serves the target zone as --dns-addr does, so DCV
+	// delegation is used.
+	newZoneEnv = lifecycletest.NewZone
+)

@@ -95,12 +95,13 @@ func TestDiagnoseApex(t *testing.T) {
 	}
 }
 
-// TestDiagnoseDelegation: the dcv_delegation check passes for a CNAME
-// (here through the customer's own alias) to the record's delegation
-// target, warns with the record to add for a CNAME elsewhere, and is an
-// optional skip, naming the record, when there is none.
+// TestDiagnoseDelegation: with the zone served, the dcv_delegation check
+// passes for a CNAME (here through the customer's own alias) to the
+// record's delegation target, warns with the record to add for a CNAME
+// elsewhere, and is an optional skip, naming the record, when there is
+// none.
 func TestDiagnoseDelegation(t *testing.T) {
-	env := newLifecycleEnv(t, nil)
+	env := newZoneEnv(t, nil)
 	rec := env.Create(t, "dcv.diag.example.com")
 	env.DNS.SetCNAME(rec.Domain, rec.TargetCNAME)
 
@@ -126,12 +127,13 @@ func TestDiagnoseDelegation(t *testing.T) {
 }
 
 // TestDiagnoseCloudflareProxied: a domain behind Cloudflare's proxy hides
-// any CNAME. Besides the cname check's "DNS only" advice, the report says
-// that delegation plus the ownership TXT record is the way to keep the
-// proxy: dcv_delegation warns listing both records, ownership fails with
-// the TXT record. With both records in place, those two checks pass.
+// any CNAME. With the zone served, besides the cname check's "DNS only"
+// advice, the report says that delegation plus the ownership TXT record is
+// the way to keep the proxy: dcv_delegation warns listing both records,
+// ownership fails with the TXT record. With both records in place, those
+// two checks pass.
 func TestDiagnoseCloudflareProxied(t *testing.T) {
-	env := newLifecycleEnv(t, nil)
+	env := newZoneEnv(t, nil)
 	rec := env.Create(t, "cf.diag.example.com")
 	env.DNS.SetA(rec.Domain, "104.16.1.1")
 
@@ -151,5 +153,44 @@ func TestDiagnoseCloudflareProxied(t *testing.T) {
 	env.DNS.SetCNAME(rec.DCVDelegation.Name, rec.DCVDelegation.Value)
 	env.PublishOwnership(rec)
 	rep = diagnoseRecord(t, env, rec.ID)
-	wantStatuses(t, rep, "fail", "pass", "pass", "pass", "skip", "skip", "skip")
+	// The engine now gets the record its certificate through the zone, so
+	// the certificate and live checks depend on how far it got.
+	for id, want := range map[string]string{"cname": "fail", "ownership": "pass", "dcv_delegation": "pass", "caa": "pass"} {
+		if got := byID(t, rep, id).Status; got != want {
+			t.Errorf("with both records, %s is %s, want %s", id, got, want)
+		}
+	}
+}
+
+// TestDiagnoseWithoutZone: on a deployment that does not serve the target
+// zone (no --dns-addr), a DCV delegation cannot be used, and the report
+// says so instead of proposing it: the dcv_delegation check is a skip
+// naming --dns-addr, set up or not; for a domain behind Cloudflare's proxy
+// the only way out is "DNS only" and a CNAME, and the ownership TXT record
+// is not asked for.
+func TestDiagnoseWithoutZone(t *testing.T) {
+	env := newLifecycleEnv(t, nil)
+	rec := env.Create(t, "cf.nozone.example.com")
+	env.DNS.SetA(rec.Domain, "104.16.1.1")
+
+	rep := diagnoseRecord(t, env, rec.ID)
+	wantStatuses(t, rep, "fail", "skip", "skip", "pass", "skip", "skip", "skip")
+	if s := byID(t, rep, "cname").Remediation.Summary; !strings.Contains(s, "DNS only") || strings.Contains(s, "dcv_delegation") {
+		t.Errorf("cname remediation %q, want only the \"DNS only\" way", s)
+	}
+	for _, id := range []string{"ownership", "dcv_delegation"} {
+		if c := byID(t, rep, id); c.Remediation != nil {
+			t.Errorf("%s proposes %+v on a deployment that cannot use it", id, c.Remediation)
+		}
+	}
+	if d := byID(t, rep, "dcv_delegation").Detail; !strings.Contains(d, "--dns-addr") || !strings.Contains(d, "no such record") {
+		t.Errorf("dcv_delegation detail %q, want it to say the delegation is not used here (--dns-addr)", d)
+	}
+
+	env.DNS.SetCNAME(rec.DCVDelegation.Name, rec.DCVDelegation.Value)
+	env.PublishOwnership(rec)
+	rep = diagnoseRecord(t, env, rec.ID)
+	if c := byID(t, rep, "dcv_delegation"); c.Status != "skip" || !strings.Contains(c.Detail, "has no effect") {
+		t.Errorf("a delegation set up without the zone: %s %q, want a skip saying it has no effect", c.Status, c.Detail)
+	}
 }

@@ -27,6 +27,11 @@ type Certs interface {
 	Drop(ctx context.Context, domain string) error
 	// StoredDomains lists the domains with a certificate in storage.
 	StoredDomains(ctx context.Context) ([]string, error)
+	// SetDCVDelegation makes the domain's certificate be obtained and
+	// renewed with ACME DNS-01 through the target zone, the challenge TXT
+	// written at target (its DCV delegation's target), or with an empty
+	// target over HTTP-01/TLS-ALPN-01 again. Only with Config.ZoneServed.
+	SetDCVDelegation(ctx context.Context, domain, target string) error
 }
 
 // DNS is what the engine needs of the DNS verifier (*dnsverify.Verifier).
@@ -36,4 +41,10 @@ type DNS interface {
 	// target's addresses together with the ownership TXT record own.
 	CheckCNAME(ctx context.Context, domain, target string, own dnsverify.Ownership) dnsverify.CNAMEResult
 	CheckCAA(ctx context.Context, domain string, identities []string) dnsverify.CAAResult
+	// CheckDelegation reports whether name (the record's
+	// _acme-challenge.<domain>) is a CNAME, or a chain, to target.
+	CheckDelegation(ctx context.Context, name, target string) dnsverify.DelegationResult
+	// CheckOwnership reports whether the ownership TXT record holds the
+	// record's token.
+	CheckOwnership(ctx context.Context, own dnsverify.Ownership) dnsverify.OwnershipResult
 }

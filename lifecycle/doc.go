@@ -9,7 +9,8 @@
 //     reaches it by its addresses alone without the record's ownership
 //     TXT record (every target has the same addresses, so they prove
 //     nothing; a CNAME to the target does).
-//   - issuing: DNS points at us and proves the domain is the record's; a
+//   - issuing: DNS points at us and proves the domain is the record's (or,
+//     with the target zone served, its DCV delegation proves it); a
 //     certificate is being obtained.
 //   - valid: a certificate is held and the domain is served.
 //   - warning: served, but the last monitor pass found a problem (DNS
@@ -41,6 +42,19 @@
 // (Config.OrgOrdersPerHour), so that one tenant's burst cannot spend the
 // account's limits for all. A held record stays issuing and tells why and
 // until when; only the record whose own order met a limit quotes the CA.
+//
+// # Certificates before traffic
+//
+// With Config.ZoneServed (the target zone served by edgeproxy itself,
+// --dns-addr), a record's DCV delegation CNAME (_acme-challenge.<domain>
+// to _acme-challenge.<target_cname>) is a proof of its own: the record
+// gets its certificate with ACME DNS-01 through the zone and becomes valid,
+// and served, while its traffic may still go elsewhere, its message naming
+// the record to add; it is looked at again with a waiting record's pauses
+// until the traffic arrives and the message clears. How each certificate
+// is validated (DNS-01 while the delegation is in place, else HTTP-01 and
+// TLS-ALPN-01) is decided again before every order and at every monitor
+// pass, so renewals follow. dcv.go has the details.
 //
 // # Several nodes
 //

@@ -57,6 +57,15 @@ type Config struct {
 	// ProbeAddr is the edge's TLS address; the monitor makes a handshake
 	// there for each live record. Empty skips that check.
 	ProbeAddr string
+	// ZoneServed says this deployment serves the target zone itself
+	// (--dns-addr), so the CA's DNS-01 validation of a domain can be
+	// answered there: a record whose DCV delegation CNAME
+	// (_acme-challenge.<domain>) reaches its target then gets its
+	// certificate with DNS-01, and may become valid before its traffic
+	// points here (see dcv.go). The Certs given must then validate with
+	// DNS-01 through the zone (certs.Config.Zone). If false, the
+	// delegation is ignored.
+	ZoneServed bool
 	// Now is the clock. If nil, the store's.
 	Now func() time.Time
 	// Logger gets every status transition. If nil, slog.Default().
@@ -669,20 +678,26 @@ func ptr(s string) *string { return &s }
 func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 	now := e.cfg.Now()
 	res := e.checkCNAME(ctx, r)
+	pointing := res.Outcome == dnsverify.Pointing
+	var dcv dcvProof
+	if e.cfg.ZoneServed && !pointing && res.Outcome != dnsverify.ResolverFailure {
+		dcv = e.proveByDelegation(ctx, r, res)
+	}
 	// Only a definite answer times out: our resolver failing says nothing of the customer's DNS.
-	if !now.Before(r.WaitingSince.Add(e.cfg.DNSWaitTimeout)) && res.Outcome != dnsverify.Pointing && res.Outcome != dnsverify.ResolverFailure {
+	definite := res.Outcome != dnsverify.ResolverFailure && !dcv.unknown
+	if !now.Before(r.WaitingSince.Add(e.cfg.DNSWaitTimeout)) && !pointing && !dcv.proven && definite {
 		e.save(r, func(n *store.Record) {
 			n.Status = store.StatusTimedOut
 			n.Message = ptr(fmt.Sprintf("DNS did not point %s at %s within %s. %s, then retry.",
-				r.Domain, r.TargetCNAME, e.cfg.DNSWaitTimeout, res.Message))
+				r.Domain, r.TargetCNAME, e.cfg.DNSWaitTimeout, waitingMessage(res, dcv)))
 			n.NextCheckAt = time.Time{}
 			n.Checks = 0
 		})
 		return
 	}
-	if res.Outcome != dnsverify.Pointing {
+	if !pointing && !dcv.proven {
 		e.save(r, func(n *store.Record) {
-			n.Message = ptr(res.Message)
+			n.Message = ptr(waitingMessage(res, dcv))
 			n.Checks++
 			n.NextCheckAt = now.Add(e.backoff(n.Checks))
 		})
@@ -717,6 +732,9 @@ func (e *Engine) stepWaiting(ctx context.Context, r store.Record) {
 		e.save(r, func(n *store.Record) {
 			n.Status = store.StatusIssuing
 			n.Message = ptr(verifiedMessage(r, res.Via))
+			if !pointing {
+				n.Message = ptr(delegatedMessage(r, res))
+			}
 			n.IssuingSince = now
 			n.NextCheckAt = now
 			n.Checks = 0
@@ -773,12 +791,24 @@ func (e *Engine) stepIssuing(ctx context.Context, r store.Record) {
 		e.holdBack(r, out, now)
 	case out.err == nil:
 		e.certs.Serve(r.Domain, true)
+		// Validated through the zone: the traffic may not point here yet.
+		note := ""
+		if out.viaDNS {
+			if res := e.checkCNAME(ctx, r); notPointed(res) {
+				note = notPointedMessage(res)
+			}
+			now = e.cfg.Now()
+		}
 		e.save(r, func(n *store.Record) {
 			n.Status = store.StatusValid
 			n.Message = nil
 			n.CertNotAfter = out.notAfter
 			n.NextCheckAt = now.Add(e.cfg.MonitorInterval)
 			n.Checks = 0
+			if note != "" {
+				n.Message = ptr(note)
+				n.NextCheckAt = now.Add(e.backoff(1))
+			}
 		})
 	case certs.IsPermanent(out.err):
 		e.save(r, func(n *store.Record) {
@@ -820,6 +850,7 @@ type orderOutcome struct {
 	hold      caHold
 	held      bool
 	budget    bool // held by the organization's order budget
+	viaDNS    bool // the order was validated with DNS-01 through the zone
 }
 
 // order gets r's certificate: from storage if one is there (a deleted
@@ -849,6 +880,10 @@ func (e *Engine) order(ctx context.Context, r store.Record, limit time.Duration)
 		e.metrics.held.WithLabelValues("org_budget").Inc()
 		return orderOutcome{kind: orderHeld, hold: caHold{until: next}, held: true, budget: true}
 	}
+	viaDNS := false
+	if e.cfg.ZoneServed {
+		viaDNS = e.route(ctx, r)
+	}
 	e.metrics.orders.Inc()
 	attemptAt := e.cfg.Now()
 	octx, cancel := context.WithTimeout(ctx, limit)
@@ -863,7 +898,7 @@ func (e *Engine) order(ctx context.Context, r store.Record, limit time.Duration)
 		return orderOutcome{kind: orderPlaced, err: ctx.Err(), attemptAt: attemptAt}
 	}
 	h, held := e.gate.note(r, e.cfg.Now(), err)
-	return orderOutcome{kind: orderPlaced, notAfter: notAfter, err: err, attemptAt: attemptAt, hold: h, held: held}
+	return orderOutcome{kind: orderPlaced, notAfter: notAfter, err: err, attemptAt: attemptAt, hold: h, held: held, viaDNS: viaDNS}
 }
 
 // holdBack keeps an issuing record issuing while a hold lasts, telling
@@ -974,20 +1009,40 @@ const (
 
 // stepMonitor re-checks a live record: DNS still points at us and proves
 // the domain is the record's (a CNAME, or the addresses and the ownership
-// TXT record), the certificate is held and not close to expiry, and the
-// edge answers a handshake for the domain.
-
+// TXT record; with the zone served, or the DCV delegation: see dcv.go),
+// the certificate is held and not close to expiry, and the edge answers a
+// handshake for the domain.
 func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 	var problems []string
 	fatal := ""
 	res := e.checkCNAME(ctx, r)
-	switch res.Outcome {
-	case dnsverify.Pointing, dnsverify.ResolverFailure:
+	// dnsUnknown: a resolver failed, so this pass learned nothing about
+	// the customer's DNS. note: proven by the delegation only, with the
+	// traffic not pointing here yet.
+	dnsUnknown := res.Outcome == dnsverify.ResolverFailure
+	note := ""
+	var dcv dcvProof
+	if e.cfg.ZoneServed && res.Outcome != dnsverify.Pointing && !dnsUnknown {
+		dcv = e.proveByDelegation(ctx, r, res)
+		dnsUnknown = dcv.unknown
+		if dcv.proven && notPointed(res) {
+			note = notPointedMessage(res)
+		}
+	}
+	switch {
+	case res.Outcome == dnsverify.Pointing, dnsUnknown, dcv.proven:
 		// A resolver failure says nothing about the customer's DNS.
-	case dnsverify.OwnershipMissing:
-		problems = append(problems, ownershipWarning+res.Message)
+	case res.Outcome == dnsverify.OwnershipMissing:
+		problems = append(problems, ownershipWarning+waitingMessage(res, dcv))
 	default:
-		problems = append(problems, dnsWarning+res.Message)
+		problems = append(problems, dnsWarning+waitingMessage(res, dcv))
+	}
+	switch {
+	// Renewals are validated the way the delegation allows now.
+	case dcv.looked:
+		e.setRoute(ctx, r, dcv.delegated)
+	case e.cfg.ZoneServed && !dcv.unknown:
+		e.route(ctx, r)
 	}
 	now := e.cfg.Now()
 	// wait is set when the certificate is missing and a hold (the CA's,
@@ -1047,10 +1102,14 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 		case len(problems) > 0:
 			n.Status = store.StatusWarning
 			n.Message = ptr(strings.Join(problems, " "))
-		case res.Outcome == dnsverify.ResolverFailure && n.Message != nil &&
-			(strings.HasPrefix(*n.Message, dnsWarning) || strings.HasPrefix(*n.Message, ownershipWarning)):
+		case dnsUnknown && n.Message != nil &&
+			(strings.HasPrefix(*n.Message, dnsWarning) || strings.HasPrefix(*n.Message, ownershipWarning) ||
+				strings.HasPrefix(*n.Message, notPointedPrefix)):
 			// Our resolver failed, so this run learned nothing about the
-			// DNS the warning is about: keep it.
+			// DNS the message is about: keep it.
+		case note != "":
+			n.Status = store.StatusValid
+			n.Message = ptr(note)
 		default:
 			n.Status = store.StatusValid
 			n.Message = nil
@@ -1064,6 +1123,13 @@ func (e *Engine) stepMonitor(ctx context.Context, r store.Record) {
 			n.NextCheckAt = time.Time{}
 		case wait != "":
 			n.NextCheckAt = waitUntil
+		case n.Status == store.StatusValid && n.Message != nil && strings.HasPrefix(*n.Message, notPointedPrefix):
+			// Looked at again like a waiting record, so the message
+			// clears soon after the traffic arrives.
+			n.Checks++
+			n.NextCheckAt = now.Add(e.backoff(n.Checks))
+		default:
+			n.Checks = 0
 		}
 	})
 }

@@ -108,6 +108,17 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 	if err != nil {
 		return fmt.Errorf("--dns-resolvers: %w", err)
 	}
+	// With the target zone served here (--dns-addr), a record's DCV
+	// delegation lets the CA validate through the zone (DNS-01): the
+	// certificate manager writes the challenge TXT there, the engine may
+	// make a record valid before its traffic points here, and the CAA
+	// pre-flight admits CAA records that allow DNS-01 only.
+	zoneServed := cfg.DNSAddr != ""
+	var zoneProvider *certs.ZoneDNSProvider
+	if zoneServed {
+		zoneProvider = &certs.ZoneDNSProvider{Store: st, Zone: cfg.TargetCNAMEBase}
+		verifier.ValidationMethods = []string{"http-01", "tls-alpn-01", "dns-01"}
+	}
 	cm, err := certs.New(st, certs.Config{
 		CA:         cfg.ACMECA,
 		CARoots:    cfg.ACMECARoot,
@@ -116,6 +127,7 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		TLSPort:    portOf(cfg.HTTPSAddr),
 		Logger:     log,
 		Registerer: reg,
+		Zone:       zoneProvider,
 	})
 	if err != nil {
 		return err
@@ -132,6 +144,7 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		CertRetention:    cfg.CertRetention,
 		CAAIdentities:    cfg.CAAIdentities,
 		ProbeAddr:        cfg.HTTPSAddr,
+		ZoneServed:       zoneServed,
 		Logger:           log,
 		Registerer:       reg,
 	})
@@ -145,7 +158,7 @@ func serve(ctx context.Context, cfg *config, stdout io.Writer, log *slog.Logger)
 		Registerer:      reg,
 		Diagnoser: &diagnose.Diagnoser{
 			DNS: verifier, Certs: cm, CAAIdentities: cfg.CAAIdentities,
-			HTTPAddr: cfg.HTTPAddr, HTTPSAddr: cfg.HTTPSAddr, Probes: probes,
+			HTTPAddr: cfg.HTTPAddr, HTTPSAddr: cfg.HTTPSAddr, Probes: probes, ZoneServed: zoneServed,
 		},
 		Webhooks: control.WebhookConfig{AllowPrivate: cfg.WebhookAllowPrivate},
 	}

@@ -15,6 +15,14 @@
 // answers a hostile DNS host gives: different records for A than for AAAA (split answers), or
 // records that change from one query to the next (rebinding).
 //
+// A zone can be delegated to another DNS server ([Server.Delegate]), such as edgeproxy's own
+// authoritative zone (--dns-addr): a query that reaches a name at or under that zone, directly
+// or by chasing a CNAME out of the server's own data, is sent there (over TCP) and its answer
+// joined to the CNAMEs already found, as a recursive resolver following the zone's NS records
+// would. Names outside every delegated zone, the parents of a delegated zone included, are
+// still answered from the server's own data, so a CAA climb from a customer's name never
+// reaches the other server with a name it would refuse.
+//
 // Names are case-insensitive and may be given with or without the trailing dot. All methods
 // are safe for concurrent use, including while queries are being answered.
 package dnstest
@@ -50,15 +58,18 @@ type Server struct {
 	stopOnce sync.Once
 	stopped  chan struct{} // closed by Stop: delayed answers give up
 
-	// mu guards records, below, rcodes, scripts, delay and truncateUDP.
+	// mu guards records, below, rcodes, scripts, delegations, delay and truncateUDP.
 	mu sync.RWMutex
 	// records holds every name's records, keyed by lower-case fully-qualified name.
 	records map[string][]dns.RR
 	// below counts, for each name, how many names with records lie strictly under it, so an
 	// empty non-terminal answers NODATA rather than NXDOMAIN.
-	below       map[string]int
-	rcodes      map[string]int
-	scripts     map[scriptKey]*script
+	below   map[string]int
+	rcodes  map[string]int
+	scripts map[scriptKey]*script
+	// delegations maps a delegated zone (lower-case, fully qualified) to the address of the
+	// server that answers it.
+	delegations map[string]string
 	delay       time.Duration
 	truncateUDP bool
 }
@@ -85,6 +96,8 @@ func New() (*Server, error) {
 		below:   make(map[string]int),
 		rcodes:  make(map[string]int),
 		scripts: make(map[scriptKey]*script),
+
+		delegations: make(map[string]string),
 	}
 	pc, l, err := listenPair()
 	if err != nil {
@@ -266,6 +279,59 @@ func (s *Server) SetRcode(name string, rcode int) {
 	s.rcodes[name] = rcode
 }
 
+// Delegate hands zone to the DNS server at addr (host:port, answering over TCP): every query
+// that reaches a name at or under zone is forwarded there from then on (see the package doc).
+// An empty addr removes the delegation. A delegation of a zone inside another delegated zone
+// takes precedence for the names under it.
+func (s *Server) Delegate(zone, addr string) {
+	zone = canonical(zone)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if addr == "" {
+		delete(s.delegations, zone)
+		return
+	}
+	s.delegations[zone] = addr
+}
+
+// delegationLocked returns the address of the server a name at or under a delegated zone is
+// forwarded to (the closest zone's), or "". s.mu must be held.
+func (s *Server) delegationLocked(name string) string {
+	if len(s.delegations) == 0 {
+		return ""
+	}
+	for _, n := range append([]string{name}, ancestors(name)...) {
+		if addr, ok := s.delegations[n]; ok {
+			return addr
+		}
+	}
+	return ""
+}
+
+// forwardTimeout bounds one forwarded query.
+const forwardTimeout = 2 * time.Second
+
+// forward asks the server at addr for (name, qtype) and adds its answer to resp: its answer
+// records after those resp has already, its rcode, and its authority section when it answered
+// none. A server that does not answer makes resp SERVFAIL.
+func forward(resp *dns.Msg, addr, name string, qtype uint16) {
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	q.RecursionDesired = false
+	c := &dns.Client{Net: "tcp", Timeout: forwardTimeout}
+	in, _, err := c.Exchange(q, addr)
+	if err != nil {
+		resp.Rcode = dns.RcodeServerFailure
+		resp.Answer = nil
+		return
+	}
+	resp.Rcode = in.Rcode
+	resp.Answer = append(resp.Answer, in.Answer...)
+	if len(in.Answer) == 0 {
+		resp.Ns = append(resp.Ns, in.Ns...)
+	}
+}
+
 // scriptKey is the name and query type a script answers.
 type scriptKey struct {
 	name  string
@@ -400,8 +466,12 @@ func (s *Server) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 		q := req.Question[0]
 		// A write lock: answering a script advances it.
 		s.mu.Lock()
-		s.resolveLocked(resp, canonical(q.Name), q.Qtype)
+		fwdName, fwdAddr := s.resolveLocked(resp, canonical(q.Name), q.Qtype)
 		s.mu.Unlock()
+		if fwdAddr != "" {
+			// Outside the lock: the other server may be slow, or be down.
+			forward(resp, fwdAddr, fwdName, q.Qtype)
+		}
 	}
 	if isUDP {
 		resp.Truncate(size)
@@ -410,9 +480,14 @@ func (s *Server) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 	_ = w.WriteMsg(resp)
 }
 
-// resolveLocked fills resp with the answer for (name, qtype). s.mu must be held for writing.
-func (s *Server) resolveLocked(resp *dns.Msg, name string, qtype uint16) {
+// resolveLocked fills resp with the answer for (name, qtype). When the chase reaches a name
+// in a delegated zone it stops there and returns that name and the address of the server to
+// ask; the caller forwards the query, without the lock. s.mu must be held for writing.
+func (s *Server) resolveLocked(resp *dns.Msg, name string, qtype uint16) (fwdName, fwdAddr string) {
 	for hop := 0; ; hop++ {
+		if addr := s.delegationLocked(name); addr != "" {
+			return name, addr
+		}
 		if rcode, ok := s.rcodes[name]; ok {
 			resp.Rcode = rcode
 			resp.Answer = nil

@@ -403,3 +403,50 @@ func TestConcurrentEdits(t *testing.T) {
 		t.Errorf("Queries() = %d, want %d", got, want)
 	}
 }
+
+// TestDelegate hands a zone to a second server, as the tests of DNS-01 through edgeproxy's own
+// zone do: a chase from the first server's data into the zone continues there, names directly
+// in the zone are answered there (negative answers with that server's SOA), the zone's parents
+// stay the first server's, and a delegation to a server that is down answers SERVFAIL.
+func TestDelegate(t *testing.T) {
+	resolver, zone := Start(t), Start(t)
+	zone.SetSOA("proxy.test", 60, 30)
+	zone.SetTXT("_acme-challenge.abc.proxy.test", "token-1")
+	zone.SetA("abc.proxy.test", "192.0.2.7")
+	// The resolver's own copy of a name in the zone is not what it answers once delegated.
+	resolver.SetA("abc.proxy.test", "192.0.2.99")
+	resolver.SetCNAME("_acme-challenge.e.example.com", "_acme-challenge.abc.proxy.test")
+	resolver.SetCAA("test", 0, "issue", "ca.example")
+	resolver.Delegate("PROXY.test.", zone.Addr())
+
+	r := ask(t, resolver, "udp", "_acme-challenge.e.example.com", dns.TypeTXT)
+	if got, want := rrs(r.Answer), []string{
+		"_acme-challenge.e.example.com. CNAME _acme-challenge.abc.proxy.test.",
+		`_acme-challenge.abc.proxy.test. TXT "token-1"`,
+	}; !slices.Equal(got, want) || r.Rcode != dns.RcodeSuccess {
+		t.Errorf("TXT through the delegation: %s %q, want NOERROR %q", dns.RcodeToString[r.Rcode], got, want)
+	}
+	r = ask(t, resolver, "tcp", "abc.proxy.test", dns.TypeA)
+	if got, want := rrs(r.Answer), []string{"abc.proxy.test. A 192.0.2.7"}; !slices.Equal(got, want) {
+		t.Errorf("A in the delegated zone: %q, want %q", got, want)
+	}
+	r = ask(t, resolver, "udp", "nothing.proxy.test", dns.TypeA)
+	if r.Rcode != dns.RcodeNameError || len(r.Ns) != 1 || r.Ns[0].Header().Name != "proxy.test." {
+		t.Errorf("a name the zone lacks: %s, authority %q; want NXDOMAIN with the zone's SOA", dns.RcodeToString[r.Rcode], rrs(r.Ns))
+	}
+	// A CAA climb from the zone reaches its parent, which the resolver answers itself.
+	r = ask(t, resolver, "udp", "test", dns.TypeCAA)
+	if got, want := rrs(r.Answer), []string{`test. CAA 0 issue "ca.example"`}; !slices.Equal(got, want) {
+		t.Errorf("CAA of the zone's parent: %q, want %q", got, want)
+	}
+
+	zone.Stop()
+	if r := ask(t, resolver, "udp", "_acme-challenge.e.example.com", dns.TypeTXT); r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("with the zone's server down: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	resolver.Delegate("proxy.test", "")
+	r = ask(t, resolver, "udp", "abc.proxy.test", dns.TypeA)
+	if got, want := rrs(r.Answer), []string{"abc.proxy.test. A 192.0.2.99"}; !slices.Equal(got, want) {
+		t.Errorf("A once the delegation is removed: %q, want the resolver's own %q", got, want)
+	}
+}

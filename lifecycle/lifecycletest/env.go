@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -28,6 +29,7 @@ import (
 	"github.com/edgeproxy/edgeproxy/diagnose"
 	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
+	"github.com/edgeproxy/edgeproxy/dnszone"
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
 	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
@@ -109,6 +111,10 @@ type Env struct {
 	// new one from them.
 	Verifier     *dnsverify.Verifier
 	EngineConfig lifecycle.Config
+	// ZoneAddr is the address (UDP and TCP) of the target zone's own DNS
+	// server, which DNS hands Base to, in an Env made by NewZone; "" in
+	// the others.
+	ZoneAddr string
 
 	stopRun func()
 }
@@ -125,6 +131,21 @@ func New(t *testing.T, tweak func(*lifecycle.Config)) *Env {
 // nil, to Pebble itself.
 func NewWithCA(t *testing.T, tweak func(*lifecycle.Config), front func(*certstest.Pebble) (string, *x509.CertPool)) *Env {
 	t.Helper()
+	return newEnv(t, tweak, front, false)
+}
+
+// NewZone is New with the target zone served as with --dns-addr: Base
+// answered by edgeproxy's own DNS server (dnszone, over the Env's store,
+// its edge address 127.0.0.1), to which DNS hands every name under Base,
+// as the operator's NS records would; the certificate manager able to
+// validate through it (DNS-01) and the engine and Diagnoser told so.
+func NewZone(t *testing.T, tweak func(*lifecycle.Config)) *Env {
+	t.Helper()
+	return newEnv(t, tweak, nil, true)
+}
+
+func newEnv(t *testing.T, tweak func(*lifecycle.Config), front func(*certstest.Pebble) (string, *x509.CertPool), zone bool) *Env {
+	t.Helper()
 	env := &Env{Clock: &Clock{}, Logs: &testbin.LockedBuffer{}}
 	log := slog.New(slog.NewTextHandler(env.Logs, nil))
 	st, err := store.Open(filepath.Join(t.TempDir(), "edgeproxy.db"), store.Options{Now: env.Clock.Now})
@@ -139,6 +160,12 @@ func NewWithCA(t *testing.T, tweak func(*lifecycle.Config), front func(*certstes
 	})
 	env.Store = st
 	env.DNS = dnstest.Start(t)
+	var zoneProvider *certs.ZoneDNSProvider
+	if zone {
+		env.ZoneAddr = startZone(t, st, log)
+		env.DNS.Delegate(Base, env.ZoneAddr)
+		zoneProvider = &certs.ZoneDNSProvider{Store: st, Zone: Base}
+	}
 
 	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -161,6 +188,7 @@ func NewWithCA(t *testing.T, tweak func(*lifecycle.Config), front func(*certstes
 		HTTPPort: httpLn.Addr().(*net.TCPAddr).Port,
 		TLSPort:  tlsLn.Addr().(*net.TCPAddr).Port,
 		Logger:   log,
+		Zone:     zoneProvider,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -194,6 +222,7 @@ func NewWithCA(t *testing.T, tweak func(*lifecycle.Config), front func(*certstes
 		MonitorInterval: time.Hour,
 		CAAIdentities:   []string{certstest.CAAIdentity},
 		ProbeAddr:       env.HTTPSAddr,
+		ZoneServed:      zone,
 		Now:             env.Clock.Now,
 		Logger:          log,
 	}
@@ -209,6 +238,7 @@ func NewWithCA(t *testing.T, tweak func(*lifecycle.Config), front func(*certstes
 		HTTPAddr:      env.HTTPAddr,
 		HTTPSAddr:     env.HTTPSAddr,
 		Probes:        env.Probes,
+		ZoneServed:    zone,
 		Now:           env.Clock.Now,
 	}
 	env.StartEngine(t)
@@ -240,6 +270,31 @@ func NewWithCA(t *testing.T, tweak func(*lifecycle.Config), front func(*certstes
 		}
 	})
 	return env
+}
+
+// startZone serves the target zone Base over st on loopback until the
+// test ends, and returns its address.
+func startZone(t *testing.T, st *store.Store, log *slog.Logger) string {
+	t.Helper()
+	z, err := dnszone.New(st, dnszone.Config{
+		Zone:        Base,
+		EdgeIPs:     []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Nameservers: []string{"ns1.example.org"},
+		Logger:      log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := z.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	pc, ln, err := dnszone.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go z.Serve(pc, ln)
+	t.Cleanup(func() { z.Shutdown(context.Background()) })
+	return pc.LocalAddr().String()
 }
 
 // WaitLog waits for each line to appear in the logs, up to a generous
