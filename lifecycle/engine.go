@@ -287,20 +287,31 @@ func (e *Engine) cancelStale(id string, status store.Status, exists bool) {
 // no record holds once their retention has passed. Run calls it; it is
 // separate so the server can report ready only after it.
 func (e *Engine) Start(ctx context.Context) error {
-	if err := e.gate.load(e.cfg.Now()); err != nil {
+	records, held, err := e.takeUp()
+	if err != nil {
 		return err
 	}
-	records, err := e.store.Records(nil)
-	if err != nil {
-		return fmt.Errorf("engine: listing records: %w", err)
+	e.certs.ServeOnly(loadServed(ctx, e.certs, e.log, records))
+	e.sweepAt = e.sweepRetained(ctx, held)
+	return nil
+}
+
+// takeUp takes up the CA's holds stored before (by this process before a
+// restart, or by the node that led before) and lists the records, with
+// whether a record holds a domain.
+func (e *Engine) takeUp() (records []store.Record, held func(domain string) bool, err error) {
+	if err := e.gate.load(e.cfg.Now()); err != nil {
+		return nil, nil, err
 	}
-	holders := map[string]bool{}
+	records, err = e.store.Records(nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("engine: listing records: %w", err)
+	}
+	holders := make(map[string]bool, len(records))
 	for _, r := range records {
 		holders[r.Domain] = true
 	}
-	e.certs.ServeOnly(loadServed(ctx, e.certs, e.log, records))
-	e.sweepAt = e.sweepRetained(ctx, func(domain string) bool { return holders[domain] })
-	return nil
+	return records, func(domain string) bool { return holders[domain] }, nil
 }
 
 // sweepRetained drops the stored certificates that no record holds and
@@ -423,19 +434,11 @@ func (e *Engine) Lead(ctx context.Context, st *store.Store) error {
 	defer e.term.Store(nil)
 	e.endTerm = cancel
 	defer func() { e.endTerm = nil }()
-	// Another node led before: take up the CA's holds it stored.
-	if err := e.gate.load(e.cfg.Now()); err != nil {
+	_, held, err := e.takeUp()
+	if err != nil {
 		return err
 	}
-	records, err := e.store.Records(nil)
-	if err != nil {
-		return fmt.Errorf("engine: listing records: %w", err)
-	}
-	holders := map[string]bool{}
-	for _, r := range records {
-		holders[r.Domain] = true
-	}
-	e.sweepAt = e.sweepRetained(ctx, func(domain string) bool { return holders[domain] })
+	e.sweepAt = e.sweepRetained(ctx, held)
 	e.loop(ctx, e.applyLeaderChanges)
 	if errors.Is(context.Cause(ctx), store.ErrNotLeader) {
 		return store.ErrNotLeader

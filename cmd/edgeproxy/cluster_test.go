@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -484,21 +483,7 @@ func TestClusterEtcdDown(t *testing.T) {
 // the cluster store could not be reached for.
 func wantClusterUnavailable(t *testing.T, what string, a apiAnswer) {
 	t.Helper()
-	if a.status != http.StatusServiceUnavailable {
-		t.Fatalf("%s: %d %s, want 503", what, a.status, a.body)
-	}
-	var got map[string]any
-	if err := json.Unmarshal(a.body, &got); err != nil {
-		t.Fatalf("%s: body %q: %v", what, a.body, err)
-	}
-	want := map[string]any{"type": "server_error", "code": "storage_unavailable", "attr": nil,
-		"detail": "The cluster store (etcd) cannot be reached, so the change could not be confirmed; nothing was half-written. Retry later."}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("%s: body %s, want %v", what, a.body, want)
-	}
-	if ra := a.header.Get("Retry-After"); ra != "10" {
-		t.Errorf("%s: Retry-After %q, want 10", what, ra)
-	}
+	want503(t, what, a, "The cluster store (etcd) cannot be reached, so the change could not be confirmed; nothing was half-written. Retry later.", "10")
 }
 
 // TestMigrateToEtcd migrates the bbolt database of a single-node server

@@ -54,6 +54,13 @@ func (s *server) call(t *testing.T, key, method, path, body string) apiAnswer {
 // Retry-After.
 func wantStorageUnavailable(t *testing.T, what string, a apiAnswer) {
 	t.Helper()
+	want503(t, what, a, "The data store cannot write (the file size limit is reached); nothing was changed. Retry later.", "30")
+}
+
+// want503 fails the test unless a is a 503 storage_unavailable with the
+// detail and the Retry-After.
+func want503(t *testing.T, what string, a apiAnswer, detail, retryAfter string) {
+	t.Helper()
 	if a.status != http.StatusServiceUnavailable {
 		t.Fatalf("%s: %d %s, want 503", what, a.status, a.body)
 	}
@@ -61,13 +68,12 @@ func wantStorageUnavailable(t *testing.T, what string, a apiAnswer) {
 	if err := json.Unmarshal(a.body, &got); err != nil {
 		t.Fatalf("%s: body %q: %v", what, a.body, err)
 	}
-	want := map[string]any{"type": "server_error", "code": "storage_unavailable", "attr": nil,
-		"detail": "The data store cannot write (the file size limit is reached); nothing was changed. Retry later."}
+	want := map[string]any{"type": "server_error", "code": "storage_unavailable", "attr": nil, "detail": detail}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("%s: body %s, want %v", what, a.body, want)
 	}
-	if ra := a.header.Get("Retry-After"); ra != "30" {
-		t.Errorf("%s: Retry-After %q, want 30", what, ra)
+	if ra := a.header.Get("Retry-After"); ra != retryAfter {
+		t.Errorf("%s: Retry-After %q, want %s", what, ra, retryAfter)
 	}
 }
 
