@@ -82,6 +82,7 @@ func startServerEnv(t *testing.T, dataDir string, env []string, args ...string) 
 		}
 		select {
 		case err := <-s.done:
+			s.done <- err // for the cleanup, which waits for the exit
 			t.Fatalf("server exited during start: %v\n%s", err, s.stderr)
 		case <-time.After(50 * time.Millisecond):
 		}
