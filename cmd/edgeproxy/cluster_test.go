@@ -27,7 +27,6 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
-	"github.com/edgeproxy/edgeproxy/internal/testcert"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -178,8 +177,8 @@ func TestClusterFlags(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	certFile, keyFile, caFile := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"), filepath.Join(dir, "ca.pem")
-	writeClientCert(t, certFile, keyFile, caFile)
+	files := newEtcdTLS(t)
+	certFile, keyFile, caFile := files.clientCert, files.clientKey, files.ca
 	cfg, err = parseServe(t, []string{"--target-cname-base", "p.example.net", "--etcd-endpoints", "127.0.0.1:2379",
 		"--etcd-ca", caFile, "--etcd-cert", certFile, "--etcd-key", keyFile}, nil)
 	if err != nil {
@@ -675,25 +674,6 @@ func TestClusterTLS(t *testing.T) {
 	}
 	if v := s.metric(t, "edgeproxy_store_up"); v != 1 {
 		t.Errorf("edgeproxy_store_up %v, want 1", v)
-	}
-}
-
-// writeClientCert writes a CA's certificate and a certificate it issued,
-// with its key, as PEM files.
-func writeClientCert(t *testing.T, certFile, keyFile, caFile string) {
-	t.Helper()
-	ca, err := testcert.NewCA("etcd test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.Issue(time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "edge-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for file, data := range map[string][]byte{caFile: ca.PEM, certFile: cert.ChainPEM, keyFile: cert.KeyPEM} {
-		if err := os.WriteFile(file, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
