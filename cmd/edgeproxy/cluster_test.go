@@ -2,8 +2,16 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,7 +26,6 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/edgeproxy/edgeproxy/internal/testbin"
-	"github.com/edgeproxy/edgeproxy/internal/testcert"
 	"github.com/edgeproxy/edgeproxy/store"
 )
 
@@ -28,20 +35,32 @@ type testEtcd struct {
 	t         *testing.T
 	dir       string
 	peer, cli url.URL
-	etcd      *embed.Etcd
+	// tls, if set, is served to clients, who must present a certificate.
+	tls  *etcdTLS
+	etcd *embed.Etcd
 	// closed is closed once the last stop has finished.
 	closed chan struct{}
 }
 
 func startEtcd(t *testing.T) *testEtcd {
 	t.Helper()
+	return startEtcdTLS(t, nil)
+}
+
+// startEtcdTLS starts a member whose clients must speak TLS with a
+// client certificate, if tls is set.
+func startEtcdTLS(t *testing.T, tls *etcdTLS) *testEtcd {
+	t.Helper()
 	ports, err := testbin.FreePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	te := &testEtcd{t: t, dir: t.TempDir(), closed: make(chan struct{}),
+	te := &testEtcd{t: t, dir: t.TempDir(), closed: make(chan struct{}), tls: tls,
 		peer: url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(ports[0])},
 		cli:  url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(ports[1])}}
+	if tls != nil {
+		te.cli.Scheme = "https"
+	}
 	close(te.closed)
 	te.start()
 	t.Cleanup(func() {
@@ -69,6 +88,10 @@ func (te *testEtcd) start() {
 	// etcd logs its own shutdown as errors; StartEtcd returns what stops it
 	// from starting.
 	cfg.LogLevel = "fatal"
+	if te.tls != nil {
+		cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = te.tls.serverCert, te.tls.serverKey
+		cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = te.tls.ca, true
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		te.t.Fatalf("starting etcd: %v", err)
@@ -153,8 +176,8 @@ func TestClusterFlags(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	certFile, keyFile, caFile := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem"), filepath.Join(dir, "ca.pem")
-	writeClientCert(t, certFile, keyFile, caFile)
+	files := newEtcdTLS(t)
+	certFile, keyFile, caFile := files.clientCert, files.clientKey, files.ca
 	cfg, err = parseServe(t, []string{"--target-cname-base", "p.example.net", "--etcd-endpoints", "127.0.0.1:2379",
 		"--etcd-ca", caFile, "--etcd-cert", certFile, "--etcd-key", keyFile}, nil)
 	if err != nil {
@@ -566,22 +589,76 @@ func runBin(bin string, args ...string) (string, string, error) {
 	return stdout.String(), stderr.String(), err
 }
 
-// writeClientCert writes a CA's certificate and a certificate it issued,
-// with its key, as PEM files.
-func writeClientCert(t *testing.T, certFile, keyFile, caFile string) {
+// etcdTLS is the PEM files of TLS to etcd: a CA, the server's certificate
+// for 127.0.0.1 and a client certificate, each with its key.
+type etcdTLS struct {
+	ca, serverCert, serverKey, clientCert, clientKey string
+}
+
+func newEtcdTLS(t *testing.T) *etcdTLS {
 	t.Helper()
-	ca, err := testcert.NewCA("etcd test CA")
+	dir := t.TempDir()
+	f := &etcdTLS{ca: filepath.Join(dir, "ca.pem"), serverCert: filepath.Join(dir, "server.pem"), serverKey: filepath.Join(dir, "server-key.pem"),
+		clientCert: filepath.Join(dir, "client.pem"), clientKey: filepath.Join(dir, "client-key.pem")}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.Issue(time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "edge-1")
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "etcd test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for file, data := range map[string][]byte{caFile: ca.PEM, certFile: cert.ChainPEM, keyFile: cert.KeyPEM} {
-		if err := os.WriteFile(file, data, 0o600); err != nil {
+	writePEM(t, f.ca, "CERTIFICATE", caDER)
+	leaf := func(serial int64, certFile, keyFile string, usage x509.ExtKeyUsage, ips ...net.IP) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
 			t.Fatal(err)
 		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: filepath.Base(certFile)},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IPAddresses: ips,
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caTmpl, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyDER, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writePEM(t, certFile, "CERTIFICATE", der)
+		writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
+	}
+	leaf(2, f.serverCert, f.serverKey, x509.ExtKeyUsageServerAuth, net.ParseIP("127.0.0.1"))
+	leaf(3, f.clientCert, f.clientKey, x509.ExtKeyUsageClientAuth)
+	return f
+}
+
+func writePEM(t *testing.T, file, kind string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestClusterTLS runs a node whose etcd requires TLS and a client
+// certificate, with --etcd-ca, --etcd-cert and --etcd-key: the node
+// starts, bootstraps the cluster and takes a write.
+func TestClusterTLS(t *testing.T) {
+	t.Parallel()
+	files := newEtcdTLS(t)
+	te := startEtcdTLS(t, files)
+	s := startServer(t, t.TempDir(), "--etcd-endpoints", te.endpoint(), "--node-name", "tls",
+		"--etcd-ca", files.ca, "--etcd-cert", files.clientCert, "--etcd-key", files.clientKey)
+	var rec recordJSON
+	if code := s.request(t, s.key(t), "POST", "/api/organizations/@current/proxy_records/", `{"domain":"e.tls.example.com"}`, &rec); code != 201 {
+		t.Fatalf("create through a node on etcd over TLS: %d", code)
+	}
+	if v := s.metric(t, "edgeproxy_store_up"); v != 1 {
+		t.Errorf("edgeproxy_store_up %v, want 1", v)
 	}
 }
 
