@@ -36,7 +36,8 @@
 // handshake for any other name fails, without logging each one (the count
 // is in HandshakeStats and a summary is logged at most once a minute). A
 // TLS-ALPN-01 validation handshake (ALPN exactly "acme-tls/1") is answered
-// only while this process has that challenge pending.
+// only while a challenge for its name is pending, in this process or, on
+// several nodes, in another node's (the shared storage holds it).
 //
 // # Challenges
 //

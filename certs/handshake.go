@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3"
 )
 
@@ -64,12 +63,17 @@ func (m *Manager) Serving(domain string) bool {
 func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name := normalizeName(hello.ServerName)
 	if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acmez.ACMETLS1Protocol {
-		if _, pending := certmagic.GetACMEChallenge(name); !pending || name == "" {
+		if name == "" {
 			return nil, m.refuse(name)
 		}
+		// certmagic answers from the challenges this process has pending
+		// and, failing those, from the ones another node stored (the
+		// challenge data is in the shared storage), so the CA may
+		// validate through any node; with no challenge for the name it
+		// fails the handshake and starts nothing.
 		cert, err := m.magic.GetCertificate(hello)
 		if err != nil {
-			return nil, err
+			return nil, m.refuse(name)
 		}
 		m.stats.challenge.Add(1)
 		return cert, nil

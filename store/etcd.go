@@ -357,7 +357,10 @@ func (e *etcdBackend) initPrefix(ctx context.Context) error {
 		return e.unavailable(err)
 	}
 	if len(resp.Kvs) == 0 {
-		any, err := e.client.Get(ctx, e.prefix+"d/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		// At the same revision: a node initialising the prefix writes
+		// the schema before any data, so data without a schema at one
+		// revision is an interrupted migration, not a node starting.
+		any, err := e.client.Get(ctx, e.prefix+"d/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(resp.Header.Revision))
 		if err != nil {
 			return e.unavailable(err)
 		}
@@ -748,6 +751,11 @@ func (e *etcdBackend) runBarriers() {
 }
 
 func (e *etcdBackend) barrier() {
+	if !e.up.Load() {
+		// The round before found etcd out of reach: the readers queued
+		// behind it read the copy rather than wait as long again.
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
 	defer cancel()
 	resp, err := e.client.Get(ctx, e.schemaKey(), clientv3.WithKeysOnly())
@@ -1201,9 +1209,16 @@ func (e *etcdBackend) Session() (*concurrency.Session, error) {
 			return e.session, nil
 		}
 	}
-	// NewSession grants the lease with its context; the session then
-	// keeps it alive in the background until Close.
-	sess, err := concurrency.NewSession(e.client, concurrency.WithTTL(max(int(e.ttl/time.Second), 1)))
+	// The lease is granted here, within the store's timeout (a session
+	// would grant it with its own context, which bounds its whole life);
+	// the session then keeps it alive in the background until Close.
+	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	lease, err := e.client.Grant(ctx, int64(max(e.ttl/time.Second, 1)))
+	cancel()
+	if err != nil {
+		return nil, e.unavailable(err)
+	}
+	sess, err := concurrency.NewSession(e.client, concurrency.WithLease(lease.ID))
 	if err != nil {
 		return nil, e.unavailable(err)
 	}

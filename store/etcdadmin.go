@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -58,6 +59,10 @@ func (s *Store) Leader(ctx context.Context) (string, error) {
 	return string(resp.Kvs[0].Value), nil
 }
 
+// migrateRequestTimeout bounds each request of a migration: an etcd that
+// goes away midway fails the migration instead of stalling it.
+const migrateRequestTimeout = 30 * time.Second
+
 // MigrateProgress reports a migration's progress: keys copied of total.
 type MigrateProgress func(done, total int)
 
@@ -74,7 +79,9 @@ func MigrateToEtcd(ctx context.Context, src *Store, client *clientv3.Client, pre
 	if prefix == "" {
 		return errors.New("store: migrate: empty prefix")
 	}
-	resp, err := client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	gctx, cancel := context.WithTimeout(ctx, migrateRequestTimeout)
+	resp, err := client.Get(gctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	cancel()
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -111,7 +118,10 @@ func MigrateToEtcd(ctx context.Context, src *Store, client *clientv3.Client, pre
 	total := len(ops) + 1
 	for done := 0; done < len(ops); {
 		n := min(maxTxnOps, len(ops)-done)
-		if _, err := client.Txn(ctx).Then(ops[done : done+n]...).Commit(); err != nil {
+		rctx, cancel := context.WithTimeout(ctx, migrateRequestTimeout)
+		_, err := client.Txn(rctx).Then(ops[done : done+n]...).Commit()
+		cancel()
+		if err != nil {
 			return fmt.Errorf("store: migrate: writing keys %d to %d: %w: %w", done, done+n, ErrUnavailable, err)
 		}
 		done += n
@@ -119,7 +129,9 @@ func MigrateToEtcd(ctx context.Context, src *Store, client *clientv3.Client, pre
 			progress(done, total)
 		}
 	}
-	if _, err := client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(e.schemaKey()), "=", 0)).
+	rctx, cancel := context.WithTimeout(ctx, migrateRequestTimeout)
+	defer cancel()
+	if _, err := client.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(e.schemaKey()), "=", 0)).
 		Then(clientv3.OpPut(e.schemaKey(), string(schema))).Commit(); err != nil {
 		return fmt.Errorf("store: migrate: writing the schema version: %w: %w", ErrUnavailable, err)
 	}
