@@ -37,7 +37,16 @@ func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 	return ce
 }
 
+// unanswerableALPN is the message of certmagic's error for a TLS-ALPN-01
+// hello with no challenge pending anywhere: anyone can send such hellos,
+// so GetCertificate counts them with the other refused handshakes (and
+// logs a summary) instead of a line each.
+const unanswerableALPN = "tls-alpn challenge"
+
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	if e.Message == unanswerableALPN {
+		return nil
+	}
 	level := slog.LevelWarn
 	if e.Level > zapcore.WarnLevel {
 		level = slog.LevelError

@@ -456,6 +456,10 @@ func TestDroppedAfterTheLastRetry(t *testing.T) {
 	if q := e.queuedFor(h.ID); len(q) != 0 {
 		t.Fatalf("after %d attempts still queued: %+v", len(webhooks.Schedule)+1, q)
 	}
+	// The worker counts the drop once the store has recorded it.
+	e.waitFor("the drop to be counted", func() bool {
+		return e.counter("edgeproxy_webhook_deliveries_dropped_total", "retries_exhausted") >= 1
+	})
 	if got := e.counter("edgeproxy_webhook_deliveries_dropped_total", "retries_exhausted"); got != 1 {
 		t.Errorf("dropped{retries_exhausted} = %v, want 1", got)
 	}
