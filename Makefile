@@ -5,7 +5,7 @@ DATA_DIR ?= ./data
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 10m
 
-.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-store bench-proxy bench-lifecycle fuzz fuzz-ci chaos soak clean
+.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-store bench-proxy bench-lifecycle scale fuzz fuzz-ci chaos soak clean
 
 ## help: list the targets, each with what it does
 help:
@@ -64,6 +64,11 @@ bench-proxy:
 bench-lifecycle:
 	EDGEPROXY_BENCH_RECORDS=$${EDGEPROXY_BENCH_RECORDS:-1000} $(GO) test -run '^TestProvisionBurst$$' -count 1 -timeout 30m -v ./lifecycle/
 	EDGEPROXY_BENCH_RECORDS=10000 $(GO) test -run '^TestStartupWithValidRecords$$' -count 1 -timeout 20m -v ./cmd/edgeproxy/
+
+## scale: 100,000 records (20,000 valid, each with its certificate) in a bbolt file and, migrated, in a local etcd; the built binary on each: start to serving, RSS, handshake latency, a new etcd node's catch-up; twice (args in SCALE_ARGS; report in bin/scale-report.md; docs/PERFORMANCE.md)
+scale: build
+	GO=$(GO) sh scripts/ensure-etcd.sh >/dev/null
+	$(GO) run ./cmd/scale -bin bin/edgeproxy -etcd-bin .tools/bin/etcd -out bin/scale-report.md $(SCALE_ARGS)
 
 ## fuzz: each fuzz target (every func Fuzz* in the module) for FUZZTIME (default 30s), printing the inputs tried
 fuzz:
