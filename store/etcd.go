@@ -979,6 +979,14 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 	// The whole write, retries after transient failures included, takes
 	// at most the store's timeout.
 	deadline := time.Now().Add(e.timeout)
+	// uncertain are the attempts sent without an answer and not found
+	// applied when looked for: etcd may still apply one of them later (it
+	// was in the log of the leader that takes over). If one did, the write
+	// is done: running it again would find its own changes in the way.
+	var (
+		uncertain []*recorder
+		landedRec *recorder
+	)
 	for attempt := 0; ; attempt++ {
 		if len(live) == 0 {
 			return errs
@@ -997,6 +1005,12 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 		)
 		err := e.s.db.Update(func(tx *bolt.Tx) error {
 			rev = e.applied.Load()
+			for _, u := range uncertain {
+				if e.landedIn(tx, u) {
+					landedRec = u
+					return errRollback
+				}
+			}
 			t := &txn{btx: tx, rec: rec}
 			for n, i := range live {
 				if err := calls[i].fn(t); err != nil {
@@ -1010,6 +1024,10 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			for _, i := range live {
 				errs[i] = closedErr(err)
 			}
+			return errs
+		}
+		if landedRec != nil {
+			runOnCommit(landedRec)
 			return errs
 		}
 		if failed >= 0 {
@@ -1057,7 +1075,15 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			}
 			return fill(errs, live, fmt.Errorf("store: one write of %d operations exceeds etcd's transaction limit", len(ops)))
 		}
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		// One sending gets part of the write's time: a request forwarded
+		// to an etcd leader that dies before replicating it is never
+		// answered, and the members left elect another leader in about a
+		// second; the rest of the time looks for it and sends it again.
+		sendBy := time.Now().Add(e.timeout / 2)
+		if sendBy.After(deadline) {
+			sendBy = deadline
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), sendBy)
 		var failure []clientv3.Op
 		if fence != nil {
 			failure = append(failure, clientv3.OpGet(fence.Key))
@@ -1077,6 +1103,7 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 				runOnCommit(rec)
 				return errs
 			}
+			uncertain = append(uncertain, rec)
 			attempt--
 			continue
 		}
@@ -1134,29 +1161,35 @@ func (e *etcdBackend) landed(rec *recorder) bool {
 	if err != nil || !e.catchUp(resp.Header.Revision, e.timeout) {
 		return false
 	}
-	if len(rec.writes) == 0 {
-		return false
-	}
-	landed := true
+	landed := false
 	_ = e.s.db.View(func(tx *bolt.Tx) error {
-		for k, w := range rec.writes {
-			name, key, ok := strings.Cut(strings.TrimPrefix(k, e.prefix+"d/"), "/")
-			if !ok {
-				continue
-			}
-			b := tx.Bucket([]byte(name))
-			var got []byte
-			if b != nil {
-				got = b.Get([]byte(key))
-			}
-			if w.delete != (got == nil) || !w.delete && !bytes.Equal(got, w.value) {
-				landed = false
-				return nil
-			}
-		}
+		landed = e.landedIn(tx, rec)
 		return nil
 	})
 	return landed
+}
+
+// landedIn reports whether the local copy tx holds every key rec wrote
+// as rec wrote it (and none it deleted).
+func (e *etcdBackend) landedIn(tx *bolt.Tx, rec *recorder) bool {
+	if len(rec.writes) == 0 {
+		return false
+	}
+	for k, w := range rec.writes {
+		name, key, ok := strings.Cut(strings.TrimPrefix(k, e.prefix+"d/"), "/")
+		if !ok {
+			continue
+		}
+		b := tx.Bucket([]byte(name))
+		var got []byte
+		if b != nil {
+			got = b.Get([]byte(key))
+		}
+		if w.delete != (got == nil) || !w.delete && !bytes.Equal(got, w.value) {
+			return false
+		}
+	}
+	return true
 }
 
 // errRollback rolls back the local transaction of a write on etcd.
