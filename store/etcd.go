@@ -986,6 +986,9 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 	var (
 		uncertain []*recorder
 		landedRec *recorder
+		// synced is set once the write has waited for the cluster's
+		// revision (see below).
+		synced bool
 	)
 	for attempt := 0; ; attempt++ {
 		if len(live) == 0 {
@@ -1029,6 +1032,19 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 		if landedRec != nil {
 			runOnCommit(landedRec)
 			return errs
+		}
+		// A write that failed, or wrote nothing (a broken rule is
+		// reported that way), is not sent, so no comparison checks what it
+		// read: the copy may not have heard yet of a write committed on
+		// another node before this one began. It waits for the cluster's
+		// revision, as a read does, and runs again if the copy moved.
+		if (failed >= 0 || len(rec.writes) == 0) && !synced {
+			synced = true
+			e.sync()
+			if e.applied.Load() > rev {
+				attempt--
+				continue
+			}
 		}
 		if failed >= 0 {
 			i := live[failed]

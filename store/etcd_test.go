@@ -78,6 +78,31 @@ func TestEtcdReadYourWritesAcrossNodes(t *testing.T) {
 	}
 }
 
+// TestEtcdWriteAfterWriteAcrossNodes pins writes that ran on a stale
+// local copy: an organization created through node A, then a record
+// created in it through node B right after, failed with "organization not
+// found" when B's copy had not yet heard of the organization. A write
+// must see every write committed before it began, on any node, as a read
+// does.
+func TestEtcdWriteAfterWriteAcrossNodes(t *testing.T) {
+	c := etcdtest.NewCluster(t, 3)
+	a := openNode(t, c, "/waw/", t.TempDir())
+	b := openNode(t, c, "/waw/", t.TempDir())
+	for i := range 100 {
+		org := mustOrg(t, a, fmt.Sprintf("org-%d", i), nil)
+		r, err := b.CreateRecord(store.Record{OrgID: org.ID, Domain: fmt.Sprintf("e%d.example.com", i), Status: store.StatusWaiting}, noLimit)
+		if err != nil {
+			t.Fatalf("record %d created through B in the organization A created just before: %v", i, err)
+		}
+		if _, _, err := a.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
+			rec.Message = ptr("updated by A")
+			return store.OpSave, nil
+		}); err != nil {
+			t.Fatalf("record %d updated through A right after B created it: %v", i, err)
+		}
+	}
+}
+
 // TestEtcdRacingCreates: creates racing on three nodes keep a domain
 // unique and an organization within its limit.
 func TestEtcdRacingCreates(t *testing.T) {
