@@ -74,10 +74,17 @@ import (
 // small writes of one node are gathered into one etcd transaction
 // (batch), as bbolt's Batch gathers them into one fsync.
 //
+// A write that fails or changes nothing (a broken rule) sends nothing for
+// etcd to compare, so it first waits, as a read does, until the copy
+// reflects every write committed before it began, and runs again on the
+// newer copy if there is one.
+//
 // A write returns once etcd has committed it and the node's copy holds
 // it, so the writer's next read sees it. A write that cannot reach etcd
 // returns ErrUnavailable and, etcd transactions being atomic, leaves
-// nothing half-written.
+// nothing half-written. A commit that gets no answer (the etcd leader it
+// was forwarded to died) is given up after half the store's timeout; the
+// node looks whether it was applied and sends it again if not.
 //
 // # Leadership
 //
