@@ -74,10 +74,17 @@ import (
 // small writes of one node are gathered into one etcd transaction
 // (batch), as bbolt's Batch gathers them into one fsync.
 //
+// A write that fails or changes nothing (a broken rule) sends nothing for
+// etcd to compare, so it first waits, as a read does, until the copy
+// reflects every write committed before it began, and runs again on the
+// newer copy if there is one.
+//
 // A write returns once etcd has committed it and the node's copy holds
 // it, so the writer's next read sees it. A write that cannot reach etcd
 // returns ErrUnavailable and, etcd transactions being atomic, leaves
-// nothing half-written.
+// nothing half-written. A commit that gets no answer (the etcd leader it
+// was forwarded to died) is given up after half the store's timeout; the
+// node looks whether it was applied and sends it again if not.
 //
 // # Leadership
 //
@@ -987,6 +994,17 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 	// The whole write, retries after transient failures included, takes
 	// at most the store's timeout.
 	deadline := time.Now().Add(e.timeout)
+	// uncertain are the attempts sent without an answer and not found
+	// applied when looked for: etcd may still apply one of them later (it
+	// was in the log of the leader that takes over). If one did, the write
+	// is done: running it again would find its own changes in the way.
+	var (
+		uncertain []*recorder
+		landedRec *recorder
+		// synced is set once the write has waited for the cluster's
+		// revision (see below).
+		synced bool
+	)
 	for attempt := 0; ; attempt++ {
 		if len(live) == 0 {
 			return errs
@@ -1005,6 +1023,12 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 		)
 		err := e.s.db.Update(func(tx *bolt.Tx) error {
 			rev = e.applied.Load()
+			for _, u := range uncertain {
+				if e.landedIn(tx, u) {
+					landedRec = u
+					return errRollback
+				}
+			}
 			t := &txn{btx: tx, rec: rec}
 			for n, i := range live {
 				if err := calls[i].fn(t); err != nil {
@@ -1019,6 +1043,23 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 				errs[i] = closedErr(err)
 			}
 			return errs
+		}
+		if landedRec != nil {
+			runOnCommit(landedRec)
+			return errs
+		}
+		// A write that failed, or wrote nothing (a broken rule is
+		// reported that way), is not sent, so no comparison checks what it
+		// read: the copy may not have heard yet of a write committed on
+		// another node before this one began. It waits for the cluster's
+		// revision, as a read does, and runs again if the copy moved.
+		if (failed >= 0 || len(rec.writes) == 0) && !synced {
+			synced = true
+			e.sync()
+			if e.applied.Load() > rev {
+				attempt--
+				continue
+			}
 		}
 		if failed >= 0 {
 			i := live[failed]
@@ -1065,7 +1106,15 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			}
 			return fill(errs, live, fmt.Errorf("store: one write of %d operations exceeds etcd's transaction limit", len(ops)))
 		}
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		// One sending gets part of the write's time: a request forwarded
+		// to an etcd leader that dies before replicating it is never
+		// answered, and the members left elect another leader in about a
+		// second; the rest of the time looks for it and sends it again.
+		sendBy := time.Now().Add(e.timeout / 2)
+		if sendBy.After(deadline) {
+			sendBy = deadline
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), sendBy)
 		var failure []clientv3.Op
 		if fence != nil {
 			failure = append(failure, clientv3.OpGet(fence.Key))
@@ -1085,6 +1134,7 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 				runOnCommit(rec)
 				return errs
 			}
+			uncertain = append(uncertain, rec)
 			attempt--
 			continue
 		}
@@ -1146,29 +1196,35 @@ func (e *etcdBackend) landed(rec *recorder) bool {
 	if err != nil || !e.catchUp(resp.Header.Revision, e.timeout) {
 		return false
 	}
-	if len(rec.writes) == 0 {
-		return false
-	}
-	landed := true
+	landed := false
 	_ = e.s.db.View(func(tx *bolt.Tx) error {
-		for k, w := range rec.writes {
-			name, key, ok := strings.Cut(strings.TrimPrefix(k, e.prefix+"d/"), "/")
-			if !ok {
-				continue
-			}
-			b := tx.Bucket([]byte(name))
-			var got []byte
-			if b != nil {
-				got = b.Get([]byte(key))
-			}
-			if w.delete != (got == nil) || !w.delete && !bytes.Equal(got, w.value) {
-				landed = false
-				return nil
-			}
-		}
+		landed = e.landedIn(tx, rec)
 		return nil
 	})
 	return landed
+}
+
+// landedIn reports whether the local copy tx holds every key rec wrote
+// as rec wrote it (and none it deleted).
+func (e *etcdBackend) landedIn(tx *bolt.Tx, rec *recorder) bool {
+	if len(rec.writes) == 0 {
+		return false
+	}
+	for k, w := range rec.writes {
+		name, key, ok := strings.Cut(strings.TrimPrefix(k, e.prefix+"d/"), "/")
+		if !ok {
+			continue
+		}
+		b := tx.Bucket([]byte(name))
+		var got []byte
+		if b != nil {
+			got = b.Get([]byte(key))
+		}
+		if w.delete != (got == nil) || !w.delete && !bytes.Equal(got, w.value) {
+			return false
+		}
+	}
+	return true
 }
 
 // errRollback rolls back the local transaction of a write on etcd.

@@ -13,6 +13,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/edgeproxy/edgeproxy/lifecycle"
 	"github.com/edgeproxy/edgeproxy/store"
@@ -47,6 +49,10 @@ const (
 	// loop and the follower, which may be waiting on an etcd out of reach
 	// (a new session's lease is granted without a deadline).
 	clusterStopWait = 5 * time.Second
+	// etcdReconnectMax is the longest pause between two attempts to
+	// connect to an etcd member that cannot be reached: how long, at
+	// most, a node takes to notice that etcd is back.
+	etcdReconnectMax = 2 * time.Second
 	// campaignBackoffMax is the longest pause between two failed
 	// campaigns.
 	campaignBackoffMax = 10 * time.Second
@@ -68,6 +74,14 @@ func (c *etcdConfig) client() (*clientv3.Client, error) {
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
 		TLS:                  tlsCfg,
+		// gRPC's default pause between two connection attempts grows to
+		// two minutes: after a long etcd outage a node would answer 503
+		// that long after etcd is back. A few seconds at most costs an
+		// unreachable etcd a connection attempt per member now and then.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: etcdReconnectMax},
+			MinConnectTimeout: etcdDialTimeout,
+		})},
 		// The store reports what fails (ErrUnavailable, the watch's
 		// warnings); the client would log its own retries once per
 		// request all through an outage.
