@@ -1154,7 +1154,8 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 const transientPause = 200 * time.Millisecond
 
 // transient reports whether err is etcd (or the way to it) failing for
-// a moment: no leader, a leader change, a member gone, a timeout.
+// a moment: no leader, a leader change, a member gone or stopping, a
+// timeout.
 func transient(err error) bool {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded),
@@ -1163,15 +1164,24 @@ func transient(err error) bool {
 		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost),
 		errors.Is(err, rpctypes.ErrLeaderChanged),
 		errors.Is(err, rpctypes.ErrNoLeader),
-		errors.Is(err, rpctypes.ErrTooManyRequests):
+		errors.Is(err, rpctypes.ErrTooManyRequests),
+		errors.Is(err, rpctypes.ErrStopped):
 		return true
 	}
-	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded:
+	switch st := status.Convert(err); {
+	case st.Code() == codes.Unavailable, st.Code() == codes.DeadlineExceeded:
+		return true
+	case st.Code() == codes.Unknown && st.Message() == raftStopped:
+		// The member the request reached is stopping; the others go on.
 		return true
 	}
 	return false
 }
+
+// raftStopped is the message of raft's ErrStopped, which a member that
+// stops answers to the requests it was proposing (etcd sends it as an
+// unknown gRPC error).
+const raftStopped = "raft: stopped"
 
 // landed reports whether etcd applied a commit whose answer was lost:
 // once the local copy has caught up with etcd, every key the commit wrote
