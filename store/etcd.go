@@ -1130,7 +1130,7 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 				return fill(errs, live, e.unavailable(err))
 			}
 			time.Sleep(transientPause)
-			if e.landed(rec) {
+			if e.landed(rec, deadline) {
 				runOnCommit(rec)
 				return errs
 			}
@@ -1189,11 +1189,11 @@ func transient(err error) bool {
 // once the local copy has caught up with etcd, every key the commit wrote
 // holds what it wrote. The values a write puts carry fresh ids and
 // times, so another write leaving exactly the same is not a concern.
-func (e *etcdBackend) landed(rec *recorder) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+func (e *etcdBackend) landed(rec *recorder, deadline time.Time) bool {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	resp, err := e.client.Get(ctx, e.schemaKey(), clientv3.WithKeysOnly())
 	cancel()
-	if err != nil || !e.catchUp(resp.Header.Revision, e.timeout) {
+	if err != nil || !e.catchUp(resp.Header.Revision, time.Until(deadline)) {
 		return false
 	}
 	landed := false
