@@ -8,9 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -306,6 +308,82 @@ func TestEtcdCompactedHistory(t *testing.T) {
 	}
 	if got, err := a.Record(added.ID); err != nil || got.Domain != added.Domain {
 		t.Errorf("record added while A was away: %+v, %v", got, err)
+	}
+}
+
+// TestEtcdNewCopy: a node with no local copy lists the prefix over many
+// pages (a new copy is written a page at a time, to bound the memory of a
+// large prefix) and then holds every key; a copy whose listing was cut
+// short (no revision, some keys of the listing and some of an older copy)
+// is listed again, whole, at the next open.
+func TestEtcdNewCopy(t *testing.T) {
+	c := etcdtest.NewCluster(t, 1)
+	a := openNode(t, c, "/newcopy/", t.TempDir())
+	org := mustOrg(t, a, "acme", nil)
+	r := mustRecord(t, a, org.ID, "e.example.com")
+	// More keys than one page of a listing (2,000).
+	const blobs = 2500
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	errs := make(chan error, 64)
+	for range 64 {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < blobs; i = int(next.Add(1)) - 1 {
+				if err := a.PutBlob(fmt.Sprintf("bulk/b%04d", i), []byte(fmt.Sprint(i))); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	dirB := t.TempDir()
+	b := openNode(t, c, "/newcopy/", dirB)
+	keys, err := b.ListBlobs("bulk", true)
+	if err != nil || len(keys) != blobs {
+		t.Fatalf("new node lists %d blobs, %v; want %d", len(keys), err, blobs)
+	}
+	if v, err := b.GetBlob(fmt.Sprintf("bulk/b%04d", blobs-1)); err != nil || string(v) != fmt.Sprint(blobs-1) {
+		t.Fatalf("the last blob on the new node: %q, %v", v, err)
+	}
+	if got, err := b.Record(r.ID); err != nil || got.Domain != r.Domain {
+		t.Fatalf("the record on the new node: %+v, %v", got, err)
+	}
+	b.Close()
+
+	// What a listing cut short leaves: no revision, a key etcd does not
+	// have (from a copy of other data), and a key missing.
+	db, err := bolt.Open(filepath.Join(dirB, "copy.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket([]byte("etcd_copy")).Delete([]byte("revision")); err != nil {
+			return err
+		}
+		recs := tx.Bucket([]byte("records"))
+		if err := recs.Put([]byte("leftover"), []byte(`{"id":"leftover","domain":"leftover.example.com"}`)); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte("certmagic_data")).Delete([]byte("bulk/b0000"))
+	})
+	if err == nil {
+		err = db.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = openNode(t, c, "/newcopy/", dirB)
+	if _, err := b.Record("leftover"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a key of the cut-short copy survived the listing: %v", err)
+	}
+	if keys, err := b.ListBlobs("bulk", true); err != nil || len(keys) != blobs {
+		t.Errorf("after listing again: %d blobs, %v; want %d", len(keys), err, blobs)
 	}
 }
 

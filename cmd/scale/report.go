@@ -55,7 +55,9 @@ func (r *result) problems() []string {
 func (r *result) markdown() string {
 	var b strings.Builder
 	c := r.cfg
-	fmt.Fprintf(&b, "Command: `%s`\n\n", strings.Join(r.args, " "))
+	// The tool runs as `go run ./cmd/scale` (a temporary binary) or
+	// built: either way the flags are what matters.
+	fmt.Fprintf(&b, "Command: `go run ./cmd/scale %s`\n\n", strings.Join(r.args[1:], " "))
 	m := r.machine
 	fmt.Fprintf(&b, "Machine: %d × %s, %.1f GiB RAM; %s; edgeproxy %s", m.cpus, orUnknown(m.cpuModel), float64(m.memTotal)/(1<<30), m.goVersion, m.binary)
 	if m.etcd != "" {
@@ -102,7 +104,7 @@ func (r *result) markdown() string {
 	}
 	b.WriteString("\n")
 
-	b.WriteString("Spread (min / median / max over the runs) against the targets (start ≤ 10 s, RSS ≤ 1 GiB; RSS is VmRSS once serving and after the sweep, peak RSS is VmHWM):\n\n")
+	b.WriteString("Spread (min / median / max over the runs, or min – max of two) against the targets (start ≤ 10 s, RSS ≤ 1 GiB; RSS is VmRSS once serving and after the sweep, peak RSS is VmHWM):\n\n")
 	b.WriteString("| store | node | runs | serving | VmRSS serving | VmRSS after the sweep | VmHWM (peak) | handshake p50 | handshake p99 | start | RSS | peak RSS |\n")
 	b.WriteString("|---|---|---:|---|---|---|---|---|---|---|---|---|\n")
 	type key struct{ store, scenario string }
@@ -163,15 +165,18 @@ func pct(ds []time.Duration, p float64) time.Duration {
 }
 
 // spread formats min / median / max of vs (the lower median of an even
-// count).
+// count), or min – max of two.
 func spread[T time.Duration | uint64](vs []T, f func(T) string) string {
 	if len(vs) == 0 {
 		return "–"
 	}
 	s := slices.Clone(vs)
 	slices.Sort(s)
-	if len(s) == 1 {
+	switch len(s) {
+	case 1:
 		return f(s[0])
+	case 2:
+		return fmt.Sprintf("%s – %s", f(s[0]), f(s[1]))
 	}
 	return fmt.Sprintf("%s / %s / %s", f(s[0]), f(s[(len(s)-1)/2]), f(s[len(s)-1]))
 }
