@@ -442,7 +442,14 @@ func (e *etcdBackend) relist(inPieces bool) error {
 	if err != nil {
 		return err
 	}
-	e.setApplied(rev)
+	// The listed revision replaces the old one even when lower: a copy of
+	// a cluster whose data were restored into a new one (revisions then
+	// start lower) would otherwise watch from its old revision and miss
+	// every write in between. Nothing watches while a listing runs.
+	e.appliedMu.Lock()
+	e.applied.Store(rev)
+	e.appliedMu.Unlock()
+	e.appliedCond.Broadcast()
 	// Every record may have changed: tell the subscribers to look again.
 	var changes []Change
 	_ = e.s.db.View(func(tx *bolt.Tx) error {

@@ -680,3 +680,59 @@ func TestEtcdLeaderKilledMidWrite(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d creates through a follower across the kill of the etcd leader; the slowest took %v", wrote, slowest.Round(time.Millisecond))
 }
+
+// TestEtcdRestoredIntoNewCluster: a node whose local copy came from a
+// cluster that was lost, started on a new cluster holding a restored
+// backup (its revisions start lower than the copy's), lists the new
+// cluster and then follows it: a write through another node is read at
+// once, and what was written after the backup is gone.
+func TestEtcdRestoredIntoNewCluster(t *testing.T) {
+	old := etcdtest.NewCluster(t, 1)
+	dir := t.TempDir()
+	a := openNode(t, old, "/restore/", dir)
+	org := mustOrg(t, a, "acme", nil)
+	kept := mustRecord(t, a, org.ID, "kept.example.com")
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	var buf bytes.Buffer
+	if _, err := a.Backup(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFile(backup, buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// Writes after the backup raise the old cluster's revision well past
+	// what the restored cluster will reach.
+	lost := mustRecord(t, a, org.ID, "lost.example.com")
+	for i := range 100 {
+		if err := a.PutBlob(fmt.Sprintf("later/b%03d", i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Close()
+
+	src, err := store.Open(backup, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := etcdtest.NewCluster(t, 1)
+	err = store.MigrateToEtcd(context.Background(), src, restored.Client(t), "/restore/", nil)
+	src.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	a = openNode(t, restored, "/restore/", dir)
+	if _, err := a.Record(lost.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a record written after the backup is still read: %v", err)
+	}
+	if got, err := a.Record(kept.ID); err != nil || got.Domain != kept.Domain {
+		t.Errorf("the restored record: %+v, %v", got, err)
+	}
+	b := openNode(t, restored, "/restore/", t.TempDir())
+	for i := range 5 {
+		r := mustRecord(t, b, org.ID, fmt.Sprintf("new%d.example.com", i))
+		if got, err := a.Record(r.ID); err != nil || got.Domain != r.Domain {
+			t.Fatalf("a record created on the restored cluster through another node, read at once: %+v, %v", got, err)
+		}
+	}
+}
