@@ -82,7 +82,7 @@ fuzz-ci:
 chaos:
 	EDGEPROXY_CHAOS_KILLS=$${EDGEPROXY_CHAOS_KILLS:-60} $(GO) test -race -run '^TestChaos$$' -count 1 -timeout 40m -v ./cmd/edgeproxy/
 
-## chaos-cluster: EDGEPROXY_CHAOS_CLUSTER_KILLS (default 30) kill -9s of a random node (the leader in half) or etcd member (one at a time) of a 3-node cluster under API writes and provisioning, invariants checked across the nodes after each (make test runs 4)
+## chaos-cluster: EDGEPROXY_CHAOS_CLUSTER_KILLS (default 30) kill -9s of a random node (the leader first, then in half) or etcd member (one at a time) of a 3-node cluster under API writes and provisioning, invariants checked across the nodes after each (make test runs 4)
 chaos-cluster:
 	GO=$(GO) sh scripts/ensure-etcd.sh >/dev/null
 	EDGEPROXY_CHAOS_CLUSTER_KILLS=$${EDGEPROXY_CHAOS_CLUSTER_KILLS:-30} EDGEPROXY_REQUIRE_TOOLS=1 $(GO) test -race -run '^TestChaosCluster$$' -count 1 -timeout 40m -v ./cmd/edgeproxy/
