@@ -5,7 +5,7 @@ DATA_DIR ?= ./data
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 10m
 
-.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-store bench-proxy bench-lifecycle scale fuzz fuzz-ci chaos soak clean
+.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-store bench-proxy bench-lifecycle scale fuzz fuzz-ci chaos chaos-cluster soak clean
 
 ## help: list the targets, each with what it does
 help:
@@ -81,6 +81,11 @@ fuzz-ci:
 ## chaos: EDGEPROXY_CHAOS_KILLS (default 60) kill -9s of the real binary under API writes and provisioning, invariants checked after each (make test runs 5)
 chaos:
 	EDGEPROXY_CHAOS_KILLS=$${EDGEPROXY_CHAOS_KILLS:-60} $(GO) test -race -run '^TestChaos$$' -count 1 -timeout 40m -v ./cmd/edgeproxy/
+
+## chaos-cluster: EDGEPROXY_CHAOS_CLUSTER_KILLS (default 30) kill -9s of a random node (the leader first, then in half) or etcd member (one at a time) of a 3-node cluster under API writes and provisioning, invariants checked across the nodes after each (make test runs 4)
+chaos-cluster:
+	GO=$(GO) sh scripts/ensure-etcd.sh >/dev/null
+	EDGEPROXY_CHAOS_CLUSTER_KILLS=$${EDGEPROXY_CHAOS_CLUSTER_KILLS:-30} EDGEPROXY_REQUIRE_TOOLS=1 $(GO) test -race -run '^TestChaosCluster$$' -count 1 -timeout 40m -v ./cmd/edgeproxy/
 
 ## soak: the built binary (no -race) for SOAK_DURATION (default 10m) at SOAK_RATE (default 400/s) while records are created and deleted; fails on any unprovoked failure or growth of RSS, goroutines or fds (report in bin/soak-report.md, server log in bin/soak-server.log)
 soak: build

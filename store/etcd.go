@@ -65,9 +65,11 @@ import (
 // transaction whose comparisons say that nothing read has changed since
 // the copy's revision: every key read has a modification revision at most
 // that revision (an absent key counts as revision 0, so a key created
-// meanwhile fails the comparison) and every bucket read through a cursor
-// has an unchanged version. If any
-// changed, etcd applies nothing; the node waits until its copy has caught
+// meanwhile fails the comparison), every key the copy held when read
+// still exists (a deleted key also counts as revision 0: without this a
+// write that read a record another node deleted meanwhile would put it
+// back), and every bucket read through a cursor has an unchanged version.
+// If any changed, etcd applies nothing; the node waits until its copy has caught
 // up and runs the transaction again. So a domain stays unique and an
 // organization within its limit when creates race on different nodes:
 // both read the same keys, and only one commit can succeed. Concurrent
@@ -904,7 +906,9 @@ func (e *etcdBackend) nextSequence(bucket []byte) (uint64, error) {
 
 // recorder notes a transaction's reads and writes on the etcd backend.
 type recorder struct {
-	reads   map[string]struct{}
+	// reads maps each key read to whether the copy held it when first
+	// read (before this transaction wrote it).
+	reads   map[string]bool
 	buckets map[string]struct{}
 	// writes, in order of first write; values nil for deletes.
 	order    []string
@@ -922,13 +926,24 @@ type write struct {
 
 func newRecorder(e *etcdBackend) *recorder {
 	return &recorder{
-		reads: map[string]struct{}{}, buckets: map[string]struct{}{},
+		reads: map[string]bool{}, buckets: map[string]struct{}{},
 		writes: map[string]*write{}, written: map[string]struct{}{}, e: e,
 	}
 }
 
-func (r *recorder) readKey(bucket, key []byte) { r.reads[r.e.dataKey(bucket, key)] = struct{}{} }
-func (r *recorder) readBucket(bucket []byte)   { r.buckets[string(bucket)] = struct{}{} }
+// readKey notes a read of key, found or not in the copy. Only the first
+// read counts, and only when this transaction had not written the key
+// yet: a read of its own write says nothing of what etcd holds.
+func (r *recorder) readKey(bucket, key []byte, found bool) {
+	k := r.e.dataKey(bucket, key)
+	if _, ok := r.reads[k]; ok {
+		return
+	}
+	_, wrote := r.writes[k]
+	r.reads[k] = found && !wrote
+}
+
+func (r *recorder) readBucket(bucket []byte) { r.buckets[string(bucket)] = struct{}{} }
 
 func (r *recorder) put(bucket, key, value []byte) {
 	r.note(bucket, key, &write{value: bytes.Clone(value), lock: bytes.Equal(bucket, bucketCertLocks)})
@@ -949,8 +964,14 @@ func (r *recorder) note(bucket, key []byte, w *write) {
 // local copy's revision rev.
 func (r *recorder) ops(rev int64, lease clientv3.LeaseID) ([]clientv3.Cmp, []clientv3.Op) {
 	var cmps []clientv3.Cmp
-	for k := range r.reads {
+	for k, found := range r.reads {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "<", rev+1))
+		if found {
+			// A key deleted since rev has ModRevision 0, as one never
+			// written: only its version tells that it is gone, and a write
+			// that read it must not put it back.
+			cmps = append(cmps, clientv3.Compare(clientv3.Version(k), ">", 0))
+		}
 	}
 	for b := range r.buckets {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.e.versionKey([]byte(b))), "<", rev+1))

@@ -105,6 +105,41 @@ func TestEtcdWriteAfterWriteAcrossNodes(t *testing.T) {
 	}
 }
 
+// TestEtcdWriteAfterDeleteAcrossNodes: a write on node A that read a
+// record must not put it back when node B deleted the record after A read
+// it. A deleted key's ModRevision is 0, like a key never written, so
+// comparing it alone with A's revision lets the stale write through; the
+// chaos test on a cluster found deleted records back as waiting.
+func TestEtcdWriteAfterDeleteAcrossNodes(t *testing.T) {
+	c := etcdtest.NewCluster(t, 1)
+	a := openNode(t, c, "/wad/", t.TempDir())
+	b := openNode(t, c, "/wad/", t.TempDir())
+	org := mustOrg(t, a, "acme", nil)
+	for i := range 3 {
+		r := mustRecord(t, a, org.ID, fmt.Sprintf("e%d.example.com", i))
+		runs := 0
+		_, _, err := a.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
+			runs++
+			if runs == 1 {
+				// B deletes the record between A's read and A's commit.
+				if _, _, err := b.Mutate(r.ID, func(*store.Record) (store.Op, error) { return store.OpDelete, nil }); err != nil {
+					t.Errorf("delete through B: %v", err)
+				}
+			}
+			rec.Message = ptr("updated by A")
+			return store.OpSave, nil
+		})
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("A's update of a record B deleted under it: %v after %d runs, want ErrNotFound", err, runs)
+		}
+		for name, n := range map[string]*store.Store{"A": a, "B": b} {
+			if got, err := n.Record(r.ID); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("%s reads the deleted record: %+v, %v", name, got, err)
+			}
+		}
+	}
+}
+
 // TestEtcdRacingCreates: creates racing on three nodes keep a domain
 // unique and an organization within its limit.
 func TestEtcdRacingCreates(t *testing.T) {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -63,7 +64,10 @@ func TestChaos(t *testing.T) {
 	s := startServer(t, dir, w.args...)
 	key := s.key(t)
 
-	c := &chaos{t: t, w: w, key: key, seed: seed}
+	c := &chaos{t: t, w: w, key: key, seed: seed, point: func(_ *rand.Rand, domain, target string) {
+		w.dns.SetA(target, "127.0.0.1")
+		w.dns.SetCNAME(domain, target)
+	}}
 	for i, limit := range []int{4, 7} {
 		var org struct{ ID string }
 		s.admin(t, &org, "org", "create", "--name", fmt.Sprintf("chaos-%d", i), "--max-proxy-records", strconv.Itoa(limit))
@@ -95,7 +99,7 @@ func TestChaos(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				cw.run(s.api, stop)
+				cw.run(func() string { return s.api }, stop)
 			}()
 		}
 		// A random moment: early ones land during start-up work and the
@@ -115,7 +119,16 @@ func TestChaos(t *testing.T) {
 		}
 	}
 
-	c.settle(s)
+	c.settle(s, func(domain string, want bool) error {
+		err := w.handshake(t, domain)
+		if !want && err == nil {
+			return errors.New("handshake succeeded")
+		}
+		if want {
+			return err
+		}
+		return nil
+	})
 	if t.Failed() {
 		t.Fatalf("did not settle (seed %d)\n%s", seed, s.stderr)
 	}
@@ -164,8 +177,16 @@ type chaos struct {
 	orgs    []chaosOrg
 	workers []*chaosWorker
 	kills   int
+	// point makes domain a CNAME to target and gives target an address
+	// of the edge; rng is the calling worker's.
+	point func(rng *rand.Rand, domain, target string)
+	// unavailable503 is set where a 503 (storage unavailable) is an
+	// answer to expect, on a cluster whose etcd loses a member: it leaves
+	// the outcome unknown, like no answer.
+	unavailable503 bool
 
 	created, refused, deletedOK, retried atomic.Int64
+	unavailable                          atomic.Int64
 	deletedValid                         atomic.Int64
 	cutCreates, cutCreatesDone           int
 	cutDeletes, cutDeletesDone           int
@@ -252,9 +273,10 @@ type chaosWorker struct {
 	records []*chaosRecord
 }
 
-// run does API operations until stop is closed. Only this worker touches
-// its records, so what it knows of each one is never contended.
-func (cw *chaosWorker) run(api string, stop <-chan struct{}) {
+// run does API operations until stop is closed, each through the API
+// address api returns for it. Only this worker touches its records, so
+// what it knows of each one is never contended.
+func (cw *chaosWorker) run(api func() string, stop <-chan struct{}) {
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
 	atLimit := false
@@ -273,12 +295,12 @@ func (cw *chaosWorker) run(api string, stop <-chan struct{}) {
 		p := cw.rng.Float64()
 		switch {
 		case len(liveRecs) == 0 || (!atLimit && p < 0.55):
-			atLimit = cw.create(client, api)
+			atLimit = cw.create(client, api())
 		case p < 0.9:
-			cw.delete(client, api, liveRecs[cw.rng.IntN(len(liveRecs))])
+			cw.delete(client, api(), liveRecs[cw.rng.IntN(len(liveRecs))])
 			atLimit = false
 		default:
-			cw.retry(client, api, liveRecs[cw.rng.IntN(len(liveRecs))])
+			cw.retry(client, api(), liveRecs[cw.rng.IntN(len(liveRecs))])
 		}
 	}
 }
@@ -294,8 +316,7 @@ func (cw *chaosWorker) create(client *http.Client, api string) (atLimit bool) {
 	orgID := c.orgs[cw.org].id
 	target := control.TargetCNAME(orgID, r.domain, "proxy.localhost")
 	if r.pointing {
-		c.w.dns.SetA(target, "127.0.0.1")
-		c.w.dns.SetCNAME(r.domain, target)
+		c.point(cw.rng, r.domain, target)
 	}
 	var body struct {
 		ID          string `json:"id"`
@@ -306,6 +327,9 @@ func (cw *chaosWorker) create(client *http.Client, api string) (atLimit bool) {
 	code, err := chaosCall(client, api, c.key, "POST", "/api/organizations/"+orgID+"/proxy_records/", `{"domain":"`+r.domain+`"}`, &body)
 	switch {
 	case err != nil:
+		r.state = uncertainCreate
+	case code == 503 && c.unavailable503:
+		c.unavailable.Add(1)
 		r.state = uncertainCreate
 	case code == 201:
 		if body.TargetCNAME != target || body.Status != "waiting" {
@@ -341,6 +365,9 @@ func (cw *chaosWorker) delete(client *http.Client, api string, r *chaosRecord) {
 	switch {
 	case err != nil:
 		r.state = uncertainDelete
+	case code == 503 && c.unavailable503:
+		c.unavailable.Add(1)
+		r.state = uncertainDelete
 	case code == 204:
 		r.state = deleted
 		c.deletedOK.Add(1)
@@ -357,7 +384,7 @@ func (cw *chaosWorker) retry(client *http.Client, api string, r *chaosRecord) {
 	var body struct{ Code string }
 	code, err := chaosCall(client, api, c.key, "POST", "/api/organizations/"+c.orgs[r.org].id+"/proxy_records/"+r.id+"/retry/", "", &body)
 	switch {
-	case err != nil:
+	case err != nil, code == 503 && c.unavailable503:
 		// A retry changes only status and deadlines: either outcome is fine.
 	case code == 200 || (code == 400 && body.Code == "invalid_state"):
 		c.retried.Add(1)
@@ -488,8 +515,9 @@ func (c *chaos) reconcile(s *server, when string) {
 }
 
 // settle waits until every record has the status its DNS dictates and
-// every deleted one is gone, then handshakes with every valid domain.
-func (c *chaos) settle(s *server) {
+// every deleted one is gone, then asks served whether every valid domain
+// is served and no deleted one is (served returns why not).
+func (c *chaos) settle(s *server, served func(domain string, want bool) error) {
 	t := c.t
 	deadline := time.Now().Add(3 * time.Minute)
 	var wrong []string
@@ -525,14 +553,14 @@ func (c *chaos) settle(s *server) {
 		for _, r := range cw.records {
 			switch {
 			case r.state == live && r.pointing:
-				if err := c.w.handshake(t, r.domain); err != nil {
+				if err := served(r.domain, true); err != nil {
 					t.Errorf("handshake for valid %s: %v", r.domain, err)
 				}
 			case r.state != live:
 				// A deleted record's certificate may be kept for the
 				// retention, never served.
-				if err := c.w.handshake(t, r.domain); err == nil {
-					t.Errorf("handshake for deleted %s succeeded", r.domain)
+				if err := served(r.domain, false); err != nil {
+					t.Errorf("deleted %s: %v", r.domain, err)
 				}
 			}
 		}
