@@ -65,8 +65,9 @@ import (
 // transaction whose comparisons say that nothing read has changed since
 // the copy's revision: every key read has a modification revision at most
 // that revision (an absent key counts as revision 0, so a key created
-// meanwhile fails the comparison) and every bucket read through a cursor
-// has an unchanged version. If any
+// meanwhile fails the comparison), every key found still exists (its
+// deletion, which leaves revision 0, fails too) and every bucket read
+// through a cursor has an unchanged version. If any
 // changed, etcd applies nothing; the node waits until its copy has caught
 // up and runs the transaction again. So a domain stays unique and an
 // organization within its limit when creates race on different nodes:
@@ -897,7 +898,9 @@ func (e *etcdBackend) nextSequence(bucket []byte) (uint64, error) {
 
 // recorder notes a transaction's reads and writes on the etcd backend.
 type recorder struct {
-	reads   map[string]struct{}
+	// reads are the keys read, each with whether the local copy held it
+	// when first read (before the transaction wrote it).
+	reads   map[string]bool
 	buckets map[string]struct{}
 	// writes, in order of first write; values nil for deletes.
 	order    []string
@@ -915,13 +918,26 @@ type write struct {
 
 func newRecorder(e *etcdBackend) *recorder {
 	return &recorder{
-		reads: map[string]struct{}{}, buckets: map[string]struct{}{},
+		reads: map[string]bool{}, buckets: map[string]struct{}{},
 		writes: map[string]*write{}, written: map[string]struct{}{}, e: e,
 	}
 }
 
-func (r *recorder) readKey(bucket, key []byte) { r.reads[r.e.dataKey(bucket, key)] = struct{}{} }
-func (r *recorder) readBucket(bucket []byte)   { r.buckets[string(bucket)] = struct{}{} }
+// readKey notes a point read of key, which found it when held is set.
+// Only the first read counts, and only before the transaction writes the
+// key: later reads see the transaction's own writes, not the copy's.
+func (r *recorder) readKey(bucket, key []byte, held bool) {
+	k := r.e.dataKey(bucket, key)
+	if _, seen := r.reads[k]; seen {
+		return
+	}
+	if _, wrote := r.writes[k]; wrote {
+		held = false
+	}
+	r.reads[k] = held
+}
+
+func (r *recorder) readBucket(bucket []byte) { r.buckets[string(bucket)] = struct{}{} }
 
 func (r *recorder) put(bucket, key, value []byte) {
 	r.note(bucket, key, &write{value: bytes.Clone(value), lock: bytes.Equal(bucket, bucketCertLocks)})
@@ -942,8 +958,16 @@ func (r *recorder) note(bucket, key []byte, w *write) {
 // local copy's revision rev.
 func (r *recorder) ops(rev int64, lease clientv3.LeaseID) ([]clientv3.Cmp, []clientv3.Op) {
 	var cmps []clientv3.Cmp
-	for k := range r.reads {
+	for k, held := range r.reads {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "<", rev+1))
+		if held {
+			// A key deleted since rev has a ModRevision of 0, which the
+			// comparison above lets through: a write that read the key
+			// would then run on what no longer is (an update of a
+			// record deleted meanwhile put it back, without its
+			// indexes).
+			cmps = append(cmps, clientv3.Compare(clientv3.Version(k), ">", 0))
+		}
 	}
 	for b := range r.buckets {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.e.versionKey([]byte(b))), "<", rev+1))

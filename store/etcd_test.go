@@ -680,3 +680,37 @@ func TestEtcdLeaderKilledMidWrite(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d creates through a follower across the kill of the etcd leader; the slowest took %v", wrote, slowest.Round(time.Millisecond))
 }
+
+// TestEtcdUpdateOfDeletedRecord: a write that read a record, committed
+// after another node deleted it, must not put it back. An absent key's
+// modification revision is 0, which passed the comparison "not changed
+// since the copy's revision": the engine's update of a record the API had
+// just deleted through another node resurrected it, without its indexes
+// (found by the cluster tests of cmd/edgeproxy: a GET after the 204 of
+// its DELETE still answered the record).
+func TestEtcdUpdateOfDeletedRecord(t *testing.T) {
+	c := etcdtest.NewCluster(t, 1)
+	a := openNode(t, c, "/deleted/", t.TempDir())
+	b := openNode(t, c, "/deleted/", t.TempDir())
+	org := mustOrg(t, a, "acme", nil)
+	r := mustRecord(t, a, org.ID, "e.example.com")
+	var once sync.Once
+	_, _, err := a.Mutate(r.ID, func(rec *store.Record) (store.Op, error) {
+		// Between A's read of its copy and A's commit, B deletes it.
+		once.Do(func() {
+			if _, _, err := b.Mutate(r.ID, func(*store.Record) (store.Op, error) { return store.OpDelete, nil }); err != nil {
+				t.Errorf("delete through B: %v", err)
+			}
+		})
+		rec.Message = ptr("updated by A")
+		return store.OpSave, nil
+	})
+	if !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("A's update of the record B deleted meanwhile: %v, want ErrNotFound", err)
+	}
+	for name, s := range map[string]*store.Store{"A": a, "B": b} {
+		if got, err := s.Record(r.ID); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s reads the deleted record: %+v, %v; want ErrNotFound", name, got, err)
+		}
+	}
+}

@@ -54,10 +54,11 @@ type bucket struct {
 // Get returns the value of key, or nil. The slice is valid only during
 // the transaction.
 func (b *bucket) Get(key []byte) []byte {
+	v := b.b.Get(key)
 	if b.rec != nil {
-		b.rec.readKey(b.name, key)
+		b.rec.readKey(b.name, key, v != nil)
 	}
-	return b.b.Get(key)
+	return v
 }
 
 // Put sets key to value.
