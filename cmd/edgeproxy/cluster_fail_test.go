@@ -413,8 +413,9 @@ func TestClusterEtcdMemberKilled(t *testing.T) {
 				check("list through "+cw.nodes[c].name, code, err, 200)
 				code, err = cw.call(c, "DELETE", path+rec.ID+"/", "", nil)
 				check("delete "+domain+" through "+cw.nodes[c].name, code, err, 204)
-				code, err = cw.call(a, "GET", path+rec.ID+"/", "", nil)
-				check("read "+domain+" through "+cw.nodes[a].name+" after its DELETE", code, err, 404)
+				got = recordJSON{}
+				code, err = cw.call(a, "GET", path+rec.ID+"/", "", &got)
+				check("read "+domain+" through "+cw.nodes[a].name+" after its DELETE (status "+got.Status+")", code, err, 404)
 			}
 		})
 		wg.Go(func() {
