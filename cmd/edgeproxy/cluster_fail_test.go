@@ -215,8 +215,9 @@ func TestClusterLeaderKilledWhileIssuing(t *testing.T) {
 	t.Logf("killed the leader %s while the records were %v, %d orders sent to the CA", cw.nodes[leader].name, atKill, cw.pebble.Orders())
 
 	// Creates need no leader: they are answered while none leads.
+	survivors := cw.running()
 	for k := range 3 {
-		r := &failRecord{recordJSON: cw.create(cw.other(leader), fmt.Sprintf("after%d.issuing.example.com", k))}
+		r := &failRecord{recordJSON: cw.create(survivors[k%len(survivors)], fmt.Sprintf("after%d.issuing.example.com", k))}
 		if k != 2 {
 			cw.steer(r, k, leader)
 		}
