@@ -279,10 +279,20 @@ func TestClusterLeaderKilledWhileDeleting(t *testing.T) {
 	// The first batch through every node, the leader too, at once; the
 	// leader is killed right after the last 204.
 	var wg sync.WaitGroup
+	codes := make([]int, 6)
+	errs := make([]error, 6)
 	for k, r := range recs[:6] {
-		wg.Go(func() { del(k%3, r) })
+		wg.Go(func() {
+			codes[k], errs[k] = cw.call(k%3, "DELETE", "/api/organizations/@current/proxy_records/"+r.ID+"/", "", nil)
+		})
 	}
 	wg.Wait()
+	for k, r := range recs[:6] {
+		if errs[k] != nil || codes[k] != 204 {
+			t.Fatalf("DELETE %s through %s: %d %v, want 204", r.Domain, cw.nodes[k%3].name, codes[k], errs[k])
+		}
+		r.deleted = true
+	}
 	cw.kill(leader)
 	killed := time.Now()
 	watch := cw.other(leader)
