@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -42,6 +43,56 @@ func outageDuration(t *testing.T) time.Duration {
 		t.Fatalf("%s=%q: want a positive Go duration such as 3m", outageEnv, v)
 	}
 	return d
+}
+
+// startServerRetry is startServer, started again on a new API address
+// when the one it was given was taken meanwhile: testbin.FreeAddr's port
+// is free when chosen, but any connection the machine opens may take it
+// as its source port before the binary listens.
+func startServerRetry(t *testing.T, dataDir string, args ...string) *server {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		api := testbin.FreeAddr(t)
+		s := launch(t, testbin.Build(t, true), append([]string{"serve", "--dev", "--data-dir", dataDir,
+			"--api-addr", api, "--http-addr", testbin.FreeAddr(t), "--https-addr", testbin.FreeAddr(t)}, args...))
+		s.api, s.dataDir = "http://"+api, dataDir
+		exited := false
+		client := &http.Client{Timeout: 5 * time.Second}
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !exited; {
+			if resp, err := client.Get(s.api + "/readyz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					return s
+				}
+			}
+			select {
+			case err := <-s.done:
+				s.done <- err // for the cleanup, which waits for the exit
+				if attempt >= 3 || !strings.Contains(s.stderr.String(), "--api-addr: listen tcp "+api+": bind: address already in use") {
+					t.Fatalf("server exited during start: %v\n%s", err, s.stderr)
+				}
+				t.Logf("the API address %s was taken before the server listened; starting it again on another", api)
+				exited = true
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if !exited {
+			t.Fatalf("server not ready in 20s\n%s", s.stderr)
+		}
+	}
+}
+
+// startNodeRetry is clusterWorld.startNode through startServerRetry.
+func (cw *clusterWorld) startNodeRetry(i int) *server {
+	cw.t.Helper()
+	n := cw.nodes[i]
+	if n.s != nil {
+		cw.t.Fatalf("%s is already running", n.name)
+	}
+	n.s = startServerRetry(cw.t, n.dataDir, append([]string{"--node-name", n.name,
+		"--http-addr", net.JoinHostPort(n.ip, strconv.Itoa(cw.httpPort)),
+		"--https-addr", net.JoinHostPort(n.ip, strconv.Itoa(cw.httpsPort))}, cw.args...)...)
+	return n.s
 }
 
 // createRecords creates one record per domain, through the nodes in
@@ -254,7 +305,10 @@ func (s *server) metricSum(t *testing.T, name string) float64 {
 func TestClusterEtcdAllDown(t *testing.T) {
 	outage := outageDuration(t)
 	cw := newClusterWorld(t)
-	cw.startNodes()
+	for i := range cw.nodes {
+		cw.startNodeRetry(i)
+	}
+	cw.key = cw.nodes[0].s.key(t)
 	began := time.Now()
 	var domains []string
 	for k := range 4 {
@@ -319,7 +373,7 @@ func TestClusterEtcdAllDown(t *testing.T) {
 	sw.set(victim, false)
 	cw.kill(victim)
 	restart := time.Now()
-	cw.startNode(victim)
+	cw.startNodeRetry(victim)
 	t.Logf("%s killed and ready again %v later, etcd down", cw.nodes[victim].name, time.Since(restart).Round(time.Millisecond))
 	for _, rec := range recs {
 		if err := cw.serves(victim, rec.Domain, leaves[rec.Domain]); err != nil {
@@ -456,7 +510,7 @@ func TestClusterMigrateNoNewOrder(t *testing.T) {
 		"--http-addr", single.ip+":"+strconv.Itoa(cw.httpPort), "--https-addr", single.ip+":"+strconv.Itoa(cw.httpsPort))
 	dir := t.TempDir()
 	began := time.Now()
-	single.s = startServer(t, dir, args...)
+	single.s = startServerRetry(t, dir, args...)
 	cw.key = single.s.key(t)
 	var domains []string
 	for k := range 4 {
@@ -508,7 +562,7 @@ func TestClusterMigrateNoNewOrder(t *testing.T) {
 
 	start := time.Now()
 	for i := range cw.nodes {
-		cw.startNode(i)
+		cw.startNodeRetry(i)
 	}
 	t.Logf("3 nodes ready on the migrated prefix %v after the first one started", time.Since(start).Round(time.Millisecond))
 	for _, n := range cw.nodes {
