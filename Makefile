@@ -5,7 +5,7 @@ DATA_DIR ?= ./data
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 10m
 
-.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-store bench-proxy bench-lifecycle scale fuzz fuzz-ci chaos chaos-cluster soak clean
+.PHONY: help run build cluster cluster-stop cluster-clean test tools e2e bench bench-store bench-proxy bench-lifecycle scale fuzz fuzz-ci chaos chaos-cluster outage soak clean
 
 ## help: list the targets, each with what it does
 help:
@@ -86,6 +86,11 @@ chaos:
 chaos-cluster:
 	GO=$(GO) sh scripts/ensure-etcd.sh >/dev/null
 	EDGEPROXY_CHAOS_CLUSTER_KILLS=$${EDGEPROXY_CHAOS_CLUSTER_KILLS:-30} EDGEPROXY_REQUIRE_TOOLS=1 $(GO) test -race -run '^TestChaosCluster$$' -count 1 -timeout 40m -v ./cmd/edgeproxy/
+
+## outage: every etcd member killed (kill -9) for EDGEPROXY_OUTAGE_DURATION (default 3m) under 3 nodes serving valid records: no TLS handshake or proxied request may fail, writes answer 503, a node killed and restarted meanwhile serves from its local copy; then etcd returns and everything catches up (make test runs 12 s)
+outage:
+	GO=$(GO) sh scripts/ensure-etcd.sh >/dev/null
+	EDGEPROXY_REQUIRE_TOOLS=1 EDGEPROXY_OUTAGE_DURATION=$${EDGEPROXY_OUTAGE_DURATION:-3m} $(GO) test -race -run '^TestClusterEtcdAllDown$$' -count 1 -timeout 30m -v ./cmd/edgeproxy/
 
 ## soak: the built binary (no -race) for SOAK_DURATION (default 10m) at SOAK_RATE (default 400/s) while records are created and deleted; fails on any unprovoked failure or growth of RSS, goroutines or fds (report in bin/soak-report.md, server log in bin/soak-server.log)
 soak: build
