@@ -209,7 +209,13 @@ func (e *Edge) reverseProxy(target *url.URL, transport http.RoundTripper) *httpu
 				pr.Out.Header["X-Forwarded-For"] = prior
 			}
 			pr.SetXForwarded()
-			pr.Out.Header.Set("X-Forwarded-Host", hostOf(pr.In.Host))
+			// SetXForwarded set it to the Host as the client wrote it, in
+			// a slice of its own: replaced in place, not reallocated.
+			if v := pr.Out.Header["X-Forwarded-Host"]; len(v) == 1 {
+				v[0] = hostOf(pr.In.Host)
+			} else {
+				pr.Out.Header.Set("X-Forwarded-Host", hostOf(pr.In.Host))
+			}
 			// The client-address headers other than X-Forwarded-For are
 			// the client's word alone, and an upstream that trusts them
 			// would take a spoofed address for the client's. ReverseProxy
@@ -238,12 +244,21 @@ func (e *Edge) reverseProxy(target *url.URL, transport http.RoundTripper) *httpu
 // pool, ReverseProxy allocates 32 KB per request: three quarters of all
 // the edge allocated, and most of its garbage collection (see
 // docs/PERFORMANCE.md).
-var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any { return new([copyBufferBytes]byte) }}}
 
+const copyBufferBytes = 32 << 10
+
+// bufferPool pools arrays, not slices: putting a slice back into a
+// sync.Pool would allocate its header on every request.
 type bufferPool struct{ pool sync.Pool }
 
-func (p *bufferPool) Get() []byte  { return *p.pool.Get().(*[]byte) }
-func (p *bufferPool) Put(b []byte) { p.pool.Put(&b) }
+func (p *bufferPool) Get() []byte { return p.pool.Get().(*[copyBufferBytes]byte)[:] }
+
+func (p *bufferPool) Put(b []byte) {
+	if len(b) == copyBufferBytes {
+		p.pool.Put((*[copyBufferBytes]byte)(b))
+	}
+}
 
 // Stats reports the edge's counters.
 func (e *Edge) Stats() Stats {
@@ -284,7 +299,8 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{ResponseWriter: w}
 	var body *countingBody
 	if r.Body != nil && r.Body != http.NoBody {
-		body = &countingBody{ReadCloser: r.Body}
+		body = &x.bodyStore
+		body.ReadCloser = r.Body
 		r.Body = body
 		x.body = body
 	}
@@ -405,11 +421,15 @@ func (e *Edge) serve(x *exchange, r *http.Request, route Route) string {
 		// sending, gets the answer rather than a reset.
 		w.Header().Set("Connection", "close")
 	}
-	if r.Body != nil && r.Body != http.NoBody {
+	buffered := r.ContentLength > 0 && r.ContentLength <= bufferedBodyBytes
+	if r.Body != nil && r.Body != http.NoBody && !buffered {
+		// A body read whole needs no limit of its own: its length is
+		// announced and within the limit (checked above), and net/http
+		// reads no further than that length.
 		r.Body = http.MaxBytesReader(w, r.Body, e.cfg.MaxBodyBytes)
 	}
-	if n := r.ContentLength; n > 0 && n <= bufferedBodyBytes {
-		body, err := readWhole(r.Body, n)
+	if buffered {
+		body, err := readWhole(r.Body, r.ContentLength)
 		if err != nil {
 			// The client's doing (a body cut short, or the client gone):
 			// answered as when the transport's read fails, and the
@@ -599,6 +619,9 @@ func RedirectHandler(hosts Hosts, challenge func(http.ResponseWriter, *http.Requ
 // conflictingLengths reports whether Content-Length values (each possibly
 // a comma-separated list) name more than one length.
 func conflictingLengths(values []string) bool {
+	if len(values) < 2 && (len(values) == 0 || !strings.Contains(values[0], ",")) {
+		return false // the usual request: nothing to split
+	}
 	first := ""
 	for _, v := range values {
 		for _, n := range strings.Split(v, ",") {

@@ -159,6 +159,8 @@ type exchange struct {
 	forwarded time.Time
 	upstream  time.Duration
 	body      *countingBody // nil when the request has no body
+	// bodyStore is where body points: one allocation per request fewer.
+	bodyStore countingBody
 }
 
 func (x *exchange) WriteHeader(code int) {

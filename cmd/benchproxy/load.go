@@ -392,6 +392,7 @@ func (b *bench) handshakes(p *peer, d time.Duration) (ok, failed int64) {
 type snapshot struct {
 	at            time.Time
 	proxy, up     float64 // CPU seconds
+	etcd          float64 // CPU seconds of benchproxy's etcd (0 without it)
 	cpus          map[int64]procfs.CPUStat
 	self          time.Duration
 	proxyRSS      int64
@@ -410,6 +411,11 @@ func (b *bench) snapshot(p *peer) (snapshot, error) {
 	}
 	if s.up, err = cpuSeconds(b.upstream.pids()); err != nil {
 		return s, fmt.Errorf("upstream: %w", err)
+	}
+	if b.etcd != nil {
+		if s.etcd, err = cpuSeconds(b.etcd.pids()); err != nil {
+			return s, fmt.Errorf("etcd: %w", err)
+		}
 	}
 	if s.cpus, err = perCPU(); err != nil {
 		return s, err
@@ -451,6 +457,9 @@ type result struct {
 	// on both CPUs that was none of ours (other processes on the machine),
 	// all as fractions of one core.
 	LoadBusy, ProxyCPUBusy, OursLoad, Others float64
+	// EtcdUS is benchproxy's etcd's CPU time per request or handshake, in
+	// µs, while an edgeproxy-etcd peer was measured (0 for other peers).
+	EtcdUS float64 `json:",omitempty"`
 	// Attempts is 1, or more when the run was disturbed and run again.
 	Attempts int
 	// ProbeMS is how long a fixed piece of work took on the load CPU just
@@ -489,6 +498,9 @@ func (r result) line() string {
 	}
 	if r.ProxyBusy > 0 {
 		s += fmt.Sprintf("  proxy %5.0f µs/op, %3.0f%% busy", r.ProxyUS, 100*r.ProxyBusy)
+	}
+	if r.EtcdUS > 0 {
+		s += fmt.Sprintf("  etcd %5.1f µs/op", r.EtcdUS)
 	}
 	s += fmt.Sprintf("  cpu load %3.0f%% proxy %3.0f%%  others %3.0f%%  probe %.1f ms", 100*r.LoadBusy, 100*r.ProxyCPUBusy, 100*r.Others, r.ProbeMS)
 	if r.Errors > 0 {
@@ -647,7 +659,12 @@ func (b *bench) measure(p *peer, test string) (result, error) {
 		return (cpustat.Busy(z) - cpustat.Busy(a)) / d
 	}
 	r.LoadBusy, r.ProxyCPUBusy = busy(load), busy(prox)
-	ours := (after.up - before.up) + wrkCPU.Seconds() + (after.self - before.self).Seconds()
+	// etcd runs on the load CPU whichever peer is measured: its CPU is
+	// ours, not another process's.
+	ours := (after.up - before.up) + (after.etcd - before.etcd) + wrkCPU.Seconds() + (after.self - before.self).Seconds()
+	if p.etcd && r.Count > 0 {
+		r.EtcdUS = (after.etcd - before.etcd) * 1e6 / float64(r.Count)
+	}
 	r.OursLoad = ours / wall.Seconds()
 	r.Others = max(r.LoadBusy-r.OursLoad, 0) + max(r.ProxyCPUBusy-r.ProxyBusy, 0)
 	return r, nil

@@ -76,6 +76,7 @@ type options struct {
 	nginxBin   string
 	caddyBin   string
 	wrkBin     string
+	etcdBin    string
 	staticSize int
 	postSize   int
 	maxOthers  float64
@@ -108,7 +109,7 @@ func main() {
 	flag.IntVar(&o.hsConc, "handshake-concurrency", 32, "concurrent handshaking clients")
 	flag.IntVar(&o.idleConns, "idle-conns", 10000, "idle keep-alive TLS connections for the memory test (0: skip)")
 	flag.StringVar(&peers, "peers", "upstream,upstream-tls,edgeproxy,nginx,caddy",
-		"peers in the order measured: upstream (plain HTTP, direct), upstream-tls (TLS, direct), edgeproxy[@BINARY][+ENV=VALUE...] (another build, environment variables), nginx, caddy")
+		"peers in the order measured: upstream (plain HTTP, direct), upstream-tls (TLS, direct), edgeproxy[@BINARY][+ENV=VALUE...] (another build, environment variables), edgeproxy-etcd[@BINARY][+ENV=VALUE...] (the store on a single-member etcd on the load CPU), nginx, caddy")
 	flag.StringVar(&tests, "tests", strings.Join(allTests, ","), "tests run on each peer: "+strings.Join(allTests, ", "))
 	flag.StringVar(&o.h2loadBin, "h2load", "h2load", "h2load binary (Debian's nghttp2-client)")
 	flag.IntVar(&o.h2Streams, "h2-streams", 10, "concurrent streams per connection in the HTTP/2 test")
@@ -125,6 +126,7 @@ func main() {
 	flag.StringVar(&o.nginxBin, "nginx", "nginx", "nginx binary")
 	flag.StringVar(&o.caddyBin, "caddy", "caddy", "caddy binary")
 	flag.StringVar(&o.wrkBin, "wrk", "wrk", "wrk binary")
+	flag.StringVar(&o.etcdBin, "etcd", ".tools/bin/etcd", "etcd binary of the edgeproxy-etcd peers (else etcd on PATH)")
 	flag.IntVar(&o.staticSize, "static-bytes", 60*1024, "size of /static/array.js")
 	flag.IntVar(&o.postSize, "post-bytes", 1024, "size of the JSON POST body")
 	flag.Float64Var(&o.maxOthers, "max-others", 0.25, "a run during which other processes used more than this share of a core is run again (up to -retries times)")

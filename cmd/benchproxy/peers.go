@@ -6,9 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"text/template"
@@ -71,6 +74,10 @@ type bench struct {
 	postFile                  string
 	loads                     map[string]*wrkLoad
 	upstream                  *proc
+	// etcd holds the store of the edgeproxy-etcd peers (nil without
+	// them); etcdEndpoint is its client host:port.
+	etcd                      *proc
+	etcdEndpoint              string
 	upstreamPort, upstreamTLS int
 	// statusPort serves the upstream's stub_status, whose accepts counter
 	// tells how many connections the proxies opened to the upstream.
@@ -91,6 +98,7 @@ type peer struct {
 	name, kind string
 	port       int
 	tls        bool
+	etcd       bool  // edgeproxy with its store on benchproxy's etcd
 	proc       *proc // the proxy (nil for the upstream direct)
 	start      func() error
 }
@@ -491,7 +499,7 @@ func (b *bench) newPeer(spec string) (*peer, error) {
 }
 
 func (b *bench) newPeerOf(spec, kind, kindBin, envSpec string) (*peer, error) {
-	if kindBin != "" && kind != "edgeproxy" {
+	if kindBin != "" && kind != "edgeproxy" && kind != "edgeproxy-etcd" {
 		return nil, fmt.Errorf("peer %q: only edgeproxy takes @BINARY", spec)
 	}
 	switch kind {
@@ -503,7 +511,7 @@ func (b *bench) newPeerOf(spec, kind, kindBin, envSpec string) (*peer, error) {
 		return b.nginxPeer()
 	case "caddy":
 		return b.caddyPeer()
-	case "edgeproxy":
+	case "edgeproxy", "edgeproxy-etcd":
 		bin := b.o.bin
 		if kindBin != "" {
 			var err error
@@ -520,9 +528,9 @@ func (b *bench) newPeerOf(spec, kind, kindBin, envSpec string) (*peer, error) {
 				}
 			}
 		}
-		return b.edgePeer(spec, bin, kindBin != "", env)
+		return b.edgePeer(spec, bin, kindBin != "", kind == "edgeproxy-etcd", env)
 	}
-	return nil, fmt.Errorf("unknown peer %q (upstream, upstream-tls, edgeproxy[@BINARY][+ENV=VALUE...], nginx, caddy)", spec)
+	return nil, fmt.Errorf("unknown peer %q (upstream, upstream-tls, edgeproxy[@BINARY][+ENV=VALUE...], edgeproxy-etcd[@BINARY][+ENV=VALUE...], nginx, caddy)", spec)
 }
 
 // configuredPeer is a TLS peer of the given kind on a free port, with its
@@ -583,15 +591,25 @@ func (b *bench) caddyPeer() (*peer, error) {
 // edgePeer prepares a data directory holding a valid record for
 // benchDomain and its certificate in certmagic's storage, under the keys
 // the binary's ACME issuer (for unreachableACME) reads, so the edge serves
-// it at start without ACME traffic.
-func (b *bench) edgePeer(spec, bin string, ownBin bool, env []string) (*peer, error) {
+// it at start without ACME traffic. With onEtcd, the same records are
+// copied (edgeproxy migrate --to-etcd) into a prefix of their own on
+// benchproxy's etcd, and the edge runs in cluster mode on it: its data dir
+// then holds only its local copy of the store.
+func (b *bench) edgePeer(spec, bin string, ownBin, onEtcd bool, env []string) (*peer, error) {
 	b.edgeSeq++
 	dir := b.path(fmt.Sprintf("edgeproxy-%d", b.edgeSeq))
 	dataDir := filepath.Join(dir, "data")
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := b.seedEdgeData(dataDir); err != nil {
+	seedDir := dataDir
+	if onEtcd {
+		seedDir = filepath.Join(dir, "seed")
+		if err := os.MkdirAll(seedDir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.seedEdgeData(seedDir); err != nil {
 		return nil, fmt.Errorf("%s: preparing data dir: %w", spec, err)
 	}
 	ports, err := testbin.FreePorts(4)
@@ -599,13 +617,16 @@ func (b *bench) edgePeer(spec, bin string, ownBin bool, env []string) (*peer, er
 		return nil, err
 	}
 	name := "edgeproxy"
+	if onEtcd {
+		name += " on etcd"
+	}
 	if ownBin {
 		name += " (" + filepath.Base(bin) + ")"
 	}
 	if len(env) > 0 {
 		name += " " + strings.Join(env, " ")
 	}
-	p := &peer{name: name, kind: "edgeproxy", port: ports[0], tls: true}
+	p := &peer{name: name, kind: "edgeproxy", port: ports[0], tls: true, etcd: onEtcd}
 	args := []string{"serve",
 		"--data-dir", dataDir,
 		"--https-addr", p.addr(),
@@ -619,6 +640,21 @@ func (b *bench) edgePeer(spec, bin string, ownBin bool, env []string) (*peer, er
 		// would not leave the machine.
 		"--dns-resolvers", fmt.Sprintf("127.0.0.1:%d", ports[3]),
 	}
+	if onEtcd {
+		endpoint, err := b.startEtcd()
+		if err != nil {
+			return nil, err
+		}
+		prefix := fmt.Sprintf("/benchproxy-%d/", b.edgeSeq)
+		etcdArgs := []string{"--etcd-endpoints", endpoint, "--etcd-prefix", prefix}
+		migrate := exec.Command(bin, append([]string{"migrate", "--to-etcd", "--from", filepath.Join(seedDir, edgeDBFile)}, etcdArgs...)...)
+		migrate.Env = baseEnv()
+		if out, err := migrate.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("%s: edgeproxy migrate --to-etcd: %w\n%s", spec, err, out)
+		}
+		args = append(args, etcdArgs...)
+		args = append(args, "--node-name", fmt.Sprintf("bench-%d", b.edgeSeq))
+	}
 	p.start = func() error {
 		pr, err := b.startProc(name, b.o.proxyCPU, baseEnv(env...), filepath.Join(dir, "edgeproxy.log"), false, bin, args...)
 		if err != nil {
@@ -628,6 +664,74 @@ func (b *bench) edgePeer(spec, bin string, ownBin bool, env []string) (*peer, er
 		return waitListening(b.ctx, pr, p.addr(), 30*time.Second)
 	}
 	return p, nil
+}
+
+// startEtcd starts, once, the single-member etcd the edgeproxy-etcd peers
+// keep their store on, pinned to the load CPU (like the upstream, it is
+// not the proxy under test), and returns its client endpoint.
+func (b *bench) startEtcd() (string, error) {
+	if b.etcd != nil {
+		return b.etcdEndpoint, nil
+	}
+	bin := b.o.etcdBin
+	if _, err := os.Stat(bin); err != nil {
+		if bin, err = exec.LookPath("etcd"); err != nil {
+			return "", fmt.Errorf("no etcd at %s nor on PATH (sh scripts/ensure-etcd.sh builds it)", b.o.etcdBin)
+		}
+	}
+	ports, err := testbin.FreePorts(2)
+	if err != nil {
+		return "", err
+	}
+	dir := b.path("etcd")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	client, peerURL := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	p, err := b.startProc("etcd", b.o.loadCPU, baseEnv(), filepath.Join(dir, "etcd.log"), false, bin,
+		"--name", "bench",
+		"--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", "http://"+client,
+		"--advertise-client-urls", "http://"+client,
+		"--listen-peer-urls", peerURL,
+		"--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "bench="+peerURL,
+		"--initial-cluster-state", "new",
+		"--log-level", "warn",
+	)
+	if err != nil {
+		return "", err
+	}
+	b.etcd, b.etcdEndpoint = p, client
+	if err := waitEtcdHealthy(b.ctx, p, client, 30*time.Second); err != nil {
+		return "", err
+	}
+	logf("etcd: on CPU %s, %s", b.o.loadCPU, client)
+	return client, nil
+}
+
+// waitEtcdHealthy waits until etcd at addr answers /health with health
+// true (it has a leader and answers a linearizable read).
+func waitEtcdHealthy(ctx context.Context, p *proc, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get("http://" + addr + "/health")
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"health":"true"`) {
+				return nil
+			}
+			err = fmt.Errorf("/health: %s %s", resp.Status, body)
+		}
+		if p.exited() {
+			return fmt.Errorf("etcd exited during start:\n%s", tail(p.logPath, 2000))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("etcd not healthy after %s: %v\n%s", timeout, err, tail(p.logPath, 2000))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // edgeDBFile is the database file in the edge's data dir

@@ -47,6 +47,10 @@ type config struct {
 	CertRetention    time.Duration
 	MaxProxyRecords  int
 	MaxBodyBytes     int64
+	// GCHeadroom is how far the heap may grow past the live heap before
+	// a collection, when that is more than GOGC=100 allows (gctune.go);
+	// 0 leaves GOGC alone. Ignored when GOGC or GOMEMLIMIT is set.
+	GCHeadroom       int64
 	LogFormat        string
 	AccessLogEvery   int // 0: off; 1: every request; N: one in N
 	MetricsPerDomain bool
@@ -232,6 +236,7 @@ func serveFlags(fs *flag.FlagSet) *config {
 		CertRetention:    lifecycle.DefaultCertRetention,
 		MaxProxyRecords:  defaultMaxProxyRecords,
 		MaxBodyBytes:     proxy.DefaultMaxBodyBytes,
+		GCHeadroom:       defaultGCHeadroom,
 		LogFormat:        "text",
 		Etcd:             etcdConfig{Prefix: defaultEtcdPrefix},
 	}
@@ -278,6 +283,7 @@ func serveFlags(fs *flag.FlagSet) *config {
 	duration(&c.CertRetention, "cert-retention", "how long (a `duration`) a deleted record's certificate is kept, never served, for a re-created record of the domain")
 	defineFlag(fs, &c.MaxProxyRecords, "max-proxy-records", "per-organization limit (a `number` of records) unless the organization has its own", wholeNumber(0), strconv.Itoa)
 	defineFlag(fs, &c.MaxBodyBytes, "max-body-bytes", "largest proxied request body, in `bytes`", positiveBytes, func(n int64) string { return strconv.FormatInt(n, 10) })
+	defineFlag(fs, &c.GCHeadroom, "gc-headroom", "`bytes` the heap may grow past the live heap before the garbage collector runs, when more than GOGC=100 allows, e.g. 33554432: less GC CPU per request for that much more memory; 0: the Go runtime's own pacing (always when GOGC or GOMEMLIMIT is set)", nonNegativeBytes, func(n int64) string { return strconv.FormatInt(n, 10) })
 	str(&c.LogFormat, "log-format", "`format` of the log: text or json", checkLogFormat)
 	defineFlag(fs, &c.AccessLogEvery, "access-log", "access `log`: on, off or sample:N", parseAccessLog, showAccessLog)
 	boolean(&c.MetricsPerDomain, "metrics-per-domain", "add a capped domain label to the edge's request counters")
@@ -669,6 +675,14 @@ func positiveBytes(s string) (int64, error) {
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("%q is not a positive number of bytes", s)
+	}
+	return n, nil
+}
+
+func nonNegativeBytes(s string) (int64, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a number of bytes (0 or more)", s)
 	}
 	return n, nil
 }

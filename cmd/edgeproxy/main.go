@@ -87,6 +87,13 @@ func runServe(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		return 2
 	}
 	log := newLogger(cfg.LogFormat, stderr)
+	switch {
+	case getenv("GOGC") != "" || getenv("GOMEMLIMIT") != "":
+		// The operator's settings, which the runtime has applied.
+		log.Info("garbage collector paced by GOGC/GOMEMLIMIT from the environment", "gogc", getenv("GOGC"), "gomemlimit", getenv("GOMEMLIMIT"))
+	case cfg.GCHeadroom > 0:
+		defer startGCTuner(uint64(cfg.GCHeadroom))()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, cfg, stdout, log); err != nil {
