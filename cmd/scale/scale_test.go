@@ -83,7 +83,9 @@ func TestScaleSmall(t *testing.T) {
 				if n.mem.VmRSS == 0 || n.mem.VmHWM < n.mem.VmRSS || n.memAfter.VmRSS == 0 {
 					t.Errorf("%s: memory not read: %+v, after %+v", n.scenario, n.mem, n.memAfter)
 				}
-				if n.cpu <= 0 {
+				// CPU time is sampled in clock ticks (10 ms): a small start,
+				// whatever its wall time, may count none.
+				if n.cpu < 0 {
 					t.Errorf("%s: CPU time %v", n.scenario, n.cpu)
 				}
 				if len(n.latency) != c.Names || n.latFailed != 0 {

@@ -14,11 +14,13 @@ package testbin
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -129,8 +131,15 @@ func FreeAddr(tb testing.TB) string {
 
 // FreePorts returns n distinct loopback TCP ports that are free right
 // now, for a program to be told to listen on: the listeners that found
-// them stay open until all n are found, so no two are the same. Another
-// process may still take one before the program listens.
+// them stay open until all n are found, so no two are the same.
+//
+// The ports are drawn at random from below the kernel's range of
+// ephemeral ports (ip_local_port_range), where they would otherwise come
+// from: a port from that range, free when found, may be taken by any
+// connection the machine opens (as its source port) before the program
+// listens, and with parallel tests opening thousands that happened. Below
+// the range, only another listener can take it. Where the range cannot be
+// read (not Linux), the kernel chooses.
 func FreePorts(n int) ([]int, error) {
 	var lns []net.Listener
 	defer func() {
@@ -138,16 +147,46 @@ func FreePorts(n int) ([]int, error) {
 			ln.Close()
 		}
 	}()
+	low := ephemeralLow()
 	ports := make([]int, 0, n)
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		port := 0
+		if low > minPort && tries < 1000 {
+			port = minPort + rand.IntN(low-minPort)
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
+			if port != 0 {
+				continue // taken: draw another
+			}
 			return nil, fmt.Errorf("testbin: free port: %w", err)
 		}
 		lns = append(lns, ln)
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// minPort is the lowest port FreePorts draws: above the ports services
+// commonly listen on.
+const minPort = 10000
+
+// ephemeralLow is the first port of the kernel's ephemeral range, or 0
+// when it cannot be read.
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) != 2 {
+		return 0
+	}
+	low, err := strconv.Atoi(fields[0])
+	if err != nil {
+		return 0
+	}
+	return low
 }
 
 // LockedBuffer collects output written by one goroutine (a child
