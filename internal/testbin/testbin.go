@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -133,13 +134,16 @@ func FreeAddr(tb testing.TB) string {
 // now, for a program to be told to listen on: the listeners that found
 // them stay open until all n are found, so no two are the same.
 //
-// The ports are drawn at random from below the kernel's range of
-// ephemeral ports (ip_local_port_range), where they would otherwise come
-// from: a port from that range, free when found, may be taken by any
-// connection the machine opens (as its source port) before the program
-// listens, and with parallel tests opening thousands that happened. Below
-// the range, only another listener can take it. Where the range cannot be
-// read (not Linux), the kernel chooses.
+// The ports come from below the kernel's range of ephemeral ports
+// (ip_local_port_range), where they would otherwise come from: a port
+// from that range, free when found, may be taken by any connection the
+// machine opens (as its source port) before the program listens, and
+// with parallel tests opening thousands that happened. Below the range,
+// only another listener can take it. Each process walks that space in
+// order from a random start, so it never hands out a port twice, and two
+// test processes (go test runs packages in parallel) rarely walk the same
+// ports at the same moment, as two random draws would. Where the range
+// cannot be read (not Linux), the kernel chooses.
 func FreePorts(n int) ([]int, error) {
 	var lns []net.Listener
 	defer func() {
@@ -151,8 +155,9 @@ func FreePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	for tries := 0; len(ports) < n; tries++ {
 		port := 0
-		if low > minPort && tries < 1000 {
-			port = minPort + rand.IntN(low-minPort)
+		if span := low - minPort; span > 0 && tries < 1000 {
+			nextPort.once.Do(func() { nextPort.n.Store(int64(rand.IntN(span))) })
+			port = minPort + int(nextPort.n.Add(1)%int64(span))
 		}
 		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
@@ -165,6 +170,13 @@ func FreePorts(n int) ([]int, error) {
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// nextPort is where this process's walk of the ports below the
+// ephemeral range is.
+var nextPort struct {
+	once sync.Once
+	n    atomic.Int64
 }
 
 // minPort is the lowest port FreePorts draws: above the ports services
