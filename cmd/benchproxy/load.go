@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/procfs"
 
 	"github.com/edgeproxy/edgeproxy/internal/cpustat"
+
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
 
 // wrkSummary is what the wrk scripts print in done().
@@ -575,7 +577,7 @@ func (b *bench) waitQuiet() {
 func (b *bench) measure(p *peer, test string) (result, error) {
 	r := result{Peer: p.name, Test: test}
 	if p.proc != nil && p.proc.exited() {
-		return r, fmt.Errorf("%s has exited:\n%s", p.name, tail(p.proc.logPath, 2000))
+		return r, fmt.Errorf("%s has exited:\n%s", p.name, testbin.FileTail(p.proc.logPath, 2000))
 	}
 	before, err := b.snapshot(p)
 	if err != nil {

@@ -41,7 +41,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -363,20 +362,6 @@ func cpuModel() string {
 		}
 	}
 	return ""
-}
-
-// tail returns the last n bytes of a log file, for error messages.
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > n {
-		f.Seek(-n, io.SeekEnd)
-	}
-	data, _ := io.ReadAll(f)
-	return string(data)
 }
 
 // holdPeers keeps the servers up for o.hold (or until interrupted) and

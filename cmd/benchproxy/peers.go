@@ -6,9 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -715,20 +713,15 @@ func (b *bench) startEtcd() (string, error) {
 func waitEtcdHealthy(ctx context.Context, p *proc, addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		resp, err := http.Get("http://" + addr + "/health")
+		err := testbin.EtcdHealth(ctx, addr)
 		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"health":"true"`) {
-				return nil
-			}
-			err = fmt.Errorf("/health: %s %s", resp.Status, body)
+			return nil
 		}
 		if p.exited() {
-			return fmt.Errorf("etcd exited during start:\n%s", tail(p.logPath, 2000))
+			return fmt.Errorf("etcd exited during start:\n%s", testbin.FileTail(p.logPath, 2000))
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("etcd not healthy after %s: %v\n%s", timeout, err, tail(p.logPath, 2000))
+			return fmt.Errorf("etcd not healthy after %s: %v\n%s", timeout, err, testbin.FileTail(p.logPath, 2000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/edgeproxy/edgeproxy/internal/testbin"
 )
 
 // proc is a server process benchproxy started, pinned with taskset (which
@@ -97,10 +99,10 @@ func waitListening(ctx context.Context, p *proc, addr string, timeout time.Durat
 			return nil
 		}
 		if p.exited() {
-			return fmt.Errorf("%s exited during start:\n%s", p.name, tail(p.logPath, 2000))
+			return fmt.Errorf("%s exited during start:\n%s", p.name, testbin.FileTail(p.logPath, 2000))
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%s not listening on %s after %s:\n%s", p.name, addr, timeout, tail(p.logPath, 2000))
+			return fmt.Errorf("%s not listening on %s after %s:\n%s", p.name, addr, timeout, testbin.FileTail(p.logPath, 2000))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

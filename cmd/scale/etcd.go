@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,13 +74,13 @@ func startEtcd(ctx context.Context, bin, dir string) (*etcdMember, error) {
 	ctx, cancel := context.WithTimeout(ctx, etcdStartTimeout)
 	defer cancel()
 	for {
-		err := etcdHealth(ctx, m.endpoint)
+		err := testbin.EtcdHealth(ctx, m.endpoint)
 		if err == nil {
 			return m, nil
 		}
 		select {
 		case <-m.exited:
-			return nil, fmt.Errorf("etcd exited while starting: %v\n%s", m.exitErr, tail(m.logPath, 4<<10))
+			return nil, fmt.Errorf("etcd exited while starting: %v\n%s", m.exitErr, testbin.FileTail(m.logPath, 4<<10))
 		case <-ctx.Done():
 			m.stop()
 			return nil, fmt.Errorf("etcd not healthy within %v: %v", etcdStartTimeout, err)
@@ -133,32 +131,6 @@ func (m *etcdMember) status(ctx context.Context, prefix string) (etcdStatus, err
 		return etcdStatus{}, err
 	}
 	return etcdStatus{keys: resp.Count, dbSize: st.DbSize, revision: st.Header.Revision}, nil
-}
-
-// etcdHealth asks the member at addr for its /health.
-func etcdHealth(ctx context.Context, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/health", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-	if err != nil {
-		return err
-	}
-	var h struct {
-		Health string `json:"health"`
-	}
-	if err := json.Unmarshal(body, &h); err != nil || resp.StatusCode != http.StatusOK || h.Health != "true" {
-		return fmt.Errorf("/health: %s %s", resp.Status, bytes.TrimSpace(body))
-	}
-	return nil
 }
 
 // migrateSummary is what `edgeproxy migrate` prints when done.

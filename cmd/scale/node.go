@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -116,9 +115,9 @@ func (n *node) waitServing(ctx context.Context, name string, roots *x509.CertPoo
 	pause := func() error {
 		select {
 		case <-n.exited:
-			return fmt.Errorf("%s exited while starting: %v; its log ends:\n%s", n.name, n.exitErr, tail(n.logPath, 4<<10))
+			return fmt.Errorf("%s exited while starting: %v; its log ends:\n%s", n.name, n.exitErr, testbin.FileTail(n.logPath, 4<<10))
 		case <-ctx.Done():
-			return fmt.Errorf("%s not serving after %v; its log ends:\n%s", n.name, timeout, tail(n.logPath, 4<<10))
+			return fmt.Errorf("%s not serving after %v; its log ends:\n%s", n.name, timeout, testbin.FileTail(n.logPath, 4<<10))
 		case <-time.After(5 * time.Millisecond):
 			return nil
 		}
@@ -351,21 +350,4 @@ func sweep(ctx context.Context, addr string, names []string, roots *x509.CertPoo
 	res.took = time.Since(t0)
 	res.failed = int(failed.Load())
 	return res
-}
-
-// tail returns the last n bytes of the file at path, or why it cannot.
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > n {
-		f.Seek(st.Size()-n, io.SeekStart)
-	}
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return err.Error()
-	}
-	return string(b)
 }

@@ -109,7 +109,7 @@ func StartEtcd(tb testing.TB, n int) *EtcdCluster {
 		c.KillAll()
 		if tb.Failed() {
 			for _, m := range c.members {
-				tb.Logf("testbin: the end of etcd member %s's log:\n%s", m.name, tail(m.logPath, 8<<10))
+				tb.Logf("testbin: the end of etcd member %s's log:\n%s", m.name, FileTail(m.logPath, 8<<10))
 			}
 		}
 	})
@@ -283,10 +283,10 @@ func (c *EtcdCluster) waitHealthy(idx []int) error {
 			m.mu.Unlock()
 			select {
 			case <-exited:
-				return fmt.Errorf("testbin: etcd member %s exited while starting:\n%s", m.name, tail(m.logPath, 4<<10))
+				return fmt.Errorf("testbin: etcd member %s exited while starting:\n%s", m.name, FileTail(m.logPath, 4<<10))
 			default:
 			}
-			if last = etcdHealth(ctx, m.clientAddr); last == nil {
+			if last = EtcdHealth(ctx, m.clientAddr); last == nil {
 				break
 			}
 			select {
@@ -299,8 +299,9 @@ func (c *EtcdCluster) waitHealthy(idx []int) error {
 	return nil
 }
 
-// etcdHealth asks the etcd member at addr for its /health.
-func etcdHealth(ctx context.Context, addr string) error {
+// EtcdHealth asks the etcd member whose client URL is http://addr for its
+// /health: nil once it has a leader and answers a linearizable read.
+func EtcdHealth(ctx context.Context, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/health", nil)
@@ -329,8 +330,9 @@ func etcdHealth(ctx context.Context, addr string) error {
 	return nil
 }
 
-// tail returns the last n bytes of the file at path, or why it cannot.
-func tail(path string, n int64) string {
+// FileTail returns the last n bytes of the file at path (a process's log,
+// for an error message), or why it cannot.
+func FileTail(path string, n int64) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return err.Error()
