@@ -182,6 +182,11 @@ func TestChaosCluster(t *testing.T) {
 	cw.waitLeader(30 * time.Second)
 	c.eventsDelivered()
 	c.report()
+	// A 503 counts as unanswered, so a cluster refusing every write would
+	// pass the checks above with nothing to check.
+	if c.created.Load() == 0 || c.deletedOK.Load() == 0 {
+		t.Errorf("%d creates and %d deletes acknowledged: the workers got nothing done", c.created.Load(), c.deletedOK.Load())
+	}
 	t.Logf("chaos on a cluster: %d nodes killed (%d of them leading), %d etcd members killed; %d writes answered 503; %v in all",
 		nodeKills, leaderKills, etcdKills, c.unavailable.Load(), time.Since(began).Round(time.Second))
 }

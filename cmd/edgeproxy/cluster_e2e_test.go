@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,12 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/edgeproxy/edgeproxy/certs/certstest"
 	"github.com/edgeproxy/edgeproxy/dnsverify/dnstest"
@@ -94,18 +89,24 @@ func newClusterWorld(t *testing.T) *clusterWorld {
 // (only Linux routes all of 127.0.0.0/8 to the loopback interface).
 func sharedPorts(t *testing.T, ips []string, n int) []int {
 	t.Helper()
+	probe, err := net.Listen("tcp", net.JoinHostPort(ips[0], "0"))
+	if err != nil {
+		t.Skipf("cannot listen on %s (the cluster tests put each node on its own loopback address): %v", ips[0], err)
+	}
+	probe.Close()
 	for range 100 {
 		var lns []net.Listener
 		var ports []int
 		ok := true
 		for len(ports) < n && ok {
-			ln, err := net.Listen("tcp", net.JoinHostPort(ips[0], "0"))
+			// A candidate from testbin, not the kernel's port 0: see
+			// FreePorts for why.
+			candidate, err := testbin.FreePorts(1)
 			if err != nil {
-				t.Skipf("cannot listen on %s (the cluster tests put each node on its own loopback address): %v", ips[0], err)
+				t.Fatal(err)
 			}
-			lns = append(lns, ln)
-			port := ln.Addr().(*net.TCPAddr).Port
-			for _, ip := range ips[1:] {
+			port := candidate[0]
+			for _, ip := range ips {
 				ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 				if err != nil {
 					ok = false
@@ -501,10 +502,3 @@ func TestClusterNodesCreateRaces(t *testing.T) {
 	}
 	count(2, race(org.ID, nodes, domains))
 }
-
-var (
-	_ = errors.New
-	_ = syscall.SIGSTOP
-	_ clientv3.Config
-	_ = zap.NewNop
-)

@@ -438,8 +438,20 @@ func TestClusterEtcdAllDown(t *testing.T) {
 		}
 		after = append(after, rec)
 	}
-	// The delete refused during the outage left the record as it was.
+	// The delete refused during the outage left the record as it was, and
+	// the creates refused then stored nothing.
 	cw.wantRecords(0, recs, "after the outage")
+	for i, n := range cw.nodes {
+		var list struct{ Results []recordJSON }
+		if code := n.s.request(t, cw.key, "GET", "/api/organizations/@current/proxy_records/", "", &list); code != 200 {
+			t.Fatalf("%s: list after the outage: %d", n.name, code)
+		}
+		for _, r := range list.Results {
+			if r.Domain == "during.outage.example.com" {
+				t.Errorf("node %d lists %s, whose create answered 503 during the outage", i, r.Domain)
+			}
+		}
+	}
 
 	rec := after[0]
 	cw.point(rec.Domain, rec.TargetCNAME, 2)
