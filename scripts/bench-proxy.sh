@@ -51,6 +51,13 @@ if ! command -v nginx >/dev/null; then
 	apt_install nginx-light || apt_install nginx
 fi
 
+case " $* " in
+*edgeproxy-etcd*)
+	# The edgeproxy-etcd peer runs .tools/bin/etcd, built at go.mod's version.
+	GO="$GO" sh scripts/ensure-etcd.sh >/dev/null
+	;;
+esac
+
 if [ "$(nproc --all)" -lt 2 ]; then
 	echo "bench-proxy: needs two CPUs (one for the load and the upstream, one for the proxy)" >&2
 	exit 1

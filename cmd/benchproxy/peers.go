@@ -498,7 +498,7 @@ func (b *bench) newPeer(spec string) (*peer, error) {
 
 func (b *bench) newPeerOf(spec, kind, kindBin, envSpec string) (*peer, error) {
 	if kindBin != "" && kind != "edgeproxy" && kind != "edgeproxy-etcd" {
-		return nil, fmt.Errorf("peer %q: only edgeproxy takes @BINARY", spec)
+		return nil, fmt.Errorf("peer %q: only edgeproxy and edgeproxy-etcd take @BINARY", spec)
 	}
 	switch kind {
 	case "upstream":

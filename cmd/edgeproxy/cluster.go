@@ -50,8 +50,10 @@ const (
 	// (a new session's lease is granted without a deadline).
 	clusterStopWait = 5 * time.Second
 	// etcdReconnectMax is the longest pause between two attempts to
-	// connect to an etcd member that cannot be reached: how long, at
-	// most, a node takes to notice that etcd is back.
+	// connect to an etcd member that cannot be reached (before gRPC's
+	// jitter of 20 %): it bounds how long a node takes to notice that etcd
+	// is back, with an attempt that hangs taking up to gRPC's connect
+	// timeout on top.
 	etcdReconnectMax = 2 * time.Second
 	// campaignBackoffMax is the longest pause between two failed
 	// campaigns.

@@ -100,6 +100,9 @@ func gcPercentFor(live, headroom uint64) int {
 	if live == 0 || headroom <= live {
 		return 100
 	}
+	if headroom/live >= gcTunerMaxPercent/100 {
+		return gcTunerMaxPercent // and headroom*100 cannot overflow below
+	}
 	p := headroom * 100 / live
 	return int(min(p, gcTunerMaxPercent))
 }

@@ -91,6 +91,9 @@ func runServe(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	case getenv("GOGC") != "" || getenv("GOMEMLIMIT") != "":
 		// The operator's settings, which the runtime has applied.
 		log.Info("garbage collector paced by GOGC/GOMEMLIMIT from the environment", "gogc", getenv("GOGC"), "gomemlimit", getenv("GOMEMLIMIT"))
+		if cfg.GCHeadroom > 0 {
+			log.Warn("--gc-headroom is ignored: GOGC or GOMEMLIMIT is set in the environment", "gc_headroom", cfg.GCHeadroom)
+		}
 	case cfg.GCHeadroom > 0:
 		defer startGCTuner(uint64(cfg.GCHeadroom))()
 	}
