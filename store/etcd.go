@@ -1076,15 +1076,25 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 	// at most the store's timeout.
 	deadline := time.Now().Add(e.timeout)
 	// uncertain are the attempts sent without an answer and not found
-	// applied when looked for: etcd may still apply one of them later (it
-	// was in the log of the leader that takes over). If one did, the write
-	// is done: running it again would find its own changes in the way.
+	// applied after a later, answered sending of the same transaction
+	// (see resend below): etcd should have decided their fate by then,
+	// but if one is found applied later all the same, the write is not
+	// run again (it would find its own changes in the way), and since the
+	// callers' functions have run again since, what they returned no
+	// longer matches what landed: the outcome is reported unknown.
 	var (
 		uncertain []*recorder
 		landedRec *recorder
 		// synced is set once the write has waited for the cluster's
 		// revision (see below).
 		synced bool
+		// resend is an attempt sent without an answer and not found
+		// applied: the same transaction (same comparisons, same
+		// operations) is sent again rather than the callers' functions
+		// run again, so that whichever sending lands, the values the
+		// functions left in their callers' variables are the ones stored.
+		resend    *recorder
+		resendRev int64
 	)
 	for attempt := 0; ; attempt++ {
 		if len(live) == 0 {
@@ -1102,57 +1112,63 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			failed = -1
 			ferr   error
 		)
-		err := e.s.db.Update(func(tx *bolt.Tx) error {
-			rev = e.applied.Load()
-			for _, u := range uncertain {
-				if e.landedIn(tx, u) {
-					landedRec = u
-					return errRollback
+		if resend != nil {
+			rec, rev = resend, resendRev
+			goto send
+		}
+		{
+			err := e.s.db.Update(func(tx *bolt.Tx) error {
+				rev = e.applied.Load()
+				for _, u := range uncertain {
+					if e.landedIn(tx, u) {
+						landedRec = u
+						return errRollback
+					}
+				}
+				t := &txn{btx: tx, rec: rec}
+				for n, i := range live {
+					if err := calls[i].fn(t); err != nil {
+						failed, ferr = n, err
+						break
+					}
+				}
+				return errRollback
+			})
+			if err != nil && !errors.Is(err, errRollback) {
+				for _, i := range live {
+					errs[i] = closedErr(err)
+				}
+				return errs
+			}
+			if landedRec != nil {
+				return fill(errs, live, fmt.Errorf("%w: an earlier sending of the write was applied after it was given up on, and its result is lost", ErrUnavailable))
+			}
+			// A write that failed, or wrote nothing (a broken rule is
+			// reported that way), is not sent, so no comparison checks what it
+			// read: the copy may not have heard yet of a write committed on
+			// another node before this one began. It waits for the cluster's
+			// revision, as a read does, and runs again if the copy moved.
+			if (failed >= 0 || len(rec.writes) == 0) && !synced {
+				synced = true
+				e.sync()
+				if e.applied.Load() > rev {
+					attempt--
+					continue
 				}
 			}
-			t := &txn{btx: tx, rec: rec}
-			for n, i := range live {
-				if err := calls[i].fn(t); err != nil {
-					failed, ferr = n, err
-					break
+			if failed >= 0 {
+				i := live[failed]
+				if solo || len(live) == 1 {
+					errs[i] = ferr
+				} else {
+					errs[i] = e.commit(fence, []call{calls[i]}, true)[0]
 				}
-			}
-			return errRollback
-		})
-		if err != nil && !errors.Is(err, errRollback) {
-			for _, i := range live {
-				errs[i] = closedErr(err)
-			}
-			return errs
-		}
-		if landedRec != nil {
-			runOnCommit(landedRec)
-			return errs
-		}
-		// A write that failed, or wrote nothing (a broken rule is
-		// reported that way), is not sent, so no comparison checks what it
-		// read: the copy may not have heard yet of a write committed on
-		// another node before this one began. It waits for the cluster's
-		// revision, as a read does, and runs again if the copy moved.
-		if (failed >= 0 || len(rec.writes) == 0) && !synced {
-			synced = true
-			e.sync()
-			if e.applied.Load() > rev {
+				live = append(live[:failed:failed], live[failed+1:]...)
 				attempt--
 				continue
 			}
 		}
-		if failed >= 0 {
-			i := live[failed]
-			if solo || len(live) == 1 {
-				errs[i] = ferr
-			} else {
-				errs[i] = e.commit(fence, []call{calls[i]}, true)[0]
-			}
-			live = append(live[:failed:failed], live[failed+1:]...)
-			attempt--
-			continue
-		}
+	send:
 		if lease == clientv3.NoLease && len(rec.writes) > 0 && hasLock(rec) {
 			sess, err := e.Session()
 			if err != nil {
@@ -1215,7 +1231,7 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 				runOnCommit(rec)
 				return errs
 			}
-			uncertain = append(uncertain, rec)
+			resend, resendRev = rec, rev
 			attempt--
 			continue
 		}
@@ -1224,6 +1240,17 @@ func (e *etcdBackend) commit(fence *Fence, calls []call, solo bool) []error {
 			e.waitApplied(resp.Header.Revision, e.timeout)
 			runOnCommit(rec)
 			return errs
+		}
+		if resend != nil {
+			// The same transaction failed its comparisons: either an
+			// earlier sending landed first (its own changes are in the
+			// way) or another write came between.
+			resend = nil
+			if e.landed(rec, deadline) {
+				runOnCommit(rec)
+				return errs
+			}
+			uncertain = append(uncertain, rec)
 		}
 		if fence != nil {
 			got := resp.Responses[0].GetResponseRange()
