@@ -152,15 +152,16 @@ func (m *Manager) storedRoute(ctx context.Context, name string) (string, error) 
 // loadRoute brings name's delegation target in memory up to date with
 // storage. A storage error keeps what memory has.
 func (m *Manager) loadRoute(ctx context.Context, name string) {
+	if m.zone == nil {
+		// Without the zone only HTTP-01 and TLS-ALPN-01 can be answered,
+		// whatever was stored while it was served: nothing to read.
+		m.setRouteMemory(name, "")
+		return
+	}
 	target, err := m.storedRoute(ctx, name)
 	if err != nil {
 		m.log.Warn("reading the DCV delegation of a certificate", "domain", name, "err", err)
 		return
-	}
-	if target != "" && m.zone == nil {
-		// Stored while the zone was served; without it only HTTP-01 and
-		// TLS-ALPN-01 can be answered.
-		target = ""
 	}
 	m.setRouteMemory(name, target)
 }
