@@ -1283,7 +1283,10 @@ func transient(err error) bool {
 		errors.Is(err, rpctypes.ErrPermissionDenied),
 		errors.Is(err, rpctypes.ErrInvalidAuthToken),
 		errors.Is(err, rpctypes.ErrAuthFailed),
-		errors.Is(err, rpctypes.ErrNoSpace):
+		errors.Is(err, rpctypes.ErrNoSpace),
+		// A lock put under a session lease that has expired: sending it
+		// again with the same lease cannot succeed.
+		errors.Is(err, rpctypes.ErrLeaseNotFound):
 		return false
 	}
 	switch status.Code(err) {
