@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/edgeproxy/edgeproxy/dnsverify"
 	"github.com/edgeproxy/edgeproxy/store"
@@ -89,7 +90,7 @@ func (e *Engine) delegationProof(ctx context.Context, r store.Record, res dnsver
 		}
 		if len(deleg.Chain) > 0 {
 			return dcvProof{advice: fmt.Sprintf("Its DCV delegation %s is a CNAME to %s, not to %s, so it cannot be used for the "+
-				"certificate either; change it to: %s", dcv.Name, trimDot(deleg.Chain[0]), dcv.Value, cname)}
+				"certificate either; change it to: %s", dcv.Name, strings.TrimSuffix(deleg.Chain[0], "."), dcv.Value, cname)}
 		}
 		return dcvProof{}
 	}
@@ -178,11 +179,4 @@ func waitingMessage(res dnsverify.CNAMEResult, dcv dcvProof) string {
 		return res.Message
 	}
 	return res.Message + " " + dcv.advice
-}
-
-func trimDot(name string) string {
-	if n := len(name); n > 0 && name[n-1] == '.' {
-		return name[:n-1]
-	}
-	return name
 }

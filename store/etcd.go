@@ -295,10 +295,11 @@ func OpenEtcd(opts EtcdOptions) (*Store, error) {
 	case err == nil:
 		e.up.Store(true)
 		if fresh || e.applied.Load() == 0 {
-			// A copy with a revision of this cluster and prefix (replaced
-			// because etcd's data were) is replaced whole, so that a relist
-			// cut short leaves it for a start during an etcd outage; any
-			// other copy has nothing to keep.
+			// A copy that has a revision (of another cluster, or of this
+			// one before its data were replaced) is replaced in one
+			// transaction, so that a listing cut short leaves it as it was
+			// for a start during an etcd outage; a copy without one has
+			// nothing to keep and is written a page at a time.
 			if err := e.relist(e.applied.Load() == 0); err != nil {
 				db.Close()
 				return nil, err
