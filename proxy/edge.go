@@ -43,7 +43,7 @@
 // Request framing is net/http's, which refuses what could be read two
 // ways: differing Content-Length headers and malformed lengths (400), any
 // Transfer-Encoding but a single "chunked" (501). Over HTTP/2, where
-// net/http keeps the first of several Content-Length values, the edge
+// the server keeps the first of several Content-Length values, the edge
 // refuses values that disagree itself (400). A request with both
 // Transfer-Encoding: chunked and Content-Length is read as chunked and its
 // connection closed after the answer, as is every chunked HTTP/1.1
@@ -396,7 +396,7 @@ func (e *Edge) serve(x *exchange, r *http.Request, route Route) string {
 		return overflowDomain
 	}
 	if conflictingLengths(r.Header.Values("Content-Length")) {
-		// net/http refuses this on HTTP/1.1; its HTTP/2 server takes the
+		// net/http refuses this on HTTP/1.1; the HTTP/2 server takes the
 		// first value and frames the body by DATA frames. RFC 9110 makes
 		// such a request invalid whatever the protocol, so it is refused
 		// here rather than forwarded with one of the two lengths.

@@ -36,9 +36,11 @@ const serverLogEvery = time.Second
 // NewTLSServer returns the http.Server of the TLS edge (--https-addr)
 // serving h with tlsConfig, with the bounds above, keep-alive connections
 // closed after two idle minutes, and its error log going to logger as
-// described at serverErrorLog.
+// described at serverErrorLog. HTTP/2 is served by golang.org/x/net/http2
+// (the server net/http bundles) over a connection that gathers the
+// frames of concurrent streams into shared writes (see gatherConn).
 func NewTLSServer(h http.Handler, tlsConfig *tls.Config, logger *slog.Logger) *http.Server {
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           h,
 		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: HeaderTimeout,
@@ -46,6 +48,8 @@ func NewTLSServer(h http.Handler, tlsConfig *tls.Config, logger *slog.Logger) *h
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          serverErrorLog(logger),
 	}
+	serveHTTP2(srv)
+	return srv
 }
 
 // NewPlainServer returns the http.Server of plain HTTP (--http-addr)
