@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -139,22 +141,54 @@ func (g *gatherConn) Close() error {
 // serveHTTP2 makes srv serve HTTP/2 over gatherConn: the server is
 // golang.org/x/net/http2's (net/http's own, which it bundles, takes only a
 // *tls.Conn), configured from srv as net/http's would be.
+//
+// On shutdown the HTTP/2 server sends each of its connections a GOAWAY
+// from a hook, and a connection whose handshake ends after the hook ran
+// (it was accepted just before the listener closed) is never told: it
+// stays open, and http.Server.Shutdown waits on it until its deadline.
+// So the hook is registered on a server of its own (notifier, never
+// served), and the edge runs it on srv's shutdown and again whenever a
+// connection becomes active during it. A connection is known to the HTTP/2
+// server before it becomes active, so either the first run finds it or a
+// later one does.
 func serveHTTP2(srv *http.Server) {
-	h2 := &http2.Server{}
-	if err := http2.ConfigureServer(srv, h2); err != nil {
+	h2 := &http2.Server{IdleTimeout: srv.IdleTimeout}
+	notifier := &http.Server{}
+	if err := http2.ConfigureServer(notifier, h2); err != nil {
 		// Only a TLS configuration with no HTTP/2 cipher suite fails,
-		// and the edge's offers TLS 1.3.
+		// and notifier's is empty.
 		panic(err)
 	}
-	srv.TLSNextProto[http2.NextProtoTLS] = func(hs *http.Server, c *tls.Conn, h http.Handler) {
-		ctx := context.Background()
-		// net/http passes its per-connection base context down this way
-		// (see http2.ConfigureServer).
-		if bc, ok := h.(interface{ BaseContext() context.Context }); ok {
-			ctx = bc.BaseContext()
-		}
-		h2.ServeConn(newGatherConn(c), &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: hs})
+	var shuttingDown atomic.Bool
+	goAwayAll := func() {
+		// Shutdown of a server that never served only runs its hooks.
+		notifier.Shutdown(context.Background())
 	}
-	// Cleartext HTTP/2 is not served.
-	delete(srv.TLSNextProto, "unencrypted_http2")
+	srv.RegisterOnShutdown(func() {
+		shuttingDown.Store(true)
+		goAwayAll()
+	})
+	srv.ConnState = func(c net.Conn, state http.ConnState) {
+		if _, h2conn := c.(*gatherConn); h2conn && state == http.StateActive && shuttingDown.Load() {
+			goAwayAll()
+		}
+	}
+	if srv.TLSConfig != nil && !slices.Contains(srv.TLSConfig.NextProtos, http2.NextProtoTLS) {
+		cfg := srv.TLSConfig.Clone()
+		cfg.NextProtos = append([]string{http2.NextProtoTLS}, cfg.NextProtos...)
+		srv.TLSConfig = cfg
+	}
+	// Set, TLSNextProto keeps net/http from configuring its own HTTP/2
+	// server; cleartext HTTP/2 is not served.
+	srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){
+		http2.NextProtoTLS: func(hs *http.Server, c *tls.Conn, h http.Handler) {
+			ctx := context.Background()
+			// net/http passes its per-connection base context down this
+			// way (see http2.ConfigureServer).
+			if bc, ok := h.(interface{ BaseContext() context.Context }); ok {
+				ctx = bc.BaseContext()
+			}
+			h2.ServeConn(newGatherConn(c), &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: hs})
+		},
+	}
 }

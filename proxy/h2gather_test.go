@@ -304,3 +304,64 @@ func portOf(ln net.Listener) string {
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	return port
 }
+
+// acceptSignal reports each connection its listener accepts.
+type acceptSignal struct {
+	net.Listener
+	accepted chan struct{}
+}
+
+func (l acceptSignal) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted <- struct{}{}
+	}
+	return c, err
+}
+
+// A connection accepted before the listener closed whose HTTP/2 begins
+// only after the shutdown has started is still sent its GOAWAY and
+// closed: Shutdown returns instead of waiting on it until its deadline.
+func TestHTTP2ShutdownReachesLateConnection(t *testing.T) {
+	c, pool, err := testcert.SelfSigned(time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "gather.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewTLSServer(http.NotFoundHandler(), &tls.Config{Certificates: []tls.Certificate{c.TLS}, NextProtos: []string{"h2", "http/1.1"}}, slog.New(slog.DiscardHandler))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{}, 1)
+	go srv.ServeTLS(acceptSignal{ln, accepted}, "", "")
+	t.Cleanup(func() { srv.Close() })
+
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	<-accepted
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	// Give the shutdown hooks time to run before the connection's
+	// HTTP/2 starts; a slower machine only makes the case less sharp.
+	time.Sleep(50 * time.Millisecond)
+	tc := tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: "gather.example", NextProtos: []string{"h2"}})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("negotiated %q, want h2", p)
+	}
+	// The client preface and an empty SETTINGS frame.
+	if _, err := io.WriteString(tc, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"); err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, tc) // until the server closes the connection
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown = %v, want nil: the connection that began during it was never closed", err)
+	}
+}
