@@ -139,8 +139,11 @@ func (g *gatherConn) Close() error {
 }
 
 // serveHTTP2 makes srv serve HTTP/2 over gatherConn: the server is
-// golang.org/x/net/http2's (net/http's own, which it bundles, takes only a
-// *tls.Conn), configured from srv as net/http's would be.
+// golang.org/x/net/http2's (net/http bundles a copy of it, which takes only
+// a *tls.Conn), configured from srv as net/http's would be. x/net marks
+// ServeConn deprecated, and from Go 1.27 its server wraps net/http's: if
+// that ever bypassed gatherConn, the ConnState hook below would no longer
+// see one, and TestHTTP2ShutdownReachesLateConnection fails.
 //
 // On shutdown the HTTP/2 server sends each of its connections a GOAWAY
 // from a hook, and a connection whose handshake ends after the hook ran
@@ -168,14 +171,19 @@ func serveHTTP2(srv *http.Server) {
 		shuttingDown.Store(true)
 		goAwayAll()
 	})
+	// The HTTP/2 server reports a connection active once its preface is
+	// read and whenever its first stream opens; HTTP/1.1 connections pass
+	// through this hook on every request, for a type assertion.
 	srv.ConnState = func(c net.Conn, state http.ConnState) {
 		if _, h2conn := c.(*gatherConn); h2conn && state == http.StateActive && shuttingDown.Load() {
 			goAwayAll()
 		}
 	}
+	// As net/http's own HTTP/2 set-up does: h2 is offered even when the
+	// configuration does not list it (after the protocols it lists).
 	if srv.TLSConfig != nil && !slices.Contains(srv.TLSConfig.NextProtos, http2.NextProtoTLS) {
 		cfg := srv.TLSConfig.Clone()
-		cfg.NextProtos = append([]string{http2.NextProtoTLS}, cfg.NextProtos...)
+		cfg.NextProtos = append(cfg.NextProtos, http2.NextProtoTLS)
 		srv.TLSConfig = cfg
 	}
 	// Set, TLSNextProto keeps net/http from configuring its own HTTP/2

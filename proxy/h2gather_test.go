@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,16 +29,23 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// gatherCert is a certificate for gather.example and a pool trusting it.
+func gatherCert(t *testing.T) (*testcert.Cert, *x509.CertPool) {
+	t.Helper()
+	c, pool, err := testcert.SelfSigned(time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "gather.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, pool
+}
+
 // gatherPair returns a gatherConn over a TLS server connection on one end
 // of a net.Pipe, the TLS client on the other end, and the counter of the
 // server side's writes. A net.Pipe write blocks until the other end reads
 // it, so a test decides when the writer's writes complete.
 func gatherPair(t *testing.T) (*gatherConn, *tls.Conn, *countingConn) {
 	t.Helper()
-	c, pool, err := testcert.SelfSigned(time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "gather.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, pool := gatherCert(t)
 	a, b := net.Pipe()
 	counted := &countingConn{Conn: a}
 	srv := tls.Server(counted, &tls.Config{Certificates: []tls.Certificate{c.TLS}})
@@ -84,9 +92,10 @@ func TestGatherConnGathersWhileWriting(t *testing.T) {
 	}
 }
 
-// A client that does not read holds the server's flushes back once
-// gatherLimit bytes wait; nothing is lost or reordered meanwhile.
-func TestGatherConnBoundedAndInOrder(t *testing.T) {
+// Flushes well over gatherLimit, written while the client reads slowly,
+// arrive whole and in order. (That a flush past the limit waits is
+// TestGatherConnBlocksAtLimit.)
+func TestGatherConnInOrder(t *testing.T) {
 	g, cli, _ := gatherPair(t)
 	const flushes, size = 12, 20 << 10 // 240 KB, well over gatherLimit
 	var want bytes.Buffer
@@ -94,7 +103,6 @@ func TestGatherConnBoundedAndInOrder(t *testing.T) {
 		want.Write(bytes.Repeat([]byte{byte('a' + i)}, size))
 	}
 	wrote := make(chan error, 1)
-	var written atomic.Int64
 	go func() {
 		b := want.Bytes()
 		for i := range flushes {
@@ -102,12 +110,10 @@ func TestGatherConnBoundedAndInOrder(t *testing.T) {
 				wrote <- err
 				return
 			}
-			written.Add(size)
 		}
 		wrote <- nil
 	}()
-	// Read the first byte only: the writer has one write in progress,
-	// and the flushes behind it stop at gatherLimit.
+	// Read one byte, then the rest.
 	first := make([]byte, 1)
 	if _, err := io.ReadFull(cli, first); err != nil {
 		t.Fatal(err)
@@ -234,10 +240,7 @@ func TestGatherConnClose(t *testing.T) {
 // is sent a GOAWAY, and Shutdown returns once the connection is closed.
 // Without it Shutdown would wait on the connection until its deadline.
 func TestHTTP2GracefulShutdown(t *testing.T) {
-	c, pool, err := testcert.SelfSigned(time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "gather.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, pool := gatherCert(t)
 	arrived, release := make(chan struct{}), make(chan struct{})
 	srv := NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ProtoMajor != 2 {
@@ -323,10 +326,7 @@ func (l acceptSignal) Accept() (net.Conn, error) {
 // only after the shutdown has started is still sent its GOAWAY and
 // closed: Shutdown returns instead of waiting on it until its deadline.
 func TestHTTP2ShutdownReachesLateConnection(t *testing.T) {
-	c, pool, err := testcert.SelfSigned(time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "gather.example")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, pool := gatherCert(t)
 	srv := NewTLSServer(http.NotFoundHandler(), &tls.Config{Certificates: []tls.Certificate{c.TLS}, NextProtos: []string{"h2", "http/1.1"}}, slog.New(slog.DiscardHandler))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -363,5 +363,41 @@ func TestHTTP2ShutdownReachesLateConnection(t *testing.T) {
 	go io.Copy(io.Discard, tc) // until the server closes the connection
 	if err := <-shut; err != nil {
 		t.Fatalf("Shutdown = %v, want nil: the connection that began during it was never closed", err)
+	}
+}
+
+// A TLS configuration that lists no ALPN protocols still gets HTTP/2, as
+// with net/http's own set-up, and the caller's configuration is not
+// changed; one that lists http/1.1 alone keeps it first.
+func TestHTTP2OfferedWhenNotListed(t *testing.T) {
+	c, pool := gatherCert(t)
+	for _, tc := range []struct {
+		listed    []string
+		clientALP []string
+		want      string
+	}{
+		{nil, []string{"h2", "http/1.1"}, "h2"},
+		{[]string{"http/1.1"}, []string{"h2", "http/1.1"}, "http/1.1"},
+		{[]string{"http/1.1"}, []string{"h2"}, "h2"},
+	} {
+		cfg := &tls.Config{Certificates: []tls.Certificate{c.TLS}, NextProtos: tc.listed}
+		srv := NewTLSServer(http.NotFoundHandler(), cfg, slog.New(slog.DiscardHandler))
+		if !slices.Equal(cfg.NextProtos, tc.listed) {
+			t.Errorf("the caller's NextProtos became %q, was %q", cfg.NextProtos, tc.listed)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.ServeTLS(ln, "", "")
+		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "gather.example", NextProtos: tc.clientALP})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := conn.ConnectionState().NegotiatedProtocol; got != tc.want {
+			t.Errorf("server lists %q, client offers %q: negotiated %q, want %q", tc.listed, tc.clientALP, got, tc.want)
+		}
+		conn.Close()
+		srv.Close()
 	}
 }

@@ -37,8 +37,10 @@ const serverLogEvery = time.Second
 // serving h with tlsConfig, with the bounds above, keep-alive connections
 // closed after two idle minutes, and its error log going to logger as
 // described at serverErrorLog. HTTP/2 is served by golang.org/x/net/http2
-// (the server net/http bundles) over a connection that gathers the
-// frames of concurrent streams into shared writes (see gatherConn).
+// (the server net/http bundles a copy of) over a connection that gathers
+// the frames of concurrent streams into shared writes (see gatherConn).
+// The server's ConnState and TLSNextProto are the edge's (serveHTTP2):
+// replacing them would take HTTP/2 connections out of the shutdown.
 func NewTLSServer(h http.Handler, tlsConfig *tls.Config, logger *slog.Logger) *http.Server {
 	srv := &http.Server{
 		Handler:           h,
